@@ -1,0 +1,87 @@
+"""Where a result came from, and writing result files so that none is ever half-written.
+
+Every file under ``results/`` carries a ``provenance`` block from :func:`provenance`: the command
+line, git commit (and whether the tree had uncommitted changes), host, device, library
+versions and UTC time.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def git_commit(cwd: Path = REPO_ROOT) -> dict[str, Any]:
+    """The checked-out commit and whether tracked files differ from it; ``None`` outside a checkout."""
+    def run(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                                  check=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = run("rev-parse", "HEAD")
+    status = run("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def device_description(device: torch.device | str | None = None) -> str:
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda" and torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def provenance(device: torch.device | str | None = None, command: list[str] | None = None) -> dict[str, Any]:
+    """A JSON-serialisable record of how and where a result was produced."""
+    git = git_commit()
+    return {
+        "command": " ".join(command if command is not None else sys.argv),
+        "git_commit": git["commit"],
+        "git_dirty": git["dirty"],
+        "host": socket.gethostname(),
+        "device": device_description(device),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": utc_now(),
+    }
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename.
+
+    Readers see either the old file or the complete new one, never a partial write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically (see :func:`write_atomic`)."""
+    return write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())

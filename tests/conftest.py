@@ -1,0 +1,17 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TESTS_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS_DIR))  # test helper modules (distributed_utils, slurm_cluster)
+
+# Two cores shared by the whole suite: intra-op threads beyond that only add contention.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def generator():
+    return torch.Generator().manual_seed(0)
