@@ -1,0 +1,58 @@
+"""Data layer: Fashion-MNIST discovery and loading, each method's augmentations, label subsets."""
+from e2mc.data.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_RECIPES,
+    IMAGENET_STD,
+    METHODS,
+    MINI_RECIPES,
+    SWAV_IMAGENET_STD,
+    BatchAugment,
+    MultiViewBatchAugment,
+    MultiViewTransform,
+    RandomPILGaussianBlur,
+    ViewRecipe,
+    as_float_images,
+    brightness_contrast,
+    gaussian_blur,
+    imagenet_eval_transform,
+    imagenet_multiview_transform,
+    imagenet_probe_transform,
+    imagenet_train_dataset,
+    make_mini_augment,
+    normalize_fashion_mnist,
+    pil_view_transform,
+    resized_crop,
+    sample_crop_boxes,
+)
+from e2mc.data.fashion_mnist import (
+    DEBIAN_FASHION_MNIST,
+    DEFAULT_DOWNLOAD_ROOT,
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    find_fashion_mnist,
+    load_fashion_mnist,
+    read_idx,
+)
+from e2mc.data.subsets import (
+    IMAGENET_SUBSET_SHA256,
+    SIMCLR_SUBSET_URL,
+    balanced_subset,
+    download_imagenet_subset,
+    imagenet_subset_indices,
+    read_imagenet_subset,
+    sha256_of,
+    subset_wnid,
+)
+
+__all__ = [
+    "IMAGENET_MEAN", "IMAGENET_RECIPES", "IMAGENET_STD", "METHODS", "MINI_RECIPES", "SWAV_IMAGENET_STD",
+    "BatchAugment", "MultiViewBatchAugment", "MultiViewTransform", "RandomPILGaussianBlur", "ViewRecipe",
+    "as_float_images", "brightness_contrast", "gaussian_blur", "imagenet_eval_transform",
+    "imagenet_multiview_transform", "imagenet_probe_transform", "imagenet_train_dataset",
+    "make_mini_augment", "normalize_fashion_mnist", "pil_view_transform", "resized_crop", "sample_crop_boxes",
+    "DEBIAN_FASHION_MNIST", "DEFAULT_DOWNLOAD_ROOT", "FASHION_MNIST_CLASSES", "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD", "find_fashion_mnist", "load_fashion_mnist", "read_idx",
+    "IMAGENET_SUBSET_SHA256", "SIMCLR_SUBSET_URL", "balanced_subset", "download_imagenet_subset",
+    "imagenet_subset_indices", "read_imagenet_subset", "sha256_of", "subset_wnid",
+]
