@@ -1,0 +1,441 @@
+"""Reading and writing checkpoints safely, and mapping the official releases onto our models.
+
+* :func:`load` is the one entry point for reading any checkpoint. It always uses
+  ``torch.load(..., weights_only=True)``: tensors, numbers, strings and containers load, a file
+  that holds pickled code is refused and nothing in it runs.
+* :func:`save_atomic` never leaves a partial file and refuses to write what :func:`load` would refuse.
+* :func:`convert_official` / :func:`load_official` map the released checkpoints of
+  facebookresearch/vicreg (``resnet50_fullckpt.pth``, ``resnet50.pth``), facebookresearch/swav
+  (``swav_800ep_pretrain.pth.tar``) and facebookresearch/simsiam (``checkpoint_0099.pth.tar``)
+  onto the networks of :mod:`e2mc.models`.
+* :func:`capture_rng_state` / :func:`restore_rng_state` store python, numpy and torch RNG states
+  as tensors and numbers, so a training checkpoint holding them still loads with weights_only.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import random
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+OFFICIAL_METHODS = ("vicreg", "swav", "simsiam")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read, written or matched to a model."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holds pickled Python objects other than tensors and plain containers."""
+
+
+class KeyMismatchError(CheckpointError):
+    """A checkpoint's tensors do not match the model's state dict."""
+
+
+def _official_exclude_bias_and_norm(p: torch.Tensor) -> bool:
+    """Stand-in for VICReg's ``exclude_bias_and_norm`` (LARS skips 1-D parameters)."""
+    return p.ndim == 1
+
+
+# The official VICReg full checkpoint pickles its LARS filter function by name inside
+# optimizer["param_groups"] (facebookresearch/vicreg issue #6: "__main__.exclude_bias_and_norm").
+# Resolving that name to our own equivalent function lets weights_only read the file; nothing
+# from the file is executed, the name only selects an object we provide.
+_ALLOWED_GLOBALS = [
+    _official_exclude_bias_and_norm,
+    (_official_exclude_bias_and_norm, "__main__.exclude_bias_and_norm"),
+    (_official_exclude_bias_and_norm, "main_vicreg.exclude_bias_and_norm"),
+]
+
+
+def _allowed_global_names() -> set[str]:
+    names = set()
+    for entry in _ALLOWED_GLOBALS:
+        if isinstance(entry, tuple):
+            names.add(entry[1])
+        else:
+            names.add(f"{entry.__module__}.{entry.__qualname__}")
+    return names
+
+
+def load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """Read a checkpoint written by ``torch.save``, without running any code from it.
+
+    Always ``torch.load(path, map_location, weights_only=True)``. Raises FileNotFoundError for a
+    missing path, :class:`UnsafeCheckpointError` for a file holding pickled code (refused for
+    safety; nothing in it runs) and :class:`CheckpointError` for a corrupt or foreign file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint not found: {path} (resolved {path.resolve()}); check the path, or download the "
+            "release into it first"
+        )
+    try:
+        with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        message = str(error)
+        names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", message)))
+        if names:
+            raise UnsafeCheckpointError(
+                f"refused to load {path} for safety: it holds pickled Python objects, not only tensors and "
+                f"plain containers (it references {', '.join(names)}). Nothing in the file was run. If you "
+                "trust its origin, re-save its tensors as a plain dict (e.g. torch.save(model.state_dict(), "
+                "...)) and load that."
+            ) from None
+        detail = message.split("WeightsUnpickler error:")[-1].split("Check the documentation")[0]
+        raise CheckpointError(
+            f"could not read {path} with the safe loader ({' '.join(detail.split()) or 'unpickling failed'}): "
+            "the file is truncated or corrupt, or uses pickle features beyond tensors and plain containers. "
+            "Nothing in the file was run; download or copy it again, or re-save it as a plain state dict."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"could not read {path}: {error}. The file is truncated, corrupt or not written by torch.save; "
+            "download or copy it again"
+        ) from error
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` so that ``path`` holds either the old or the complete new file.
+
+    Writes a temporary file in the same directory, flushes and fsyncs it, checks that
+    :func:`load` would accept it (no pickled code), then ``os.replace``s it onto ``path`` and
+    fsyncs the directory. On any failure the temporary file is removed and ``path`` is untouched.
+    Returns the path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(temporary)) - _allowed_global_names()
+        if unsafe:
+            raise UnsafeCheckpointError(
+                f"not saving {path}: the object holds Python objects that load() would refuse "
+                f"({', '.join(sorted(unsafe))}); store tensors, numbers, strings, lists and dicts only "
+                "(e.g. RNG states via capture_rng_state())"
+            )
+        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp creates 0600
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    with contextlib.suppress(OSError):  # make the rename durable; not every filesystem allows this
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    return path
+
+
+# ----------------------------------------------------------------------------- official releases
+
+_RESNET_ROOTS = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+
+
+def _our_key(official_key: str, method: str) -> str:
+    """Our state-dict key for one official key; keys we do not know pass through unchanged."""
+    key = official_key[len("module."):] if official_key.startswith("module.") else official_key
+    if method == "simsiam":
+        # SimSiam's projector is the encoder's fc; the rest of the encoder is the backbone.
+        if key.startswith("encoder.fc."):
+            return "projector." + key[len("encoder.fc."):]
+        if key.startswith("encoder."):
+            return "backbone." + key[len("encoder."):]
+        return key
+    # VICReg full checkpoints already say backbone./projector.; VICReg's backbone-only release
+    # and SwAV's ResNet (which owns projection_head and prototypes) have bare ResNet keys.
+    if key.startswith(_RESNET_ROOTS):
+        return "backbone." + key
+    return key
+
+
+def _check_method(method: str) -> None:
+    if method not in OFFICIAL_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(OFFICIAL_METHODS)}")
+
+
+def convert_official(state_dict: Mapping[str, torch.Tensor], method: str) -> dict[str, torch.Tensor]:
+    """Rename an official release's model state dict into the keys of :func:`e2mc.models.build_model`.
+
+    ``state_dict`` is the flat mapping of tensor names to tensors (for the full VICReg/SimSiam
+    checkpoints that is ``checkpoint["model"]`` / ``checkpoint["state_dict"]``; :func:`load_official`
+    unwraps them). The ``module.`` prefix of DDP is dropped; then
+    VICReg: ``backbone.*``, ``projector.*`` unchanged, bare ResNet keys (``resnet50.pth``) -> ``backbone.*``;
+    SwAV: ResNet keys -> ``backbone.*``, ``projection_head.*`` and ``prototypes.weight`` unchanged;
+    SimSiam: ``encoder.fc.*`` -> ``projector.*``, other ``encoder.*`` -> ``backbone.*``, ``predictor.*`` unchanged.
+    Tensors are not copied. Keys that fit no rule are returned unchanged (and then reported as
+    unexpected by :func:`load_official`).
+    """
+    _check_method(method)
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state_dict.get(wrapper), Mapping):
+            raise ValueError(
+                f"this is a full checkpoint (it has a {wrapper!r} entry); pass checkpoint[{wrapper!r}] "
+                "or call load_official(checkpoint, ...)"
+            )
+    converted: dict[str, torch.Tensor] = {}
+    sources: dict[str, str] = {}
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"entry {key!r} is a {type(value).__name__}, not a tensor; pass a model state dict")
+        ours = _our_key(key, method)
+        if ours in converted:
+            raise ValueError(f"official keys {sources[ours]!r} and {key!r} both map to {ours!r}")
+        converted[ours] = value
+        sources[ours] = key
+    return converted
+
+
+def _listing(keys: list[str], first: int = 5) -> str:
+    shown = ", ".join(keys[:first])
+    return f"{len(keys)} ({shown}{', ...' if len(keys) > first else ''})"
+
+
+@dataclass
+class OfficialLoadReport:
+    """What :func:`load_official` did.
+
+    ``loaded``: our state-dict keys that received a tensor (every key of the model unless the
+    release holds only the backbone); ``renamed``: official key -> our key; ``left_at_init``: our
+    keys the release lacks and that may keep their initialisation (the heads, for a backbone-only
+    release; BatchNorm ``num_batches_tracked`` counters); ``epoch``: the
+    release's epoch counter if stored; ``optimizer_state``: the release's ``optimizer.state_dict()``
+    as stored (VICReg's LARS ``mu`` buffers, SimSiam's SGD ``momentum_buffer``s), or None;
+    ``optimizer_state_by_name``: the same per-parameter states keyed by our parameter names (pass
+    to :func:`apply_optimizer_state`); ``extras``: the checkpoint's other top-level entries.
+    """
+
+    method: str
+    source: str
+    loaded: list[str]
+    renamed: dict[str, str]
+    left_at_init: list[str] = field(default_factory=list)
+    epoch: int | None = None
+    optimizer_state: dict | None = None
+    optimizer_state_by_name: dict[str, dict[str, Any]] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [f"{self.method} release {self.source}: {len(self.loaded)} tensors loaded"]
+        if self.epoch is not None:
+            lines.append(f"  trained for {self.epoch} epochs")
+        if self.left_at_init:
+            lines.append(f"  not in the release, left at initialisation: {_listing(self.left_at_init)}")
+        if self.optimizer_state_by_name is not None:
+            lines.append(f"  optimizer state for {len(self.optimizer_state_by_name)} parameters")
+        return "\n".join(lines)
+
+
+def _split_checkpoint(checkpoint: Any) -> tuple[Mapping[str, torch.Tensor], dict[str, Any]]:
+    """(model state dict, other top-level entries) of a full or a flat checkpoint."""
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(f"expected a checkpoint dict or a state dict, got {type(checkpoint).__name__}")
+    for wrapper in ("model", "state_dict"):
+        if isinstance(checkpoint.get(wrapper), Mapping):
+            return checkpoint[wrapper], {k: v for k, v in checkpoint.items() if k != wrapper}
+    return checkpoint, {}
+
+
+def _optimizer_state_by_name(optimizer_state: Any, parameter_keys: list[str]) -> dict[str, dict[str, Any]]:
+    """Key the release's per-parameter optimizer states by our parameter names.
+
+    ``optimizer.state_dict()`` numbers parameters 0, 1, ... across its groups in the order they
+    were given; all three official scripts give ``model.parameters()``, whose order is the order
+    of the parameter entries in the model state dict (``parameter_keys``, already renamed).
+    """
+    if not (isinstance(optimizer_state, Mapping) and "state" in optimizer_state and "param_groups" in optimizer_state):
+        raise CheckpointError("the release's 'optimizer' entry is not an optimizer.state_dict()")
+    indices = [index for group in optimizer_state["param_groups"] for index in group["params"]]
+    if len(indices) != len(parameter_keys):
+        raise CheckpointError(
+            f"the release's optimizer holds {len(indices)} parameters but its model has {len(parameter_keys)}; "
+            "the optimizer state does not belong to these weights"
+        )
+    states = optimizer_state["state"]
+    return {name: dict(states[index]) for name, index in zip(parameter_keys, indices) if index in states}
+
+
+def load_official(
+    path_or_state: str | os.PathLike | Mapping[str, Any], method: str, model: nn.Module
+) -> OfficialLoadReport:
+    """Load an official release into ``model`` (built by :func:`e2mc.models.build_model` with the
+    release's sizes, e.g. ``build_model("vicreg", "resnet50")``) and report what landed.
+
+    ``path_or_state`` is a file (read through :func:`load`) or an already loaded checkpoint: a
+    full one (``{"model": ..., "optimizer": ..., "epoch": ...}``, ``{"state_dict": ...}``) or a flat
+    state dict. Every tensor of the model must come from the release and every tensor of the
+    release must fit the model, except that a backbone-only release leaves the heads as they are
+    (and a missing BatchNorm ``num_batches_tracked`` counter is tolerated); otherwise
+    :class:`KeyMismatchError` names the missing, unexpected and mis-shaped keys.
+    """
+    _check_method(method)
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    if isinstance(path_or_state, (str, os.PathLike)):
+        source, checkpoint = str(path_or_state), load(path_or_state)
+    else:
+        source, checkpoint = "<in-memory checkpoint>", path_or_state
+    official_state, extras = _split_checkpoint(checkpoint)
+    converted = convert_official(official_state, method)
+    renamed = {official: ours for official, ours in zip(official_state.keys(), converted.keys())}
+
+    own = model.state_dict()
+    missing = [key for key in own if key not in converted]
+    unexpected = [key for key in converted if key not in own]
+    backbone_only = all(key.startswith("backbone.") for key in converted)
+    # Heads of a backbone-only release, and BatchNorm step counters (unused with momentum BN,
+    # absent from very old files), may stay as initialised; anything else must come from the file.
+    left_at_init = [
+        key for key in missing
+        if (backbone_only and not key.startswith("backbone.")) or key.endswith(".num_batches_tracked")
+    ]
+    tolerated = set(left_at_init)
+    missing = [key for key in missing if key not in tolerated]
+    misshaped = [
+        f"{key} {tuple(converted[key].shape)} vs model {tuple(own[key].shape)}"
+        for key in converted
+        if key in own and converted[key].shape != own[key].shape
+    ]
+    if missing or unexpected or misshaped:
+        problems = []
+        if missing:
+            problems.append(f"missing from the release: {_listing(missing)}")
+        if unexpected:
+            problems.append(f"unexpected in the release: {_listing(unexpected)}")
+        if misshaped:
+            problems.append(f"shape mismatch: {_listing(misshaped, 3)}")
+        raise KeyMismatchError(
+            f"{source} does not match the {method} model; " + "; ".join(problems)
+            + f". Build the model with the release's architecture and head sizes (build_model({method!r}, "
+            "'resnet50') uses the official ones) and check that the file is a "
+            f"{method} release."
+        )
+    model.load_state_dict(converted, strict=not left_at_init)
+
+    report = OfficialLoadReport(method, source, loaded=list(converted), renamed=renamed, left_at_init=left_at_init)
+    report.epoch = extras.pop("epoch", None)
+    optimizer_state = extras.pop("optimizer", None)
+    if optimizer_state is not None:
+        parameter_names = {name for name, _ in model.named_parameters()}
+        parameter_keys = [key for key in converted if key in parameter_names]
+        report.optimizer_state = optimizer_state
+        report.optimizer_state_by_name = _optimizer_state_by_name(optimizer_state, parameter_keys)
+    report.extras = extras
+    return report
+
+
+def apply_optimizer_state(
+    optimizer: torch.optim.Optimizer, model: nn.Module, state_by_name: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """Install per-parameter optimizer states (e.g. ``report.optimizer_state_by_name``).
+
+    For every parameter of ``model`` that ``optimizer`` holds and ``state_by_name`` names, sets
+    ``optimizer.state[param]`` to a copy of that state with tensors moved to the parameter's
+    device. The state keys must be the ones this optimizer uses (VICReg's LARS: ``"mu"``; SGD:
+    ``"momentum_buffer"``). Returns the names installed; raises if a named parameter is not
+    held by the optimizer.
+    """
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    parameters = dict(model.named_parameters())
+    unknown = [name for name in state_by_name if name not in parameters or id(parameters[name]) not in held]
+    if unknown:
+        raise KeyError(
+            f"optimizer state given for parameters the optimizer does not hold: {_listing(unknown)}; "
+            "build the optimizer over model.parameters() of the model the report was loaded into"
+        )
+    for name, state in state_by_name.items():
+        parameter = parameters[name]
+        optimizer.state[parameter] = {
+            key: value.to(parameter.device) if isinstance(value, torch.Tensor) else value
+            for key, value in state.items()
+        }
+    return list(state_by_name)
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy (legacy global) and torch RNG states as tensors and plain numbers.
+
+    Returns ``{"python": {"version", "state" (625,) int64, "gauss_next"}, "numpy": {"keys" (624,)
+    int64, "position", "has_gauss", "cached_gaussian"}, "torch": uint8 tensor, "cuda": list of
+    uint8 tensors (one per visible GPU; empty without CUDA)}``; it survives :func:`save_atomic` /
+    :func:`load` (weights_only).
+    """
+    version, python_state, gauss_next = random.getstate()
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    if name != "MT19937":
+        raise CheckpointError(f"unsupported numpy global generator {name!r}; expected MT19937")
+    return {
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(python_state, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the states captured by :func:`capture_rng_state`.
+
+    CUDA states are restored when CUDA is available (their number must match the visible GPUs)
+    and ignored on a CPU-only machine.
+    """
+    expected = ("python", "numpy", "torch", "cuda")
+    if not isinstance(state, Mapping) or any(key not in state for key in expected):
+        raise ValueError(f"not an RNG state from capture_rng_state(); it needs the entries {', '.join(expected)}")
+    python = state["python"]
+    random.setstate((python["version"], tuple(int(v) for v in python["state"].tolist()), python["gauss_next"]))
+    numpy_state = state["numpy"]
+    np.random.set_state((
+        "MT19937",
+        numpy_state["keys"].numpy().astype(np.uint32),
+        numpy_state["position"],
+        numpy_state["has_gauss"],
+        numpy_state["cached_gaussian"],
+    ))
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        if len(state["cuda"]) != torch.cuda.device_count():
+            raise ValueError(
+                f"RNG state holds {len(state['cuda'])} CUDA generators but {torch.cuda.device_count()} GPUs are "
+                "visible; resume with the same CUDA_VISIBLE_DEVICES"
+            )
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
