@@ -24,6 +24,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from e2mc.objectives.swav import normalize_prototypes_
+
 BACKBONES = ("resnet50", "resnet18", "convnet")
 METHODS = ("vicreg", "swav", "simsiam")
 
@@ -202,10 +204,9 @@ class SwAVNet(nn.Module):
             "scores": self.prototypes(normalized),
         }
 
-    @torch.no_grad()
     def normalize_prototypes(self) -> None:
         """Rescale every prototype to unit L2 norm (official SwAV does this before each step)."""
-        self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1, p=2))
+        normalize_prototypes_(self.prototypes)
 
 
 class SimSiamNet(nn.Module):
