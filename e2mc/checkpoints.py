@@ -13,12 +13,10 @@
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import random
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from e2mc.provenance import write_atomic
 
 OFFICIAL_METHODS = ("vicreg", "swav", "simsiam")
 
@@ -108,48 +108,23 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         ) from error
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` so that ``path`` holds either the old or the complete new file.
 
-    Writes a temporary file in the same directory, flushes and fsyncs it, checks that
-    :func:`load` would accept it (no pickled code), then ``os.replace``s it onto ``path`` and
-    fsyncs the directory. On any failure the temporary file is removed and ``path`` is untouched.
-    Returns the path written.
+    Goes through :func:`e2mc.provenance.write_atomic` (temporary file, fsync, rename), and before the
+    rename checks that :func:`load` would accept the file (no pickled code); on any failure ``path``
+    is untouched. Returns the path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(temporary)) - _allowed_global_names()
+    def check_loadable(temporary: Path) -> None:
+        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(temporary))) - _allowed_global_names()
         if unsafe:
             raise UnsafeCheckpointError(
                 f"not saving {path}: the object holds Python objects that load() would refuse "
                 f"({', '.join(sorted(unsafe))}); store tensors, numbers, strings, lists and dicts only "
                 "(e.g. RNG states via capture_rng_state())"
             )
-        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp creates 0600
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable; not every filesystem allows this
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    return path
+
+    return write_atomic(path, lambda handle: torch.save(obj, handle), verify=check_loadable)
 
 
 # ----------------------------------------------------------------------------- official releases

@@ -6,6 +6,7 @@ versions and UTC time.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -62,23 +63,46 @@ def provenance(device: torch.device | str | None = None, command: list[str] | No
     }
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename.
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
-    Readers see either the old file or the complete new one, never a partial write.
+
+def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None],
+                 verify: Callable[[Path], None] | None = None) -> Path:
+    """Write ``path`` through a temporary file in the same directory and a rename.
+
+    ``data`` is the bytes to write, or a function that writes them to a binary handle (e.g.
+    ``lambda f: torch.save(obj, f)``). ``verify(temporary_path)`` may inspect the complete temporary
+    file and raise to abandon the write. Readers see either the old file or the complete new one,
+    never a partial write; on any failure ``path`` is untouched and no temporary file is left. The
+    new file gets the usual permissions (0666 less the umask) and the rename is made durable.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if verify is not None:
+            verify(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
     return path
 
 
