@@ -1,0 +1,268 @@
+"""Linear classifiers on frozen features: the fast path on cached features, and the paper's protocol on images.
+
+Both train a linear layer (weights N(0, 0.01), bias 0, as the reference ``RegLog``) with SGD,
+momentum 0.9 and a cosine learning rate per epoch (``CosineAnnealingLR`` to 0), and measure the
+test split after every epoch. Accuracies are percentages. A probe's result reports the best epoch
+(the reference protocol's "best validation top-1") and the last one.
+
+* :func:`train_linear_probe` works on cached features (extract once, see
+  :func:`e2mc.evaluation.sources.extract_features`), standardised with the training set's mean and
+  standard deviation (an affine change of variables: it changes the optimisation, not the family of
+  classifiers). A weight-decay grid may be searched on a held-out part of the labelled set.
+* :func:`train_linear_on_images` is the ImageNet protocol of the authors' ``eval_linear.py``: every
+  epoch sends freshly augmented images (RandomResizedCrop + flip) through the frozen backbone.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from e2mc.data import balanced_subset
+from e2mc.evaluation.sources import ImageSource, backbone_of, extract_features, like_network, network_device
+
+
+@dataclass
+class ProbeSettings:
+    """Hyper-parameters of a linear probe.
+
+    epochs: passes over the labelled set. batch_size: images per step. lr: initial learning rate
+    (cosine-annealed to 0 over ``epochs``). momentum, weight_decay, nesterov: of SGD (weight decay
+    on weights and bias, as the reference). standardize: cached-feature path only, standardise
+    features with the labelled set's statistics. weight_decays: if non-empty, the weight decay is
+    chosen from this grid by top-1 on a class-balanced held-out ``holdout_fraction`` of the
+    labelled set (the test split is never used for the choice); ``weight_decay`` is then ignored.
+    """
+
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    standardize: bool = True
+    weight_decays: tuple[float, ...] = ()
+    holdout_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"probe epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"probe lr must be > 0, got {self.lr}")
+        if not 0 < self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must lie in (0, 1), got {self.holdout_fraction}")
+        self.weight_decays = tuple(float(w) for w in self.weight_decays)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "weight_decays": list(self.weight_decays)}
+
+
+# The paper's image protocol: SwAV's eval_linear defaults (lr 0.3 for 256 images, wd 1e-6), raw features.
+PAPER_IMAGE_PROBE = ProbeSettings(epochs=100, batch_size=256, lr=0.3, weight_decay=1e-6, standardize=False)
+
+
+@dataclass
+class ProbeResult:
+    """Per-epoch test accuracies (percent) of a trained classifier.
+
+    ``metrics()`` gives top1_best / top5_best (top-5 at the epoch of best top-1), top1_last /
+    top5_last, best_epoch (1-based), and top1 / top5 equal to the best-epoch values (the reported
+    number of the reference protocol)."""
+
+    top1: list[float]
+    top5: list[float]
+    train_loss: list[float]
+    weight_decay: float
+    selection: dict[str, float] = field(default_factory=dict)  # weight decay -> held-out top-1
+
+    def metrics(self) -> dict[str, float]:
+        best = max(range(len(self.top1)), key=lambda e: (self.top1[e], -e))  # earliest best epoch
+        return {"top1": self.top1[best], "top5": self.top5[best],
+                "top1_best": self.top1[best], "top5_best": self.top5[best],
+                "top1_last": self.top1[-1], "top5_last": self.top5[-1],
+                "best_epoch": best + 1, "weight_decay": self.weight_decay}
+
+    def history(self) -> dict[str, list[float] | dict[str, float]]:
+        return {"top1_per_epoch": self.top1, "top5_per_epoch": self.top5, "train_loss_per_epoch": self.train_loss,
+                "weight_decay_selection": self.selection}
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """Number of rows whose label is among the k highest logits, for each k (k capped at the class count)."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hits = top == labels.view(-1, 1)
+    return [int(hits[:, :min(k, logits.shape[1])].any(dim=1).sum()) for k in ks]
+
+
+def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
+    """Learning rate of (0-based) ``epoch``: CosineAnnealingLR(T_max=epochs, eta_min=0) stepped per epoch."""
+    return base_lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+
+def new_linear(in_features: int, num_classes: int, generator: torch.Generator) -> nn.Linear:
+    """A linear classifier initialised as the reference: weights N(0, 0.01), bias 0."""
+    layer = nn.Linear(in_features, num_classes)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.01)
+        layer.bias.zero_()
+    return layer
+
+
+@contextlib.contextmanager
+def _one_thread_for_small_products(device: torch.device, batch: int, features: int, classes: int):
+    """A probe step on CPU is a product of a few million multiply-adds; extra intra-op threads cost more
+    to wake than they save, and on a shared machine they wait for each other (measured 20x slower under
+    load). Such probes run on one thread; the thread count is restored afterwards."""
+    if device.type != "cpu" or batch * features * classes > (1 << 22):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_labels(x: torch.Tensor, y: torch.Tensor, num_classes: int, name: str) -> None:
+    if x.dim() != 2 or y.dim() != 1 or len(x) != len(y):
+        raise ValueError(f"{name}: expected features (N, F) and labels (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if len(y) == 0:
+        raise ValueError(f"{name}: no samples")
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise ValueError(f"{name}: labels must lie in [0, {num_classes}), got {int(y.min())}..{int(y.max())}")
+
+
+@torch.no_grad()
+def _accuracy(layer: nn.Linear, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> tuple[float, float]:
+    correct = [0, 0]
+    for start in range(0, len(x), chunk):
+        hits = topk_correct(layer(x[start:start + chunk]), y[start:start + chunk])
+        correct = [c + h for c, h in zip(correct, hits)]
+    return 100.0 * correct[0] / len(x), 100.0 * correct[1] / len(x)
+
+
+def _fit_cached(x: torch.Tensor, y: torch.Tensor, eval_x: torch.Tensor, eval_y: torch.Tensor, num_classes: int,
+                settings: ProbeSettings, weight_decay: float, seed: int) -> ProbeResult:
+    generator = torch.Generator().manual_seed(int(seed))
+    layer = new_linear(x.shape[1], num_classes, generator).to(x.device)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=settings.lr, momentum=settings.momentum,
+                                weight_decay=weight_decay, nesterov=settings.nesterov)
+    top1, top5, losses = [], [], []
+    for epoch in range(settings.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(settings.lr, epoch, settings.epochs)
+        order = torch.randperm(len(x), generator=generator).to(x.device)
+        total = 0.0
+        for start in range(0, len(x), settings.batch_size):
+            batch = order[start:start + settings.batch_size]
+            loss = F.cross_entropy(layer(x[batch]), y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        losses.append(total / len(x))
+        accuracy = _accuracy(layer, eval_x, eval_y)
+        top1.append(accuracy[0])
+        top5.append(accuracy[1])
+    return ProbeResult(top1, top5, losses, weight_decay)
+
+
+def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                       num_classes: int, settings: ProbeSettings | None = None, seed: int = 0,
+                       device: torch.device | str | None = None) -> ProbeResult:
+    """Train a linear classifier on cached features and measure the test split after every epoch.
+
+    Args:
+        train_x, train_y: labelled features (N, F) float and labels (N,) int in [0, num_classes).
+        test_x, test_y: test features (M, F) and labels (M,).
+        num_classes: number of classes C.
+        settings: :class:`ProbeSettings` (defaults when None).
+        seed: seeds the initialisation, the batch order and the held-out split.
+        device: where to train (default: where ``train_x`` is).
+    """
+    settings = settings or ProbeSettings()
+    _check_labels(train_x, train_y, num_classes, "training set")
+    _check_labels(test_x, test_y, num_classes, "test set")
+    device = torch.device(device) if device is not None else train_x.device
+    train_x, test_x = train_x.to(device, torch.float32), test_x.to(device, torch.float32)
+    train_y, test_y = train_y.to(device).long(), test_y.to(device).long()
+    if settings.standardize:
+        mean = train_x.mean(dim=0)
+        std = train_x.std(dim=0) if len(train_x) > 1 else torch.ones_like(mean)
+        std = std.clamp_min(1e-6)  # constant features (dead units) stay 0 instead of dividing by 0
+        train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+
+    with _one_thread_for_small_products(device, settings.batch_size, train_x.shape[1], num_classes):
+        return _select_and_fit(train_x, train_y, test_x, test_y, num_classes, settings, seed)
+
+
+def _select_and_fit(train_x, train_y, test_x, test_y, num_classes, settings, seed) -> ProbeResult:
+    device = train_x.device
+    weight_decay, selection = settings.weight_decay, {}
+    if settings.weight_decays:
+        held_out = balanced_subset(train_y.cpu(), settings.holdout_fraction, seed).to(device)
+        keep = torch.ones(len(train_y), dtype=torch.bool, device=device)
+        keep[held_out] = False
+        if not keep.any():
+            raise ValueError("the labelled set is too small to hold out a part for choosing the weight decay; "
+                             "give one weight_decay instead of a grid")
+        for candidate in settings.weight_decays:
+            trial = _fit_cached(train_x[keep], train_y[keep], train_x[held_out], train_y[held_out], num_classes,
+                                settings, candidate, seed)
+            selection[repr(candidate)] = trial.top1[-1]
+        weight_decay = max(settings.weight_decays, key=lambda w: selection[repr(w)])  # first of the ties
+    result = _fit_cached(train_x, train_y, test_x, test_y, num_classes, settings, weight_decay, seed)
+    result.selection = selection
+    return result
+
+
+def train_linear_on_images(network: nn.Module, train_source: ImageSource, train_indices: torch.Tensor,
+                           test_source: ImageSource, test_indices: torch.Tensor | None, num_classes: int,
+                           settings: ProbeSettings = PAPER_IMAGE_PROBE, seed: int = 0,
+                           extraction_batch_size: int = 256) -> ProbeResult:
+    """The paper's linear evaluation: a linear layer on the frozen backbone, trained on augmented images.
+
+    Each epoch draws new training augmentations (``train_source.batches(train=True)``) and sends them
+    through the backbone in eval mode without gradients; the test split (deterministic transform)
+    is encoded once. No feature standardisation (the reference has none). Runs on the network's device.
+    """
+    if settings.weight_decays:
+        raise ValueError("the image protocol uses one weight decay; weight_decays is for train_linear_probe")
+    backbone = backbone_of(network)
+    device = network_device(network)
+    test_x, test_y = extract_features(network, test_source, test_indices, extraction_batch_size)
+    test_x, test_y = test_x.to(device), test_y.to(device)
+    _check_labels(test_x, test_y, num_classes, "test set")
+    generator = torch.Generator().manual_seed(int(seed))
+    layer = new_linear(test_x.shape[1], num_classes, generator).to(device)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=settings.lr, momentum=settings.momentum,
+                                weight_decay=settings.weight_decay, nesterov=settings.nesterov)
+    was_training = backbone.training
+    backbone.eval()
+    top1, top5, losses = [], [], []
+    try:
+        for epoch in range(settings.epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(settings.lr, epoch, settings.epochs)
+            total, seen = 0.0, 0
+            for images, labels in train_source.batches(train_indices, settings.batch_size, device, train=True,
+                                                       generator=generator):
+                with torch.no_grad():
+                    features = backbone(like_network(images, backbone)).float()
+                loss = F.cross_entropy(layer(features), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total, seen = total + loss.item() * len(labels), seen + len(labels)
+            losses.append(total / max(seen, 1))
+            accuracy = _accuracy(layer, test_x, test_y)
+            top1.append(accuracy[0])
+            top5.append(accuracy[1])
+    finally:
+        backbone.train(was_training)
+    return ProbeResult(top1, top5, losses, settings.weight_decay)

@@ -1,0 +1,543 @@
+"""Evaluating checkpoints: which network, which data, which protocols, and one result file per evaluation.
+
+* :func:`load_checkpoint` opens one of our training checkpoints (method, configuration and epoch come
+  from the file) or an official release (``method`` given).
+* :func:`evaluate_network` runs the protocols of an :class:`EvaluationPlan` (linear probe, fine-tuning,
+  transfer) for every label fraction and seed and writes one JSON per evaluation (e2mc.results schema).
+* :func:`evaluate_checkpoint`, :func:`sweep` (every ``checkpoint-epochNNN.pt`` of a run) and
+  :func:`make_epoch_probe_hook` (inside training) are the three ways in.
+* :func:`diagnose_checkpoint` writes the embedding diagnostics of a checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import re
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from e2mc import checkpoints, data
+from e2mc.config import Config, config_from_dict
+from e2mc.diagnostics import (METHOD_TRANSFORM, dimension_pairs, pair_coordinates, rankme,
+                              transformed_statistics)
+from e2mc.evaluation.finetune import FinetuneSettings, finetune, swav_finetune_settings
+from e2mc.evaluation.linear import (PAPER_IMAGE_PROBE, ProbeResult, ProbeSettings, train_linear_on_images,
+                                    train_linear_probe)
+from e2mc.evaluation.sources import (DatasetImages, ImageSource, TensorImages, extract_features, input_channels,
+                                     network_device)
+from e2mc.evaluation.transfer import num_classes_of, transfer_sources
+from e2mc.provenance import utc_now
+from e2mc.results import config_hash, criterion_record, result_filename, write_result
+
+PROTOCOLS = ("linear_probe", "finetune", "transfer")
+EPOCH_CHECKPOINT = re.compile(r"checkpoint-epoch(\d+)\.pt")
+
+
+# ----------------------------------------------------------------------------- what is evaluated
+
+@dataclass
+class ResultContext:
+    """The fields every result of one network shares (see e2mc.results)."""
+
+    method: str
+    arm: str
+    epoch: int
+    config: dict | None = None
+    checkpoint: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def criterion(self) -> dict:
+        return criterion_record(self.config)
+
+    @property
+    def config_hash(self) -> str | None:
+        return config_hash(self.config)
+
+
+def infer_arm(config: dict | None) -> str:
+    """The experiment arm of a training configuration.
+
+    No configuration (an official release) or a run from scratch (no ``train.init``: the mini
+    stand-in for a release) -> "base"; original loss only -> "original"; E2MC -> "e2mc", or
+    "entropy_only" / "covariance_only" when one coefficient is 0, or "e2mc_<transform>" when the
+    transform is not the method's default; an alternative criterion -> its name (uniformity, mmcr, vc).
+    """
+    if not config or not config["train"].get("init"):
+        return "base"
+    criterion = config["criterion"]
+    if criterion["name"] == "none":
+        return "original"
+    if criterion["name"] != "e2mc":
+        return criterion["name"]
+    if criterion["ent_coeff"] == 0 and criterion["cov_coeff"] == 0:
+        return "original"
+    if criterion["ent_coeff"] == 0:
+        return "covariance_only"
+    if criterion["cov_coeff"] == 0:
+        return "entropy_only"
+    if criterion["transform"] != METHOD_TRANSFORM[config["method"]]:
+        return f"e2mc_{criterion['transform']}"
+    return "e2mc"
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A network ready for evaluation (eval mode, on its device) and what its results record."""
+
+    network: nn.Module
+    context: ResultContext
+    dataset: str                     # the dataset it was trained on: fashion_mnist or imagenet
+    data_root: str | None            # where its training data was (the evaluation default)
+
+
+def evaluation_root(cfg: Config) -> str | None:
+    """Where a run's evaluation data are: its ``data.root``, except that ImageNet training reads
+    ``<root>/train`` while evaluation needs ``<root>`` (train/ and val/)."""
+    root = cfg.data.root
+    if cfg.data.dataset == "imagenet" and root and Path(root).name == "train":
+        return str(Path(root).parent)
+    return root
+
+
+def load_checkpoint(path: str | Path, method: str | None = None, device: str | torch.device = "auto",
+                    arm: str | None = None, epoch: int | None = None) -> LoadedCheckpoint:
+    """Open a checkpoint for evaluation.
+
+    Our training checkpoints (``"format": "e2mc-train-v1"``) carry method, configuration and epoch;
+    ``method``, if given, must agree. Anything else is read as an official release of ``method``
+    (required then) on a ResNet-50 (``e2mc.checkpoints.load_official``), evaluated on ImageNet.
+    ``arm`` and ``epoch`` override what is inferred: the arm from the configuration
+    (:func:`infer_arm`), the epoch from the file, except that a run from scratch is the base model
+    of continued training, epoch 0 (its own epoch count goes to ``extra["pretrain_epochs"]``).
+    The network is in eval mode, on ``device``, in the memory layout its run trained in
+    (``train.channels_last``; channels_last for releases), so evaluating a saved epoch gives what the
+    per-epoch hook measured in training.
+    """
+    from e2mc.train import CHECKPOINT_FORMAT, build_network, resolve_device
+
+    path = Path(path)
+    device = resolve_device(device) if isinstance(device, str) else device
+    state = checkpoints.load(path)
+    extra: dict[str, Any] = {}
+    if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
+        if method is not None and method != state["method"]:
+            raise ValueError(f"{path} holds a {state['method']} network, not {method}; drop --method for our "
+                             "checkpoints (they say what they hold)")
+        config = state["config"]
+        cfg = config_from_dict(config)
+        network = build_network(cfg)
+        network.load_state_dict(state["model"])
+        file_epoch = int(state["epoch"])
+        if not cfg.train.init:
+            extra["pretrain_epochs"] = file_epoch
+            file_epoch = 0
+        context = ResultContext(cfg.method, arm or infer_arm(config), file_epoch if epoch is None else epoch,
+                                config, str(path), extra)
+        loaded = LoadedCheckpoint(network, context, cfg.data.dataset, evaluation_root(cfg))
+        channels_last = cfg.train.channels_last  # evaluate in the layout the run trained in
+    else:
+        if method is None:
+            raise ValueError(f"{path} is not one of our training checkpoints; give --method vicreg|swav|simsiam "
+                             "to read it as an official release")
+        from e2mc.models import build_model
+
+        network = build_model(method, "resnet50")
+        report = checkpoints.load_official(state, method, network)
+        if report.epoch is not None:
+            extra["release_epochs"] = report.epoch
+        context = ResultContext(method, arm or "base", 0 if epoch is None else epoch, None, str(path), extra)
+        loaded = LoadedCheckpoint(network, context, "imagenet", None)
+        channels_last = True
+    loaded.network.to(device).eval()
+    if channels_last:
+        loaded.network.to(memory_format=torch.channels_last)
+    return loaded
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclass
+class EvaluationData:
+    """Train and test images of the evaluation dataset, and its labelled subsets."""
+
+    name: str
+    train: ImageSource
+    test: ImageSource
+    num_classes: int
+    subset: Callable[[float, int], torch.Tensor]  # (label fraction, seed) -> indices into train
+
+
+def fashion_mnist_data(root: str | Path | None = None) -> EvaluationData:
+    """Fashion-MNIST: the 60k training images (class-balanced random label subsets) and the 10k test images."""
+    train_images, train_labels = data.load_fashion_mnist("train", root)
+    test_images, test_labels = data.load_fashion_mnist("test", root)
+    train = TensorImages(train_images, train_labels)
+    return EvaluationData("fashion_mnist", train, TensorImages(test_images, test_labels), 10,
+                          lambda fraction, seed: data.balanced_subset(train.labels, fraction, seed))
+
+
+def imagenet_data(root: str | Path, subset_dir: str | Path | None = None, workers: int = 8) -> EvaluationData:
+    """ImageNet from ``root/train`` and ``root/val`` (class folders). Label fractions 0.01 and 0.1 are
+    SimCLR's lists ``1percent.txt`` / ``10percent.txt`` in ``subset_dir`` (default ``root``; fetched
+    with their sha256 checked if absent); the seed does not change them. Other fractions are
+    class-balanced random subsets."""
+    root = Path(root)
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise FileNotFoundError(f"ImageNet {split} folder {root / split} not found; --data-root must hold "
+                                    "train/ and val/, each with one folder per class (n01440764/, ...)")
+    train = DatasetImages(_image_folder(root / "train", data.imagenet_eval_transform()),
+                          _image_folder(root / "train", data.imagenet_probe_transform()), workers)
+    test = DatasetImages(_image_folder(root / "val", data.imagenet_eval_transform()), None, workers)
+    subset_dir = Path(subset_dir) if subset_dir is not None else root
+    cache: dict[float, torch.Tensor] = {}
+
+    def subset(fraction: float, seed: int) -> torch.Tensor:
+        if fraction == 1.0:
+            return torch.arange(len(train))
+        name = {0.01: "1percent", 0.1: "10percent"}.get(fraction)
+        if name is None:
+            return data.balanced_subset(train.labels, fraction, seed)
+        if fraction not in cache:
+            listing = data.download_imagenet_subset(name, subset_dir)
+            cache[fraction] = data.imagenet_subset_indices(train.eval_dataset, listing)
+        return cache[fraction]
+
+    return EvaluationData("imagenet", train, test, len(train.eval_dataset.classes), subset)
+
+
+def _image_folder(folder: Path, transform):
+    import torchvision
+
+    return torchvision.datasets.ImageFolder(str(folder), transform=transform)
+
+
+def evaluation_data(dataset: str, root: str | Path | None, subset_dir: str | Path | None = None,
+                    workers: int = 8) -> EvaluationData:
+    if dataset == "fashion_mnist":
+        return fashion_mnist_data(root)
+    if dataset == "imagenet":
+        if root is None:
+            raise ValueError("ImageNet evaluation needs --data-root, the folder holding train/ and val/")
+        return imagenet_data(root, subset_dir, workers)
+    raise ValueError(f"unknown evaluation dataset {dataset!r}; choose fashion_mnist or imagenet")
+
+
+def open_evaluation_data(loaded: LoadedCheckpoint, dataset: str | None = None, root: str | Path | None = None,
+                         subset_dir: str | Path | None = None, workers: int = 8) -> EvaluationData:
+    """The evaluation data for a checkpoint: ``dataset`` and ``root`` default to those it was trained on.
+    Raises ValueError when the network's input channels do not fit the dataset's images."""
+    dataset = dataset or loaded.dataset
+    expected = {"fashion_mnist": 1, "imagenet": 3}.get(dataset)
+    channels = input_channels(loaded.network)
+    if expected is not None and channels != expected:
+        raise ValueError(f"the network takes {channels}-channel images but {dataset} has {expected}; evaluate it "
+                         f"on the dataset it was trained on ({loaded.dataset}), or on others through --transfer")
+    return evaluation_data(dataset, root if root is not None else loaded.data_root, subset_dir, workers)
+
+
+# ----------------------------------------------------------------------------- the protocols
+
+@dataclass
+class EvaluationPlan:
+    """What to run. protocols: any of linear_probe, finetune, transfer. probe_on: "features" (the
+    fast path on cached, standardised features) or "images" (the paper's ImageNet protocol:
+    augmented images through the frozen backbone every epoch, :data:`PAPER_IMAGE_PROBE` unless
+    ``probe`` is given); probe_overrides: fields replaced in those settings. finetune: settings for
+    every fraction, or None for SwAV's per-fraction ones (:func:`swav_finetune_settings`);
+    finetune_overrides: fields replaced in those. transfer: (name, root) pairs (see
+    e2mc.evaluation.transfer). extraction_batch_size: images per forward pass when encoding."""
+
+    protocols: tuple[str, ...] = ("linear_probe",)
+    label_fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    probe: ProbeSettings | None = None
+    probe_on: str = "features"
+    probe_overrides: dict = field(default_factory=dict)
+    finetune: FinetuneSettings | None = None
+    finetune_overrides: dict = field(default_factory=dict)
+    transfer: tuple[tuple[str, str], ...] = ()
+    extraction_batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        self.protocols, self.seeds = tuple(self.protocols), tuple(int(s) for s in self.seeds)
+        self.label_fractions = tuple(float(f) for f in self.label_fractions)
+        unknown = [p for p in self.protocols if p not in PROTOCOLS]
+        if unknown or not self.protocols:
+            raise ValueError(f"protocols must be among {', '.join(PROTOCOLS)}, got {list(self.protocols)}")
+        bad = [f for f in self.label_fractions if not 0 < f <= 1]
+        if bad or not self.label_fractions or not self.seeds:
+            raise ValueError(f"label fractions must lie in (0, 1] (e.g. 0.01 0.1 1.0) and seeds be given; "
+                             f"got {list(self.label_fractions)} and {list(self.seeds)}")
+        if self.probe_on not in ("features", "images"):
+            raise ValueError(f"probe_on must be 'features' or 'images', got {self.probe_on!r}")
+        if "transfer" in self.protocols and not self.transfer:
+            raise ValueError("the transfer protocol needs at least one dataset: --transfer NAME=ROOT, e.g. cifar10=/data")
+
+    @property
+    def uses_own_data(self) -> bool:
+        """Whether the plan evaluates on the pre-training dataset (linear probe or fine-tuning), not only transfer."""
+        return "linear_probe" in self.protocols or "finetune" in self.protocols
+
+    def probe_settings(self) -> ProbeSettings:
+        base = self.probe if self.probe is not None else (PAPER_IMAGE_PROBE if self.probe_on == "images"
+                                                          else ProbeSettings())
+        return replace(base, **self.probe_overrides)
+
+    def finetune_settings(self, fraction: float) -> FinetuneSettings:
+        base = self.finetune if self.finetune is not None else swav_finetune_settings(fraction)
+        return replace(base, **self.finetune_overrides)
+
+
+def _probe_on_features(network: nn.Module, evaluation: EvaluationData, jobs: list[tuple[float, int]],
+                       indices: list[torch.Tensor], settings: ProbeSettings, batch_size: int):
+    """Encode the union of the jobs' training images and the test split once, then yield one probe per job."""
+    needed = torch.unique(torch.cat(indices))
+    train_x, train_y = extract_features(network, evaluation.train, needed, batch_size)
+    test_x, test_y = extract_features(network, evaluation.test, None, batch_size)
+    position = torch.full((len(evaluation.train),), -1, dtype=torch.long)
+    position[needed] = torch.arange(len(needed))
+    device = network_device(network)
+    for (_, seed), chosen in zip(jobs, indices):
+        rows = position[chosen]
+        yield train_linear_probe(train_x[rows], train_y[rows], test_x, test_y, evaluation.num_classes, settings,
+                                 seed, device)
+
+
+def evaluate_network(network: nn.Module, context: ResultContext, evaluation: EvaluationData, plan: EvaluationPlan,
+                     results_dir: str | Path, skip_existing: bool = False, workers: int = 8,
+                     log: Callable[[str], None] | None = print) -> list[Path]:
+    """Run ``plan`` on ``network`` (left in the mode it was in) and write one result file per
+    (protocol, dataset, label fraction, seed) to ``results_dir``. With ``skip_existing`` an evaluation
+    whose file is already there is not run again. Returns the result paths, in plan order."""
+    results_dir = Path(results_dir)
+    was_training = network.training
+    network.eval()
+    written: list[Path] = []
+    try:
+        runs: list[tuple[str, Any]] = [(kind, evaluation) for kind in ("linear_probe", "finetune")
+                                       if kind in plan.protocols]
+        if "transfer" in plan.protocols:
+            runs += [("transfer", dataset) for dataset in plan.transfer]
+        for kind, source in runs:
+            written += _run_kind(network, context, kind, source, plan, results_dir, skip_existing, workers, log)
+    finally:
+        network.train(was_training)
+    return written
+
+
+def _run_kind(network, context, kind, source, plan, results_dir, skip_existing, workers, log) -> list[Path]:
+    if kind == "transfer":
+        name, root = source
+        train, test = transfer_sources(name, root, network, workers)
+        evaluation = EvaluationData(name, train, test, num_classes_of(train, test),
+                                    lambda fraction, seed: data.balanced_subset(train.labels, fraction, seed))
+    else:
+        evaluation = source
+    jobs, paths = [], []
+    for fraction in plan.label_fractions:
+        for seed in plan.seeds:
+            path = results_dir / result_filename(kind, context.method, context.arm, evaluation.name, context.epoch,
+                                                 fraction, seed, context.config_hash)
+            paths.append(path)
+            if not (skip_existing and path.exists()):
+                jobs.append((fraction, seed, path))
+    if not jobs:
+        return paths
+    indices = [evaluation.subset(fraction, seed) for fraction, seed, _ in jobs]
+    if kind == "finetune":
+        settings = [plan.finetune_settings(fraction) for fraction, _, _ in jobs]
+        outcomes = (finetune(network, evaluation.train, idx, evaluation.test, None, evaluation.num_classes, setting,
+                             seed) for (_, seed, _), idx, setting in zip(jobs, indices, settings))
+    elif plan.probe_on == "images":
+        settings = [plan.probe_settings()] * len(jobs)
+        outcomes = (train_linear_on_images(network, evaluation.train, idx, evaluation.test, None,
+                                           evaluation.num_classes, settings[0], seed, plan.extraction_batch_size)
+                    for (_, seed, _), idx in zip(jobs, indices))
+    else:
+        settings = [plan.probe_settings()] * len(jobs)
+        outcomes = _probe_on_features(network, evaluation, [(f, s) for f, s, _ in jobs], indices, settings[0],
+                                      plan.extraction_batch_size)
+    device = network_device(network)
+    started, tic = utc_now(), time.time()
+    # Each result is written as soon as it exists (the first one's time includes encoding the images).
+    for (fraction, seed, path), idx, setting, result in zip(jobs, indices, settings, outcomes):
+        write_result(path, kind=kind, method=context.method, arm=context.arm, criterion=context.criterion,
+                     epoch=context.epoch, label_fraction=fraction, seed=seed, dataset=evaluation.name,
+                     metrics=result.metrics(),
+                     extra={**context.extra, **result.history(), "protocol": kind,
+                            "probe_on": None if kind == "finetune" else plan.probe_on, "settings": setting.to_dict(),
+                            "n_train": len(idx), "n_test": len(evaluation.test),
+                            "num_classes": evaluation.num_classes, "seconds": time.time() - tic},
+                     config=context.config, checkpoint=context.checkpoint, started=started, device=device)
+        if log:
+            metrics = result.metrics()
+            log(f"[e2mc] {kind} {evaluation.name} {context.method}/{context.arm} epoch {context.epoch} "
+                f"{100 * fraction:g}% labels seed {seed}: top-1 best {metrics['top1_best']:.2f} "
+                f"last {metrics['top1_last']:.2f}")
+        started, tic = utc_now(), time.time()
+    return paths
+
+
+# ----------------------------------------------------------------------------- entry points
+
+def evaluate_checkpoint(checkpoint: str | Path, results_dir: str | Path, plan: EvaluationPlan | None = None, *,
+                        method: str | None = None, arm: str | None = None, epoch: int | None = None,
+                        dataset: str | None = None, data_root: str | Path | None = None,
+                        subset_dir: str | Path | None = None, device: str = "auto", workers: int = 8,
+                        skip_existing: bool = False) -> list[Path]:
+    """Evaluate one checkpoint (see :func:`load_checkpoint`) on ``dataset`` (default: the one it was
+    trained on; ImageNet for releases) with ``plan``; returns the result files written."""
+    plan = plan or EvaluationPlan()
+    loaded = load_checkpoint(checkpoint, method, device, arm, epoch)
+    evaluation = open_evaluation_data(loaded, dataset, data_root, subset_dir, workers) if plan.uses_own_data else None
+    return evaluate_network(loaded.network, loaded.context, evaluation, plan, results_dir, skip_existing, workers)
+
+
+def epoch_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of every ``checkpoint-epochNNN.pt`` in ``run_dir``, by epoch."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    found = sorted((int(m.group(1)), p) for p in run_dir.iterdir() if (m := EPOCH_CHECKPOINT.fullmatch(p.name)))
+    if not found:
+        raise FileNotFoundError(f"no checkpoint-epochNNN.pt in {run_dir}; train with "
+                                "train.keep_epoch_checkpoints=true to keep one per epoch")
+    return found
+
+
+def default_results_dir(config: dict | None, run_dir: str | Path) -> Path:
+    """``eval.results_dir`` of the run's configuration, else ``<run_dir>/eval``."""
+    configured = (config or {}).get("eval", {}).get("results_dir")
+    return Path(configured) if configured else Path(run_dir) / "eval"
+
+
+def sweep(run_dir: str | Path, results_dir: str | Path | None = None, plan: EvaluationPlan | None = None, *,
+          dataset: str | None = None, data_root: str | Path | None = None, subset_dir: str | Path | None = None,
+          device: str = "auto", workers: int = 8, skip_existing: bool = True) -> list[Path]:
+    """Evaluate every ``checkpoint-epochNNN.pt`` of a run (the data of Fig. 6), epoch = NNN.
+
+    ``results_dir`` defaults to :func:`default_results_dir`; evaluations already on disk are skipped
+    unless ``skip_existing`` is False. The evaluation data are loaded once."""
+    plan = plan or EvaluationPlan()
+    written: list[Path] = []
+    evaluation = None
+    for epoch, path in epoch_checkpoints(run_dir):
+        loaded = load_checkpoint(path, device=device, epoch=epoch)
+        target = Path(results_dir) if results_dir is not None else default_results_dir(loaded.context.config, run_dir)
+        if evaluation is None and plan.uses_own_data:
+            evaluation = open_evaluation_data(loaded, dataset, data_root, subset_dir, workers)
+        written += evaluate_network(loaded.network, loaded.context, evaluation, plan, target, skip_existing, workers)
+    return written
+
+
+def make_epoch_probe_hook(cfg: Config, plan: EvaluationPlan | None = None, workers: int = 8
+                          ) -> Callable[[int, nn.Module, Path], None]:
+    """An ``epoch_end_hook`` for :func:`e2mc.train.train`: linear probes after every epoch.
+
+    ``hook(epochs_done, network, output_dir)`` probes the in-memory network with
+    ``cfg.eval.label_fractions`` x ``cfg.eval.seeds`` (unless ``plan`` is given) and writes the
+    results (epoch = epochs_done) to ``cfg.eval.results_dir`` or ``<output_dir>/eval``. On its first
+    call it also evaluates the starting model as epoch 0 if that is not on disk yet
+    (``checkpoint-epoch000.pt`` when kept, else ``train.init``). Global RNG states are restored
+    afterwards, so a run with the hook trains exactly as one without it.
+    """
+    plan = plan or EvaluationPlan(("linear_probe",), tuple(cfg.eval.label_fractions), tuple(cfg.eval.seeds))
+    config = cfg.to_dict()
+    arm = infer_arm(config)
+    state: dict[str, Any] = {"data": None, "start_checked": False}
+
+    def hook(epochs_done: int, network: nn.Module, output_dir: Path) -> None:
+        from e2mc.train import load_initial_weights
+
+        output_dir = Path(output_dir)
+        results_dir = default_results_dir(config, output_dir)
+        device = network_device(network)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if state["data"] is None:
+                state["data"] = evaluation_data(cfg.data.dataset, evaluation_root(cfg), None, workers)
+            evaluation = state["data"]
+            kept = output_dir / f"checkpoint-epoch{epochs_done:03d}.pt"
+            context = ResultContext(cfg.method, arm, epochs_done, config, str(kept) if kept.exists() else None)
+            if not state["start_checked"]:
+                state["start_checked"] = True
+                start = output_dir / "checkpoint-epoch000.pt"
+                source = start if start.exists() else (Path(cfg.train.init) if cfg.train.init else None)
+                if source is not None:
+                    initial = copy.deepcopy(network)
+                    if source == start:
+                        initial.load_state_dict(checkpoints.load(start)["model"])
+                    else:
+                        load_initial_weights(str(source), cfg.method, initial)
+                    evaluate_network(initial, replace(context, epoch=0, checkpoint=str(source)), evaluation, plan,
+                                     results_dir, skip_existing=True, workers=workers)
+                    del initial
+            evaluate_network(network, context, evaluation, plan, results_dir, skip_existing=False, workers=workers)
+
+    return hook
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+def diagnose_network(network: nn.Module, source: ImageSource, method: str, n_images: int = 2048, n_pairs: int = 8,
+                     seed: int = 0, batch_size: int = 512,
+                     transforms: tuple[str, ...] = ("sigmoid", "gaussian_cdf")) -> tuple[dict, dict]:
+    """Embedding statistics of ``network`` on ``n_images`` fixed images of ``source`` (metrics, extra).
+
+    The images (a seeded random choice, sorted) and the ``n_pairs`` dimension pairs depend only on
+    (len(source), n_images, seed) and (D, n_pairs, seed), so two checkpoints of one architecture are
+    measured on the same points: ``extra["coordinates"][transform][p][k]`` is the transformed
+    (x, y) of image ``extra["image_indices"][k]`` in dimensions ``extra["dimension_pairs"][p]``.
+    Metrics: marginal_entropy_<t>, covariance_penalty_<t> for every transform (nats; the penalty of
+    the criterion), marginal_entropy and covariance_penalty for the method's own transform,
+    rankme_embedding, rankme_features, embedding_std, n_images, embedding_dim.
+    """
+    if not 2 <= n_images <= len(source):
+        raise ValueError(f"n_images must lie in [2, {len(source)}] (the split's size), got {n_images}")
+    generator = torch.Generator().manual_seed(int(seed))
+    indices = torch.randperm(len(source), generator=generator)[:n_images].sort().values
+    embedding, labels = extract_features(network, source, indices, batch_size, output="embedding")
+    features, _ = extract_features(network, source, indices, batch_size, output="features")
+    pairs = dimension_pairs(embedding.shape[1], n_pairs, seed)
+    stats = transformed_statistics(embedding, transforms)
+    metrics: dict[str, float] = {}
+    for t in transforms:
+        metrics[f"marginal_entropy_{t}"] = stats[t]["marginal_entropy"]
+        metrics[f"covariance_penalty_{t}"] = stats[t]["covariance_penalty"]
+    own = METHOD_TRANSFORM[method]
+    own_stats = stats[own] if own in stats else transformed_statistics(embedding, (own,))[own]
+    metrics.update(marginal_entropy=own_stats["marginal_entropy"], covariance_penalty=own_stats["covariance_penalty"],
+                   rankme_embedding=rankme(embedding), rankme_features=rankme(features),
+                   embedding_std=embedding.std(dim=0).mean().item(), n_images=n_images,
+                   embedding_dim=embedding.shape[1])
+    extra = {"image_indices": indices.tolist(), "labels": labels.tolist(),
+             "dimension_pairs": [list(p) for p in pairs], "method_transform": own,
+             "coordinates": {t: pair_coordinates(embedding, pairs, t) for t in transforms},
+             "per_dimension_entropy": {t: stats[t]["per_dimension_entropy"] for t in transforms}}
+    return metrics, extra
+
+
+def diagnose_checkpoint(checkpoint: str | Path, results_dir: str | Path, *, method: str | None = None,
+                        arm: str | None = None, epoch: int | None = None, dataset: str | None = None,
+                        data_root: str | Path | None = None, n_images: int = 2048, n_pairs: int = 8, seed: int = 0,
+                        device: str = "auto", workers: int = 8) -> Path:
+    """Diagnostics of a checkpoint's embeddings on its dataset's test split, as a kind=diagnostics result."""
+    started = utc_now()
+    loaded = load_checkpoint(checkpoint, method, device, arm, epoch)
+    evaluation = open_evaluation_data(loaded, dataset, data_root, None, workers)
+    context = loaded.context
+    metrics, extra = diagnose_network(loaded.network, evaluation.test, context.method, n_images, n_pairs, seed)
+    path = Path(results_dir) / result_filename("diagnostics", context.method, context.arm, evaluation.name,
+                                               context.epoch, None, seed, context.config_hash)
+    write_result(path, kind="diagnostics", method=context.method, arm=context.arm, criterion=context.criterion,
+                 epoch=context.epoch, label_fraction=None, seed=seed, dataset=evaluation.name, metrics=metrics,
+                 extra={**context.extra, **extra, "split": "test"}, config=context.config,
+                 checkpoint=context.checkpoint, started=started, device=network_device(loaded.network))
+    print(f"[e2mc] diagnostics of {checkpoint}: RankMe {metrics['rankme_embedding']:.1f}, marginal entropy "
+          f"{metrics['marginal_entropy']:.4f} nats -> {path}")
+    return path

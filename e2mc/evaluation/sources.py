@@ -1,0 +1,175 @@
+"""Labelled images for evaluation, and frozen-backbone features extracted from them.
+
+An :class:`ImageSource` yields batches ``(images, labels)`` for any index set, with the evaluation
+transform or a training augmentation:
+
+* :class:`TensorImages` holds grey images as one uint8 tensor (Fashion-MNIST) and transforms whole
+  batches on the device (normalisation; RandomResizedCrop + flip for training);
+* :class:`DatasetImages` wraps two torch Datasets over the same images, one with the evaluation
+  transform and one with the training transform (ImageNet, transfer datasets), read by a DataLoader.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from e2mc.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, BatchAugment, ViewRecipe, normalize_fashion_mnist
+
+# The grey 28 px counterpart of the linear probe's training transform (RandomResizedCrop + flip, no colour).
+MINI_PROBE_RECIPE = ViewRecipe(28, (0.08, 1.0), jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=0.0, grayscale_p=0.0,
+                               blur_p=0.0, mean=(FASHION_MNIST_MEAN,), std=(FASHION_MNIST_STD,))
+
+
+def dataset_targets(dataset: Dataset) -> torch.Tensor:
+    """Class index of every sample, (N,) int64, read without decoding the images where possible."""
+    if isinstance(dataset, Subset):
+        return dataset_targets(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
+    for name in ("targets", "_labels", "labels"):
+        values = getattr(dataset, name, None)
+        if values is not None and len(values) == len(dataset):
+            return torch.as_tensor(list(values) if not isinstance(values, torch.Tensor) else values).long()
+    if hasattr(dataset, "samples"):
+        return torch.tensor([label for _, label in dataset.samples], dtype=torch.long)
+    # Any other map-style dataset: read each sample once (slow, but correct).
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)
+
+
+class ImageSource:
+    """Labelled images addressed by index. ``labels``: (N,) int64 on the CPU."""
+
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max()) + 1
+
+    def batches(self, indices: torch.Tensor, batch_size: int, device: torch.device, train: bool = False,
+                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches (images on ``device``, labels on ``device``) of the images at ``indices``.
+
+        ``train=False``: in the order given, evaluation transform. ``train=True``: shuffled by
+        ``generator``, training augmentation, last incomplete batch kept.
+        """
+        raise NotImplementedError
+
+
+class TensorImages(ImageSource):
+    """Grey images in one tensor: ``images`` uint8 (N, H, W) or (N, 1, H, W), ``labels`` (N,).
+
+    Evaluation input is ``normalize(images)`` (default: Fashion-MNIST standardisation); training
+    input is ``augment(images, generator)`` (default: :data:`MINI_PROBE_RECIPE`)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
+                 normalize: Callable[[torch.Tensor], torch.Tensor] = normalize_fashion_mnist,
+                 augment: nn.Module | None = None) -> None:
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels = images, torch.as_tensor(labels).long().cpu()
+        self.normalize = normalize
+        self.augment = augment if augment is not None else BatchAugment(MINI_PROBE_RECIPE)
+
+    def batches(self, indices, batch_size, device, train=False, generator=None):
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        if train:
+            indices = indices[torch.randperm(len(indices), generator=generator)]
+        for start in range(0, len(indices), batch_size):
+            chosen = indices[start:start + batch_size]
+            images = self.images[chosen].to(device)
+            # The augmentation draws its parameters on the CPU generator, then moves them to the device.
+            x = self.augment(images, generator) if train else self.normalize(images)
+            yield x, self.labels[chosen].to(device)
+
+
+class DatasetImages(ImageSource):
+    """Images of a torch Dataset read through a DataLoader.
+
+    ``eval_dataset`` applies the evaluation transform, ``train_dataset`` (optional) the same images
+    with the training augmentation; both yield ``(tensor image, label)``."""
+
+    def __init__(self, eval_dataset: Dataset, train_dataset: Dataset | None = None, workers: int = 4) -> None:
+        if train_dataset is not None and len(train_dataset) != len(eval_dataset):
+            raise ValueError("train_dataset and eval_dataset must hold the same images")
+        self.eval_dataset, self.train_dataset, self.workers = eval_dataset, train_dataset, workers
+        self.labels = dataset_targets(eval_dataset)
+
+    def batches(self, indices, batch_size, device, train=False, generator=None):
+        dataset = self.eval_dataset
+        if train:
+            if self.train_dataset is None:
+                raise ValueError("this source has no training transform; give DatasetImages a train_dataset")
+            dataset = self.train_dataset
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        if train:
+            indices = indices[torch.randperm(len(indices), generator=generator)]
+        loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size, shuffle=False,
+                            num_workers=self.workers, pin_memory=device.type == "cuda",
+                            persistent_workers=False)
+        for images, labels in loader:
+            yield images.to(device, non_blocking=True), torch.as_tensor(labels).long().to(device, non_blocking=True)
+
+
+def backbone_of(network: nn.Module) -> nn.Module:
+    """The trunk whose output is the ``"features"`` of the method networks (any module also works)."""
+    if isinstance(network, nn.parallel.DistributedDataParallel):
+        network = network.module
+    return getattr(network, "backbone", network)
+
+
+def input_channels(network: nn.Module) -> int:
+    """Channels the network's first convolution expects (1 for the mini ConvNet, 3 for ResNets)."""
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    raise ValueError("the network has no Conv2d layer; cannot tell which images it takes")
+
+
+def network_device(network: nn.Module) -> torch.device:
+    return next(network.parameters()).device
+
+
+def like_network(images: torch.Tensor, network: nn.Module) -> torch.Tensor:
+    """``images`` in the memory layout of the network's first convolution (NHWC if its weights are
+    channels_last: about 1.5x faster on CPU than mixing layouts)."""
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):
+            if images.dim() == 4 and module.weight.is_contiguous(memory_format=torch.channels_last):
+                return images.contiguous(memory_format=torch.channels_last)
+            break
+    return images
+
+
+@torch.no_grad()
+def extract_features(network: nn.Module, source: ImageSource, indices: Sequence[int] | torch.Tensor | None = None,
+                     batch_size: int = 512, output: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen outputs of ``network`` for the images of ``source`` at ``indices`` (all when None).
+
+    ``output="features"`` runs the backbone only (N, F); any other name runs the whole network and
+    takes that entry of its output dict (e.g. ``"embedding"``). The network is put in eval mode
+    (BatchNorm uses its running statistics) and given back in the mode it was in; no gradients.
+    Returns (float32 outputs (N, ·) on the CPU, int64 labels (N,)) in the order of ``indices``.
+    """
+    module = backbone_of(network) if output == "features" else network
+    device = network_device(network)
+    if indices is None:
+        indices = torch.arange(len(source))
+    was_training = module.training
+    module.eval()
+    outputs, labels = [], []
+    try:
+        for images, targets in source.batches(torch.as_tensor(indices), batch_size, device):
+            out = module(like_network(images, module))  # float32, as the reference linear evaluations
+            if output != "features":
+                out = out[output]
+            outputs.append(out.float().cpu())
+            labels.append(targets.cpu())
+    finally:
+        module.train(was_training)
+    if not outputs:
+        raise ValueError("no images to extract features from (empty index set)")
+    return torch.cat(outputs), torch.cat(labels)
