@@ -53,7 +53,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("train.device=cuda but no GPU is visible; use train.device=cpu or auto")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        # One GPU per local rank. SLURM may already show each task only its own GPU(s)
+        # (--gpus-per-task, --gpu-bind), so the index is taken among the visible ones.
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     return torch.device("cpu")
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from e2mc import checkpoints, data
 from e2mc.config import Config, config_from_dict
+from e2mc.arms import infer_arm
 from e2mc.diagnostics import (METHOD_TRANSFORM, dimension_pairs, pair_coordinates, rankme,
                               transformed_statistics)
 from e2mc.evaluation.finetune import FinetuneSettings, finetune, swav_finetune_settings
@@ -57,32 +58,6 @@ class ResultContext:
     @property
     def config_hash(self) -> str | None:
         return config_hash(self.config)
-
-
-def infer_arm(config: dict | None) -> str:
-    """The experiment arm of a training configuration.
-
-    No configuration (an official release) or a run from scratch (no ``train.init``: the mini
-    stand-in for a release) -> "base"; original loss only -> "original"; E2MC -> "e2mc", or
-    "entropy_only" / "covariance_only" when one coefficient is 0, or "e2mc_<transform>" when the
-    transform is not the method's default; an alternative criterion -> its name (uniformity, mmcr, vc).
-    """
-    if not config or not config["train"].get("init"):
-        return "base"
-    criterion = config["criterion"]
-    if criterion["name"] == "none":
-        return "original"
-    if criterion["name"] != "e2mc":
-        return criterion["name"]
-    if criterion["ent_coeff"] == 0 and criterion["cov_coeff"] == 0:
-        return "original"
-    if criterion["ent_coeff"] == 0:
-        return "covariance_only"
-    if criterion["cov_coeff"] == 0:
-        return "entropy_only"
-    if criterion["transform"] != METHOD_TRANSFORM[config["method"]]:
-        return f"e2mc_{criterion['transform']}"
-    return "e2mc"
 
 
 @dataclass

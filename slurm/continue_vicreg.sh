@@ -1,0 +1,35 @@
+#!/bin/bash
+# Continued pre-training of the official VICReg (ResNet-50, expander 8192-8192-8192, LARS)
+# with E2MC (or another arm) for the configured epochs (10 in the paper), on one node with 2 GPUs
+# at global batch 512 as in the paper.
+# One array task per seed (--array=0-2: seeds 0, 1, 2); a requeued task resumes in the same folder.
+#
+#   sbatch slurm/continue_vicreg.sh                                   # E2MC, seeds 0-2
+#   E2MC_ARM=original sbatch slurm/continue_vicreg.sh                 # the original loss alone
+#   sbatch --array=0 --partition=gpu --account=me slurm/continue_vicreg.sh train.epochs=5
+#   E2MC_CONFIG=configs/mini/vicreg.yaml sbatch --gpus-per-node=0 --ntasks-per-node=1 --cpus-per-task=1 \
+#       slurm/continue_vicreg.sh                                     # the mini config on a CPU node
+#
+# sbatch options override the #SBATCH lines; key=value arguments override the configuration.
+# E2MC_CONFIG, E2MC_ARM, E2MC_SEEDS, E2MC_OUTPUT, E2MC_OVERRIDES, E2MC_PYTHON, E2MC_SETUP: docs/cluster.md.
+#SBATCH --job-name=e2mc-vicreg
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=2
+#SBATCH --gpus-per-node=2
+#SBATCH --cpus-per-task=10
+#SBATCH --time=08:00:00
+#SBATCH --signal=USR2@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --array=0-2
+#SBATCH --output=slurm/logs/%x-%A_%a.out
+set -euo pipefail
+E2MC_ROOT=${E2MC_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
+if [[ ! -f $E2MC_ROOT/slurm/common.sh ]]; then
+    echo "error: $E2MC_ROOT is not the e2mc repository; submit from its root or set E2MC_ROOT" >&2
+    exit 2
+fi
+source "$E2MC_ROOT/slurm/common.sh"
+
+e2mc_arguments continue-args vicreg
+e2mc_srun -m e2mc "${e2mc_args[@]}" "$@"

@@ -1,0 +1,311 @@
+"""e2mc.cluster and e2mc.launcher without SLURM: environment detection, requeue decisions, job arguments,
+grids, and the submitit hand-over (the real cluster is exercised in test_slurm_jobs.py)."""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import submitit
+
+from e2mc import cluster, launcher
+from e2mc.cluster import ClusterError, RequeueOutcome, SlurmJob
+from e2mc.config import load_config
+from e2mc.train import train
+from fake_data import write_fake_fashion_mnist
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# What `srun` sets in task 1 of a two-node, one-task-per-node step of array task 3 of job 500.
+STEP_ENV = {"SLURM_JOB_ID": "503", "SLURM_ARRAY_JOB_ID": "500", "SLURM_ARRAY_TASK_ID": "3",
+            "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1",
+            "SLURM_LOCALID": "0", "SLURM_NODEID": "1", "SLURM_JOB_NUM_NODES": "2",
+            "SLURM_JOB_NODELIST": "gpu[017-018]", "SLURM_RESTART_COUNT": "2"}
+# The batch shell of a plain two-task job: SLURM_NTASKS counts the allocation, one process runs.
+BATCH_ENV = {"SLURM_JOB_ID": "77", "SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+             "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "vm"}
+
+
+class FakeScontrol:
+    """Stands in for subprocess.run: answers `scontrol show job` with ``show`` and records every command."""
+
+    def __init__(self, show="JobId=77 JobState=RUNNING Reason=None Requeue=1 Restarts=0 Command=/x/run.sh a b",
+                 fail=()):
+        self.show, self.fail, self.commands = show, fail, []
+
+    def __call__(self, command, **kwargs):
+        self.commands.append(command)
+        code = 1 if command[1] in self.fail else 0
+        out = self.show if command[:4] == ["scontrol", "--oneliner", "show", "job"] else ""
+        return subprocess.CompletedProcess(command, code, out, "scontrol: error: boom" if code else "")
+
+
+def refuse_to_run(command, **kwargs):
+    raise AssertionError(f"ran {command} where nothing should run")
+
+
+@pytest.fixture
+def fake_environ(monkeypatch):
+    """Replace os.environ by exactly the given variables (submitit reads os.environ directly)."""
+    def use(variables):
+        environ = dict(variables)
+        monkeypatch.setattr(os, "environ", environ)
+        return environ
+    return use
+
+
+# --- detection ----------------------------------------------------------------------------------
+
+def test_step_environment_is_read_field_by_field():
+    job = cluster.slurm_job(STEP_ENV)
+    assert job == SlurmJob(job_id="503", array_job_id="500", array_task_id=3, in_step=True, num_tasks=2,
+                           global_rank=1, local_rank=0, restart_count=2)
+    assert job.requeue_id == "500_3"  # the array task, not the attempt's own job id
+
+
+def test_batch_shell_counts_as_one_process_and_outside_slurm_is_none():
+    job = cluster.slurm_job(BATCH_ENV)
+    assert (job.in_step, job.num_tasks, job.restart_count, job.requeue_id) == (False, 1, 0, "77")
+    assert cluster.slurm_job({"HOME": "/root"}) is None
+
+
+def test_export_sets_torch_variables_from_slurm_through_submitit(fake_environ):
+    environ = fake_environ(STEP_ENV)
+    exported = cluster.export_torch_distributed()
+    expected = {"MASTER_ADDR": "gpu017", "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
+    assert {k: environ[k] for k in expected} == expected
+    assert exported == {k: environ[k] for k in exported}
+    assert environ["SUBMITIT_EXECUTOR"] == "slurm"
+    assert 20000 <= int(environ["MASTER_PORT"]) <= 60000
+    assert "CUDA_VISIBLE_DEVICES" not in environ
+    # Rank 0 of the same job computes the same port (derived from the job id, not random per process).
+    rank0 = fake_environ({**STEP_ENV, "SLURM_PROCID": "0", "SLURM_NODEID": "0"})
+    cluster.export_torch_distributed()
+    assert (rank0["MASTER_PORT"], rank0["RANK"]) == (environ["MASTER_PORT"], "0")
+
+
+@pytest.mark.parametrize("variables", [
+    BATCH_ENV,                                                        # batch shell: not a step
+    {**STEP_ENV, "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1"},  # a single task
+    {**STEP_ENV, "RANK": "0", "WORLD_SIZE": "8"},                    # torchrun inside the allocation
+    {"PATH": "/usr/bin"},                                             # not SLURM at all
+])
+def test_export_leaves_environment_alone(fake_environ, variables):
+    environ = fake_environ(variables)
+    assert cluster.export_torch_distributed() is None
+    assert environ == variables
+
+
+# --- requeue ------------------------------------------------------------------------------------
+
+def test_requeue_command_names_array_task_or_job():
+    assert cluster.requeue_command(cluster.slurm_job(STEP_ENV)) == ["scontrol", "requeue", "500_3"]
+    assert cluster.requeue_command(cluster.slurm_job(BATCH_ENV)) == ["scontrol", "requeue", "77"]
+
+
+def test_rank0_requeues_after_usr2_with_the_array_task_id():
+    run = FakeScontrol()
+    outcome = cluster.requeue_after_stop({"status": "interrupted", "signal": "SIGUSR2"},
+                                         {**STEP_ENV, "SLURM_PROCID": "0"}, run)
+    assert outcome.requeued
+    assert run.commands == [["scontrol", "--oneliner", "show", "job", "500_3"], ["scontrol", "requeue", "500_3"]]
+    assert "restart 3" in outcome.message
+
+
+@pytest.mark.parametrize(("summary", "environ"), [
+    ({"status": "interrupted", "signal": "SIGUSR2"}, {"HOME": "/root"}),   # outside SLURM
+    ({"status": "interrupted", "signal": "SIGUSR2"}, STEP_ENV),            # rank 1
+    ({"status": "finished"}, BATCH_ENV),                                    # nothing stopped it
+])
+def test_no_requeue_outside_slurm_on_other_ranks_or_after_a_finished_run(summary, environ):
+    outcome = cluster.requeue_after_stop(summary, environ, refuse_to_run)
+    assert outcome == RequeueOutcome(False, outcome.message) and not outcome.requeued
+
+
+@pytest.mark.parametrize(("signal_name", "show", "requeued"), [
+    ("SIGUSR2", "JobState=RUNNING Reason=None Requeue=1", True),
+    ("SIGUSR1", "JobState=RUNNING Reason=None Requeue=1", True),
+    ("SIGTERM", "JobState=COMPLETING Reason=TimeLimit Requeue=1", True),   # hit the time limit
+    ("SIGTERM", "JobState=PREEMPTED Reason=None Requeue=1", True),
+    ("SIGTERM", "JobState=COMPLETING Reason=None Requeue=1", False),       # scancel: stay cancelled
+    ("SIGUSR2", "JobState=RUNNING Reason=None Requeue=0", False),          # sbatch --no-requeue
+])
+def test_requeue_decision_follows_signal_and_job_state(signal_name, show, requeued):
+    run = FakeScontrol(show=f"JobId=77 {show} Restarts=0")
+    outcome = cluster.requeue_after_stop({"status": "interrupted", "signal": signal_name}, BATCH_ENV, run)
+    assert outcome.requeued is requeued
+    assert (["scontrol", "requeue", "77"] in run.commands) is requeued
+
+
+def test_failed_requeue_is_reported_not_raised():
+    outcome = cluster.requeue_after_stop({"status": "interrupted", "signal": "SIGUSR2"}, BATCH_ENV,
+                                         FakeScontrol(fail=("requeue",)))
+    assert not outcome.requeued and "boom" in outcome.message and "resubmit" in outcome.message
+
+    def no_scontrol(command, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", "scontrol")
+
+    outcome = cluster.requeue_after_stop({"status": "interrupted", "signal": "SIGUSR2"}, BATCH_ENV, no_scontrol)
+    assert not outcome.requeued and "scontrol" in outcome.message and "not requeued" in outcome.message
+
+
+# --- job arguments ------------------------------------------------------------------------------
+
+def test_array_tasks_map_to_arms_fastest_then_seeds():
+    arms = ["original", "e2mc", "mmcr"]
+    assert [cluster.task_assignment(arms, t) for t in range(6)] == [
+        ("original", 0), ("e2mc", 0), ("mmcr", 0), ("original", 1), ("e2mc", 1), ("mmcr", 1)]
+    assert cluster.task_assignment(arms, 4, seeds=[7, 9]) == ("e2mc", 9)
+    with pytest.raises(ClusterError, match="--array=0-5"):
+        cluster.task_assignment(arms, 6, seeds=[7, 9])
+
+
+def test_continue_arguments_are_stable_across_requeues():
+    environ = {"SLURM_JOB_ID": "41", "SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "1",
+               "E2MC_CONFIG": "configs/mini/vicreg.yaml", "E2MC_ARM": "entropy_only", "E2MC_OUTPUT": "/scratch/r",
+               "E2MC_OVERRIDES": "train.epochs=2 'model.heads={expander: [64, 64]}'"}
+    expected = ["continue", "--config", "configs/mini/vicreg.yaml", "criterion.name=e2mc", "criterion.cov_coeff=0",
+                "train.seed=1", "train.output_dir=/scratch/r/entropy_only/seed1", "train.epochs=2",
+                "model.heads={expander: [64, 64]}"]
+    assert cluster.continue_arguments("vicreg", environ) == expected
+    requeued = {**environ, "SLURM_JOB_ID": "97", "SLURM_RESTART_COUNT": "1"}
+    assert cluster.continue_arguments("vicreg", requeued) == expected
+    # The arguments load: every arm override is a valid configuration key.
+    cfg = load_config(ROOT / expected[2], expected[3:])
+    assert (cfg.criterion.cov_coeff, cfg.train.seed, cfg.model.heads) == (0.0, 1, {"expander": [64, 64]})
+
+
+def test_sweep_defaults_and_errors():
+    args = cluster.continue_arguments("swav", {"SLURM_ARRAY_TASK_ID": "4", "E2MC_SEEDS": "10,11"},
+                                      default_arms=("original", "e2mc", "uniformity"))
+    assert args[:3] == ["continue", "--config", "configs/imagenet/swav.yaml"]
+    assert args[3:] == ["criterion.name=e2mc", "train.seed=11", "train.output_dir=runs/slurm/swav/e2mc/seed11"]
+    with pytest.raises(ClusterError, match="unknown arm 'e2mcc'"):
+        cluster.continue_arguments("swav", {"E2MC_ARM": "e2mcc"})
+    with pytest.raises(ClusterError, match="E2MC_SEEDS must hold integers"):
+        cluster.continue_arguments("swav", {"E2MC_SEEDS": "a b"})
+
+
+def test_every_arm_is_a_valid_configuration():
+    for arm, overrides in cluster.ARMS.items():
+        cfg = load_config(ROOT / "configs/mini/swav.yaml", list(overrides))
+        assert cfg.criterion.name == overrides[0].split("=")[1], arm
+
+
+def test_evaluate_arguments_point_at_the_training_output():
+    environ = {"E2MC_METHOD": "simsiam", "E2MC_ARM": "original", "SLURM_ARRAY_TASK_ID": "2"}
+    assert cluster.evaluate_arguments(environ) == [
+        "evaluate", "--checkpoint", "runs/slurm/simsiam/original/seed2/checkpoint.pt", "--method", "simsiam",
+        "--arm", "original", "--results-dir", "results/slurm/simsiam"]
+    release = {"E2MC_METHOD": "vicreg", "E2MC_CHECKPOINT": "/ckpt/resnet50_fullckpt.pth", "E2MC_RESULTS": "out"}
+    assert cluster.evaluate_arguments(release) == [
+        "evaluate", "--checkpoint", "/ckpt/resnet50_fullckpt.pth", "--method", "vicreg", "--results-dir", "out/vicreg"]
+    with pytest.raises(ClusterError, match="set E2MC_METHOD"):
+        cluster.evaluate_arguments({})
+
+
+def test_module_entry_prints_one_argument_per_line():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "E2MC_"))}
+    env["E2MC_OVERRIDES"] = "'model.heads={dim: 32}'"
+    out = subprocess.run([sys.executable, "-m", "e2mc.cluster", "continue-args", "simsiam"], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["continue", "--config", "configs/imagenet/simsiam.yaml", "criterion.name=e2mc",
+                                "train.seed=0", "train.output_dir=runs/slurm/simsiam/e2mc/seed0",
+                                "model.heads={dim: 32}"]
+    bad = subprocess.run([sys.executable, "-m", "e2mc.cluster", "continue-args", "simsiam"],
+                         env={**env, "E2MC_ARM": "nope"}, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown arm 'nope'" in bad.stderr
+
+
+# --- the launcher -------------------------------------------------------------------------------
+
+def test_grid_expands_every_combination_into_distinct_stable_folders():
+    specs = launcher.expand_grid("configs/mini/{method}.yaml",
+                                 {"method": ["vicreg", "simsiam"], "arm": ["original", "e2mc"],
+                                  "criterion.ent_coeff": [1, 10], "train.seed": [0, 1]},
+                                 ["train.epochs=1"], "runs/g")
+    assert len(specs) == 16 and len({s.output_dir for s in specs}) == 16
+    first = specs[0]
+    assert first.config == "configs/mini/vicreg.yaml"
+    assert first.output_dir == "runs/g/vicreg/original,criterion.ent_coeff=1/seed0"
+    assert first.overrides == ("train.epochs=1", "criterion.name=none", "criterion.ent_coeff=1", "train.seed=0",
+                               "train.output_dir=runs/g/vicreg/original,criterion.ent_coeff=1/seed0")
+    assert specs[-1].output_dir == "runs/g/simsiam/e2mc,criterion.ent_coeff=10/seed1"
+    cfg = load_config(specs[-1].config, list(specs[-1].overrides))
+    assert (cfg.method, cfg.criterion.name, cfg.criterion.ent_coeff, cfg.train.seed) == ("simsiam", "e2mc", 10.0, 1)
+
+
+def test_grid_errors_name_the_fix(tmp_path):
+    with pytest.raises(ClusterError, match=r"\{method\} placeholder"):
+        launcher.expand_grid("configs/mini/vicreg.yaml", {"method": ["vicreg", "swav"]})
+    with pytest.raises(ClusterError, match=r"\{method\} placeholder"):
+        launcher.expand_grid("configs/mini/{method}.yaml", {"arm": ["e2mc"]})
+    with pytest.raises(ClusterError, match="would both train in"):
+        launcher.expand_grid("configs/mini/vicreg.yaml", {"arm": ["vc", "vc"]})
+    with pytest.raises(ClusterError, match="train the same configuration"):  # SwAV's own transform
+        launcher.expand_grid("configs/mini/swav.yaml", {"arm": ["e2mc", "e2mc_gaussian_cdf"]})
+    with pytest.raises(ClusterError, match="KEY=V1,V2"):
+        launcher.parse_axis("criterion.ent_coeff")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("config: configs/mini/swav.yaml\ngrids: {arm: [e2mc]}\n")
+    with pytest.raises(ClusterError, match=r"unknown keys \['grids'\]"):
+        launcher.read_grid_file(str(grid))
+
+
+def test_axis_values_are_yaml_and_brackets_group():
+    assert launcher.parse_axis("criterion.ent_coeff=1,10.5") == ("criterion.ent_coeff", [1, 10.5])
+    assert launcher.parse_axis("model.widths=[8, 16],[4,8]") == ("model.widths", [[8, 16], [4, 8]])
+    assert launcher.parse_axis("criterion.params={t: 2},{}") == ("criterion.params", [{"t": 2}, {}])
+
+
+def test_checkpoint_resubmits_the_same_job():
+    job = launcher.TrainingJob(launcher.expand_grid("configs/mini/vicreg.yaml", {"arm": ["e2mc"]})[0])
+    delayed = job.checkpoint()
+    assert isinstance(delayed, submitit.helpers.DelayedSubmission)
+    assert delayed.function is job and delayed.args == () and delayed.kwargs == {}
+
+
+def test_interrupted_job_hands_its_signal_to_the_handler_installed_before(monkeypatch):
+    """Inside a submitit job that handler is submitit's (checkpoint + requeue); train() had shadowed it."""
+    received = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: received.append(signum))
+    try:
+        monkeypatch.setattr("e2mc.train.train", lambda cfg: {"status": "interrupted", "signal": "SIGUSR2"})
+        job = launcher.TrainingJob(launcher.expand_grid("configs/mini/vicreg.yaml", {"arm": ["e2mc"]})[0])
+        assert job()["status"] == "interrupted"
+        assert received == [signal.SIGUSR2]
+        signal.signal(signal.SIGUSR2, signal.SIG_DFL)  # outside submitit: nothing to hand to, no crash
+        assert job()["status"] == "interrupted"
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def test_submit_debug_cluster_trains_the_grid(tmp_path, capsys):
+    from e2mc.__main__ import main
+
+    data = write_fake_fashion_mnist(tmp_path / "data", n_train=128, n_test=16)
+    init = tmp_path / "init"
+    tiny = [f"data.root={data}", "data.batch_size=32", "model.heads={expander: [32, 32]}"]
+    train(load_config(ROOT / "configs/mini/pretrain/vicreg.yaml",
+                      [*tiny, "train.epochs=0", f"train.output_dir={init}"]))
+    code = main(["submit", "--cluster", "debug", "--wait", "--config", str(ROOT / "configs/mini/vicreg.yaml"),
+                 "--grid", "arm=original,e2mc", "--output-root", str(tmp_path / "runs"),
+                 "--log-dir", str(tmp_path / "submitit"), *tiny, "train.epochs=1",
+                 f"train.init={init / 'checkpoint.pt'}"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for arm in ("original", "e2mc"):
+        run = tmp_path / "runs" / "vicreg" / arm / "seed0"
+        assert f"finished\t{run}" in out
+        saved = load_config(run / "config.yaml")
+        assert saved.criterion.name == {"original": "none", "e2mc": "e2mc"}[arm]
+
+
+@pytest.mark.parametrize(("name", "runs"), [("paper_main", 18), ("swav_criteria", 12), ("ablations", 9)])
+def test_shipped_grid_files_expand(name, runs):
+    """The grids of slurm/grids/, on the mini configurations (the ImageNet ones differ in sizes only)."""
+    spec = launcher.read_grid_file(str(ROOT / f"slurm/grids/{name}.yaml"))
+    config = str(ROOT / spec["config"].replace("configs/imagenet/", "configs/mini/"))
+    specs = launcher.expand_grid(config, spec["grid"], spec.get("overrides", []), spec["output_root"])
+    assert len(specs) == runs == len({s.output_dir for s in specs})
