@@ -6,8 +6,11 @@ VENV       ?= .venv
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.e2mc-installed
+RESULTS    ?= results/mini
+JOBS       ?= 2
+METHODS    := vicreg swav simsiam
 
-.PHONY: test reproduce install clean-venv bench
+.PHONY: install test reproduce reproduce-full pretrain-mini notebooks bench data clean-venv
 
 install: $(STAMP)
 
@@ -21,11 +24,30 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest
 
-reproduce: $(STAMP)
-	@echo "make reproduce: not yet implemented (see the reproduction issue)"
+data:
+	@scripts/get_fashion_mnist.sh
+
+# Re-create the committed base checkpoints (pre-training from scratch; about 35 minutes on 2 cores).
+pretrain-mini: $(STAMP) data
+	@for m in $(METHODS); do \
+	  $(PY) -m e2mc pretrain --config configs/mini/pretrain/$$m.yaml && \
+	  $(PY) -m e2mc export-base --run runs/mini/pretrain/$$m --to $(RESULTS)/checkpoints/$$m.pt || exit 1; \
+	done
+
+reproduce: $(STAMP) data
+	$(PY) -m e2mc reproduce --part quick --results $(RESULTS) --jobs $(JOBS)
+	$(MAKE) --no-print-directory notebooks
+
+reproduce-full: $(STAMP) data
+	$(PY) -m e2mc reproduce --part full --results $(RESULTS) --jobs $(JOBS)
+	$(MAKE) --no-print-directory notebooks
+
+notebooks: $(STAMP)
+	$(PY) -m e2mc notebooks --results $(RESULTS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/criterion.py
+	$(PY) benchmarks/train_step.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -2,6 +2,10 @@
 
     python -m e2mc continue --config configs/mini/vicreg.yaml criterion.name=e2mc train.epochs=10
     python -m e2mc pretrain --config configs/mini/vicreg.yaml
+    python -m e2mc evaluate --checkpoint runs/mini/vicreg/checkpoint.pt --results-dir results/mini/eval
+    python -m e2mc sweep --run runs/mini/vicreg
+    python -m e2mc diagnose --checkpoint runs/mini/vicreg/checkpoint.pt --results-dir results/mini/diagnostics
+    python -m e2mc submit --config 'configs/imagenet/{method}.yaml' --grid method=vicreg,swav --grid arm=original,e2mc
 """
 from __future__ import annotations
 
@@ -12,22 +16,30 @@ from e2mc.config import ConfigError, load_config
 
 
 def _train_command(args) -> int:
+    from e2mc import cluster
     from e2mc.train import NonFiniteLossError, train
 
+    cluster.export_torch_distributed()  # under srun with several tasks: RANK, WORLD_SIZE, ... from SLURM
     cfg = load_config(args.config, args.overrides)
     if args.command == "continue" and not cfg.train.init:
         raise ConfigError("continue needs a pre-trained model: set train.init=<checkpoint> (an official release "
                           "or a checkpoint.pt of ours, e.g. from `python -m e2mc pretrain`)")
     if args.command == "pretrain" and cfg.train.init:
         raise ConfigError("pretrain starts from random weights; remove train.init (or use `continue`)")
+    hooks = []
+    if cfg.eval.every_epoch:  # linear probe after every epoch (Fig. 6)
+        from e2mc.evaluation import make_epoch_probe_hook
+
+        hooks.append(make_epoch_probe_hook(cfg))
     try:
-        summary = train(cfg)
+        summary = train(cfg, epoch_end_hooks=hooks)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
     if summary["status"] == "interrupted":
+        outcome = cluster.requeue_after_stop(summary)  # under SLURM, rank 0 requeues the job if warranted
         print(f"[e2mc] stopped by {summary['signal']} at epoch {summary['epoch']}; checkpoint saved in "
-              f"{cfg.train.output_dir}; run the same command again to resume", flush=True)
+              f"{cfg.train.output_dir}; {outcome.message}", flush=True)
     return 0
 
 
@@ -43,6 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="override configuration values, e.g. criterion.name=e2mc train.epochs=3")
         p.set_defaults(run=_train_command)
+    from e2mc.evaluation.cli import add_commands
+
+    add_commands(sub)  # evaluate, sweep, diagnose
+    from e2mc import reproduce
+
+    reproduce.add_commands(sub)  # reproduce, export-base, notebooks
+    from e2mc import launcher
+
+    text = "submit a grid of training runs (method x arm x configuration values x seed) as a submitit job array"
+    p = sub.add_parser("submit", help=text, description=text)
+    launcher.add_arguments(p)
+    p.set_defaults(run=launcher.submit_command)
     return parser
 
 

@@ -1,0 +1,286 @@
+"""The mini reproduction: the paper's experiment grid on Fashion-MNIST, end to end.
+
+    python -m e2mc reproduce [--part quick|full] [--jobs 2]
+
+For every (method, arm, seed) of :data:`GRID` it continues the committed base checkpoint
+(``results/mini/checkpoints/<method>.pt``) for ten epochs, probes the backbone with 1% of the labels
+after every epoch (Fig. 6), with 1%, 10% and 100% after the last, records embedding diagnostics before
+and after (Fig. 2c/d) and the training dynamics, all as result files under ``results/mini/``.
+An entry whose results already exist is skipped, so an interrupted reproduction resumes where it
+stopped (its training runs resume from their checkpoints too).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from e2mc import checkpoints
+from e2mc.config import Config, load_config
+from e2mc.arms import ARMS, infer_arm
+from e2mc.evaluation.runner import EvaluationPlan, diagnose_checkpoint, evaluate_checkpoint, make_epoch_probe_hook
+from e2mc.provenance import REPO_ROOT, provenance, utc_now, write_json_atomic
+from e2mc.results import criterion_record, result_filename, write_result
+from e2mc.train import train
+
+METHODS = ("vicreg", "swav", "simsiam")
+SEEDS = (0, 1, 2)
+EPOCHS = 10
+LABEL_FRACTIONS = (0.01, 0.1, 1.0)
+DIAGNOSTIC_IMAGES = 2048  # fixed test images whose embeddings Fig. 2c/d plots before and after
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One way of continuing a method's training: a name and the config overrides that make it."""
+
+    method: str
+    name: str
+    overrides: tuple[str, ...]
+
+
+def _arms() -> list[Arm]:
+    swapped = {"vicreg": "gaussian_cdf", "swav": "sigmoid"}  # the transform the paper does not pair with it
+    names = [(method, name) for method in METHODS for name in ("original", "e2mc")]
+    # ablations (are both terms needed? does the transform matter?)
+    names += [(method, name) for method in ("vicreg", "swav")
+              for name in ("entropy_only", "covariance_only", f"e2mc_{swapped[method]}")]
+    names += [("swav", name) for name in ("uniformity", "mmcr", "vc")]  # alternatives, on SwAV as in the paper
+    return [Arm(method, name, ARMS[name]) for method, name in names]
+
+
+GRID: list[Arm] = _arms()
+# The part of the grid `make reproduce` re-runs (about 15 minutes on 2 CPU cores); the committed
+# results of the full grid fill in the rest of the figures and tables.
+QUICK: list[tuple[str, str, int]] = [("vicreg", "original", 0), ("vicreg", "e2mc", 0)]
+
+
+def base_checkpoint(results_dir: Path, method: str) -> Path:
+    return results_dir / "checkpoints" / f"{method}.pt"
+
+
+def export_base_checkpoint(run_dir: Path, destination: Path) -> Path:
+    """Copy the model of a finished pre-training run to ``destination`` (weights only, no optimizer)
+    and write its provenance next to it as ``<name>.json``."""
+    state = checkpoints.load(run_dir / "checkpoint.pt")
+    if state.get("format") != "e2mc-train-v1":
+        raise ValueError(f"{run_dir / 'checkpoint.pt'} is not a checkpoint written by e2mc training")
+    epochs = state["config"]["train"]["epochs"]
+    if state["epoch"] != epochs or state["step"] != 0:
+        raise ValueError(f"{run_dir} stopped at epoch {state['epoch']} of {epochs}; finish it "
+                         "(rerun the same pretrain command) before exporting")
+    checkpoints.save_atomic({k: state[k] for k in ("format", "method", "config", "epoch", "model")}, destination)
+    summary_path = run_dir / "summary.json"
+    training = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    write_json_atomic(destination.with_suffix(".json"), {
+        "what": f"mini {state['method']} base checkpoint: pre-trained from scratch on Fashion-MNIST",
+        "epochs": state["epoch"], "config": state["config"],
+        "training_provenance": training.get("provenance"), "training_seconds": training.get("seconds"),
+        "export_provenance": provenance(),
+    })
+    return destination
+
+
+# --- one entry of the grid ----------------------------------------------------------------------
+
+def _config_path(method: str) -> Path:
+    return REPO_ROOT / "configs" / "mini" / f"{method}.yaml"
+
+
+def entry_config(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root: str | None = None) -> Config:
+    """The training configuration of (arm, seed): the method's mini config plus the arm's overrides."""
+    overrides = [*arm.overrides, f"train.seed={seed}", f"train.epochs={EPOCHS}",
+                 f"train.init={base_checkpoint(results_dir, arm.method)}",
+                 f"train.output_dir={runs_dir / arm.method / arm.name / f'seed{seed}'}",
+                 "eval.every_epoch=true", "eval.label_fractions=[0.01]", f"eval.seeds=[{seed}]",
+                 f"eval.results_dir={results_dir / 'linear_probe'}"]
+    if data_root:
+        overrides.append(f"data.root={data_root}")
+    cfg = load_config(_config_path(arm.method), overrides)
+    if infer_arm(cfg.to_dict()) != arm.name:  # result files name the arm from the config itself
+        raise AssertionError(f"arm {arm.name} of {arm.method} configures {infer_arm(cfg.to_dict())}")
+    return cfg
+
+
+def training_result_path(results_dir: Path, cfg: Config, arm: str) -> Path:
+    return results_dir / "training" / result_filename("training", cfg.method, arm, cfg.data.dataset, cfg.train.epochs,
+                                                      None, cfg.train.seed, cfg.hash())
+
+
+def run_entry(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root: str | None = None) -> str:
+    """Continue the base checkpoint along ``arm`` with ``seed`` and write every result of that run.
+
+    Per epoch: a 1%-label probe (in training, through the epoch hook). After the last epoch: 10% and
+    100% probes, the training dynamics (kind=training) and, for seed 0, embedding diagnostics.
+    Returns "done", "skipped" (results already there) or "interrupted".
+    """
+    cfg = entry_config(arm, seed, results_dir, runs_dir, data_root)
+    done_marker = training_result_path(results_dir, cfg, arm.name)
+    if done_marker.exists():
+        return "skipped"
+    started = utc_now()
+    summary = train(cfg, epoch_end_hooks=[make_epoch_probe_hook(cfg)])
+    if summary["status"] != "finished":
+        return "interrupted"
+    final = Path(cfg.train.output_dir) / "checkpoint.pt"
+    evaluate_checkpoint(final, results_dir / "linear_probe",
+                        EvaluationPlan(("linear_probe",), (0.1, 1.0), (seed,)), arm=arm.name, epoch=EPOCHS,
+                        data_root=data_root, skip_existing=True)
+    if seed == 0:
+        diagnose_checkpoint(final, results_dir / "diagnostics", arm=arm.name, epoch=EPOCHS, data_root=data_root,
+                            n_images=DIAGNOSTIC_IMAGES)
+    epochs = [json.loads(line) for line in (Path(cfg.train.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in epochs if r["kind"] == "epoch"]
+    last = epochs[-1]
+    write_result(done_marker, kind="training", method=cfg.method, arm=arm.name,
+                 criterion=criterion_record(cfg.to_dict()), epoch=cfg.train.epochs, label_fraction=None, seed=seed,
+                 dataset=cfg.data.dataset,
+                 metrics={k: last[k] for k in ("loss", "marginal_entropy", "covariance_penalty", "embedding_std")},
+                 extra={"epochs": epochs, "run_seconds": summary["seconds"]}, config=cfg, checkpoint=str(final),
+                 started=started)
+    return "done"
+
+
+def evaluate_base(method: str, results_dir: Path, data_root: str | None = None) -> str:
+    """Probes (1%, 10%, 100%, every seed) and diagnostics of a method's base checkpoint (arm "base", epoch 0)."""
+    checkpoint = base_checkpoint(results_dir, method)
+    plan = EvaluationPlan(("linear_probe",), LABEL_FRACTIONS, SEEDS)
+    evaluate_checkpoint(checkpoint, results_dir / "linear_probe", plan, arm="base", epoch=0, data_root=data_root,
+                        skip_existing=True)
+    diagnostics = results_dir / "diagnostics"
+    if not any(diagnostics.glob(f"diagnostics_{method}_base_*")):
+        diagnose_checkpoint(checkpoint, diagnostics, arm="base", epoch=0, data_root=data_root,
+                            n_images=DIAGNOSTIC_IMAGES)
+    return "done"
+
+
+# --- the grid ----------------------------------------------------------------------------------
+
+def entries(part: str) -> list[tuple[str, str, int]]:
+    """(method, arm, seed) triples; arm "base" stands for evaluating the base checkpoint."""
+    if part == "quick":
+        return list(QUICK)
+    if part != "full":
+        raise ValueError(f"part must be quick or full, got {part!r}")
+    # Most telling first, so that a partial run already fills the main table: the bases, then original
+    # against E2MC, then the ablations, then the alternative criteria.
+    main = [a for a in GRID if a.name in ("original", "e2mc")]
+    alternatives = [a for a in GRID if a.name in ("uniformity", "mmcr", "vc")]
+    ablations = [a for a in GRID if a not in main and a not in alternatives]
+    return ([(m, "base", 0) for m in METHODS]
+            + [(a.method, a.name, s) for group in (main, ablations, alternatives) for s in SEEDS for a in group])
+
+
+def run_one(method: str, arm_name: str, seed: int, results_dir: Path, runs_dir: Path,
+            data_root: str | None = None) -> str:
+    if arm_name == "base":
+        return evaluate_base(method, results_dir, data_root)
+    arm = next((a for a in GRID if (a.method, a.name) == (method, arm_name)), None)
+    if arm is None:
+        raise ValueError(f"no arm {arm_name!r} for {method}; the grid has "
+                         + ", ".join(a.name for a in GRID if a.method == method))
+    return run_entry(arm, seed, results_dir, runs_dir, data_root)
+
+
+def reproduce(part: str, results_dir: Path, runs_dir: Path, jobs: int = 1, data_root: str | None = None) -> int:
+    """Run the ``part`` of the grid, ``jobs`` entries at a time (each its own process, with
+    ``cores // jobs`` threads); returns the number of entries that failed."""
+    for method in {m for m, _, _ in entries(part)}:
+        if not base_checkpoint(results_dir, method).exists():
+            raise FileNotFoundError(f"{base_checkpoint(results_dir, method)} is missing: it is committed with the "
+                                    "repository; re-create it with `make pretrain-mini`")
+    todo = entries(part)
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    print(f"[reproduce] {len(todo)} entries of the {part} grid, {jobs} at a time, {threads} thread(s) each",
+          flush=True)
+
+    def launch(entry: tuple[str, str, int]) -> int:
+        method, arm, seed = entry
+        command = [sys.executable, "-m", "e2mc", "reproduce", "--entry", f"{method}:{arm}:{seed}",
+                   "--results", str(results_dir), "--runs", str(runs_dir)]
+        if data_root:
+            command += ["--data-root", data_root]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torch sizes its thread pool from it
+        started = time.time()
+        print(f"[reproduce] start {method}/{arm}/seed{seed}", flush=True)
+        log_path = runs_dir / "logs" / f"{method}-{arm}-seed{seed}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a") as log:
+            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        state = "ok" if code == 0 else f"FAILED (exit {code}; see {log_path})"
+        print(f"[reproduce] {state}: {method}/{arm}/seed{seed} in {time.time() - started:.0f} s", flush=True)
+        return code
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        codes = list(pool.map(launch, todo))
+    return sum(code != 0 for code in codes)
+
+
+NOTEBOOKS = ("fig2_marginals", "fig6_epochs", "tables")
+
+
+def run_notebooks(results_dir: Path, executed_dir: Path | None = None) -> None:
+    """Execute every notebook with papermill on ``results_dir``; figures go to figures/<results name>/."""
+    import papermill
+
+    executed_dir = executed_dir or Path(tempfile.mkdtemp(prefix="e2mc-notebooks-"))
+    for name in NOTEBOOKS:
+        print(f"[notebooks] {name} on {results_dir}", flush=True)
+        papermill.execute_notebook(str(REPO_ROOT / "notebooks" / f"{name}.ipynb"), str(executed_dir / f"{name}.ipynb"),
+                                   parameters={"results_dir": str(results_dir)}, kernel_name="python3",
+                                   cwd=str(REPO_ROOT), progress_bar=False)
+    print(f"[notebooks] executed copies in {executed_dir}", flush=True)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+def _reproduce_command(args) -> int:
+    results, runs = Path(args.results), Path(args.runs)
+    if args.entry:
+        method, arm, seed = args.entry.split(":")
+        print(f"[reproduce] {method}/{arm}/seed{seed}: {run_one(method, arm, int(seed), results, runs, args.data_root)}")
+        return 0
+    failed = reproduce(args.part, results, runs, args.jobs, args.data_root)
+    if failed:
+        print(f"[reproduce] {failed} entries failed; rerun the same command to retry them", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _export_command(args) -> int:
+    path = export_base_checkpoint(Path(args.run_dir), Path(args.to))
+    print(f"[e2mc] wrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
+def _notebooks_command(args) -> int:
+    run_notebooks(Path(args.results))
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Register ``reproduce``, ``export-base`` and ``notebooks`` on the e2mc command line."""
+    text = "run the mini reproduction grid (continued pre-training, probes, diagnostics) into a results folder"
+    p = sub.add_parser("reproduce", help=text, description=text)
+    p.add_argument("--part", choices=("quick", "full"), default="quick",
+                   help="quick: the entries `make reproduce` re-runs (~15 min on 2 cores); full: the whole grid")
+    p.add_argument("--results", default="results/mini", help="results folder (holds checkpoints/<method>.pt)")
+    p.add_argument("--runs", default="runs/mini", help="where training runs write checkpoints and logs")
+    p.add_argument("--jobs", type=int, default=1, help="entries run at the same time")
+    p.add_argument("--data-root", default=None, help="Fashion-MNIST folder (default: the usual places)")
+    p.add_argument("--entry", default=None, help="run one METHOD:ARM:SEED entry in this process")
+    p.set_defaults(run=_reproduce_command)
+    text = "copy the model of a finished pre-training run to a base checkpoint with its provenance"
+    p = sub.add_parser("export-base", help=text, description=text)
+    p.add_argument("--run", dest="run_dir", required=True, help="the pre-training run folder (holds checkpoint.pt)")
+    p.add_argument("--to", required=True, help="destination .pt, e.g. results/mini/checkpoints/vicreg.pt")
+    p.set_defaults(run=_export_command)
+    text = "execute every notebook on a results folder with papermill, writing figures/<results name>/"
+    p = sub.add_parser("notebooks", help=text, description=text)
+    p.add_argument("--results", default="results/mini")
+    p.set_defaults(run=_notebooks_command)

@@ -1,0 +1,57 @@
+"""The reproduction grid: arms configure what they are named, and an entry writes every result."""
+from pathlib import Path
+
+import pytest
+
+from e2mc import reproduce
+from e2mc.config import load_config
+from e2mc.arms import infer_arm
+from e2mc.results import load
+from e2mc.train import train
+from fake_data import write_fake_fashion_mnist
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("arm", reproduce.GRID, ids=lambda a: f"{a.method}-{a.name}")
+def test_every_arm_configures_the_arm_it_is_named_after(tmp_path, arm):
+    cfg = reproduce.entry_config(arm, 1, tmp_path / "results", tmp_path / "runs")
+    assert infer_arm(cfg.to_dict()) == arm.name
+    assert cfg.train.seed == 1 and cfg.eval.seeds == [1] and cfg.train.epochs == reproduce.EPOCHS
+
+
+def test_full_grid_has_three_seeds_of_every_arm_and_each_base():
+    full = reproduce.entries("full")
+    assert len(full) == len(set(full)) == 3 + 3 * len(reproduce.GRID)
+    assert set(reproduce.QUICK) <= set(full)
+    with pytest.raises(ValueError, match="quick or full"):
+        reproduce.entries("most")
+
+
+def test_entry_writes_probes_diagnostics_and_training_then_skips(tmp_path, monkeypatch):
+    data_root = write_fake_fashion_mnist(tmp_path / "fmnist", n_train=512, n_test=200)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    pretrain = tmp_path / "pretrain"
+    train(load_config(ROOT / "configs/mini/pretrain/vicreg.yaml",
+                      [f"data.root={data_root}", "train.epochs=0", f"train.output_dir={pretrain}"]))
+    reproduce.export_base_checkpoint(pretrain, reproduce.base_checkpoint(results, "vicreg"))
+    monkeypatch.setattr(reproduce, "EPOCHS", 1)
+    monkeypatch.setattr(reproduce, "SEEDS", (0,))
+    monkeypatch.setattr(reproduce, "DIAGNOSTIC_IMAGES", 100)
+
+    assert reproduce.run_one("vicreg", "base", 0, results, runs, str(data_root)) == "done"
+    assert reproduce.run_one("vicreg", "e2mc", 0, results, runs, str(data_root)) == "done"
+    assert reproduce.run_one("vicreg", "e2mc", 0, results, runs, str(data_root)) == "skipped"
+
+    frame = load(results)  # the checkpoint's provenance JSON is not taken for a result
+    probes = frame[frame.kind == "linear_probe"]
+    base = probes[probes.arm == "base"]
+    assert sorted(base.label_fraction) == [0.01, 0.1, 1.0] and set(base.epoch) == {0}
+    e2mc = probes[probes.arm == "e2mc"]
+    assert sorted(zip(e2mc.epoch, e2mc.label_fraction)) == [(0, 0.01), (1, 0.01), (1, 0.1), (1, 1.0)]
+    assert sorted(frame[frame.kind == "diagnostics"].arm) == ["base", "e2mc"]
+    training = frame[frame.kind == "training"].iloc[0]
+    assert [r["epoch"] for r in training.extra["epochs"]] == [1]
+    assert training.criterion_name == "e2mc"
+    with pytest.raises(ValueError, match="no arm 'mmcr' for vicreg"):
+        reproduce.run_one("vicreg", "mmcr", 0, results, runs)
