@@ -31,6 +31,7 @@ TIMING_KEYS = {"images_per_s", "seconds"}
 HEADS = {"vicreg": "{expander: [64, 64]}", "swav": "{hidden_dim: 32, output_dim: 16, n_prototypes: 10}",
          "simsiam": "{dim: 32, pred_dim: 8, hidden_dim: 32}"}
 ONE_CPU = ["--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1"]
+PREEMPTED_EPOCHS = 4
 
 # Stands in for the interpreter (E2MC_PYTHON="python rank_probe.py"): runs `-m <module> ...` as asked,
 # and on every rank records the parameters that rank holds whenever training saves a checkpoint.
@@ -114,8 +115,9 @@ def jobs(slurm_cluster, tmp_path_factory):  # noqa: F811  (fixture argument)
     env = {"E2MC_ROOT": str(ROOT), "E2MC_PYTHON": sys.executable}
     submitted = {"root": root}
 
-    # Preempted first: its restart delay then overlaps with the other jobs.
-    preempt = continued("swav", data, inits, epochs=2, limit=640)
+    # Preempted first: its restart delay then overlaps with the other jobs. The two preempted runs
+    # are long enough (4 epochs of 16 steps) that the signal lands while they train.
+    preempt = continued("swav", data, inits, epochs=PREEMPTED_EPOCHS, limit=1024)
     submitted["preempt"] = submit(
         ROOT / "slurm/continue_swav.sh",
         env={**env, "E2MC_CONFIG": "configs/mini/swav.yaml", "E2MC_OUTPUT": str(root / "preempt"),
@@ -142,7 +144,7 @@ def jobs(slurm_cluster, tmp_path_factory):  # noqa: F811  (fixture argument)
                "--grid", "arm=original,e2mc", "--output-root", str(submitit_out),
                "--log-dir", str(root / "submitit" / "%j"), "--tasks-per-node", "1", "--gpus-per-node", "0",
                "--cpus-per-task", "1", "--time", "10", "--job-name", "e2mc-test-submitit",
-               *continued("vicreg", data, inits, epochs=2, limit=640)]
+               *continued("vicreg", data, inits, epochs=PREEMPTED_EPOCHS, limit=1024)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
                             env=_clean_environment(None))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -242,9 +244,9 @@ def test_submitit_array_trains_and_a_preempted_task_resumes(jobs):
     for job, run in jobs["submitit"]:
         finished(job, log / job)
         summary = json.loads((run / "summary.json").read_text())
-        assert (summary["status"], summary["epoch"]) == ("finished", 2)
+        assert (summary["status"], summary["epoch"]) == ("finished", PREEMPTED_EPOCHS)
         epochs = [r["epoch"] for r in read_metrics(run) if r["kind"] == "epoch"]
-        assert epochs == [1, 2], f"{run}: epoch lines {epochs}"
+        assert epochs == list(range(1, PREEMPTED_EPOCHS + 1)), f"{run}: epoch lines {epochs}"
     assert job_info(first)["Restarts"] == "0"
     assert job_info(second)["Restarts"] == "1", explain(second, log / second)
     assert "Requeued job" in "".join(p.read_text() for p in (log / second).glob("*_log.*"))
