@@ -34,12 +34,15 @@ pretrain-mini: $(STAMP) data
 	  $(PY) -m e2mc export-base --run runs/mini/pretrain/$$m --to $(RESULTS)/checkpoints/$$m.pt || exit 1; \
 	done
 
+# Re-measure the quick part of the grid from the committed base checkpoints into $(RESULTS)-quick,
+# compare it with the committed results, then draw every figure and table from $(RESULTS).
 reproduce: $(STAMP) data
-	$(PY) -m e2mc reproduce --part quick --results $(RESULTS) --jobs $(JOBS)
+	$(PY) -m e2mc reproduce --part quick --results $(RESULTS)-quick --runs runs/mini-quick \
+	    --checkpoints $(RESULTS)/checkpoints --compare-to $(RESULTS) --jobs $(JOBS)
 	$(MAKE) --no-print-directory notebooks
 
 reproduce-full: $(STAMP) data
-	$(PY) -m e2mc reproduce --part full --results $(RESULTS) --jobs $(JOBS)
+	$(PY) -m e2mc reproduce --part full --results $(RESULTS) --checkpoints $(RESULTS)/checkpoints --jobs $(JOBS)
 	$(MAKE) --no-print-directory notebooks
 
 notebooks: $(STAMP)

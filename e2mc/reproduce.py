@@ -61,8 +61,12 @@ GRID: list[Arm] = _arms()
 QUICK: list[tuple[str, str, int]] = [("vicreg", "original", 0), ("vicreg", "e2mc", 0)]
 
 
-def base_checkpoint(results_dir: Path, method: str) -> Path:
-    return results_dir / "checkpoints" / f"{method}.pt"
+# The committed base checkpoints (the stand-ins for the official releases).
+CHECKPOINTS = REPO_ROOT / "results" / "mini" / "checkpoints"
+
+
+def base_checkpoint(checkpoints: Path, method: str) -> Path:
+    return Path(checkpoints) / f"{method}.pt"
 
 
 def export_base_checkpoint(run_dir: Path, destination: Path) -> Path:
@@ -93,10 +97,11 @@ def _config_path(method: str) -> Path:
     return REPO_ROOT / "configs" / "mini" / f"{method}.yaml"
 
 
-def entry_config(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root: str | None = None) -> Config:
+def entry_config(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root: str | None = None,
+                 checkpoints: Path = CHECKPOINTS) -> Config:
     """The training configuration of (arm, seed): the method's mini config plus the arm's overrides."""
     overrides = [*arm.overrides, f"train.seed={seed}", f"train.epochs={EPOCHS}",
-                 f"train.init={base_checkpoint(results_dir, arm.method)}",
+                 f"train.init={base_checkpoint(checkpoints, arm.method)}",
                  f"train.output_dir={runs_dir / arm.method / arm.name / f'seed{seed}'}",
                  "eval.every_epoch=true", "eval.label_fractions=[0.01]", f"eval.seeds=[{seed}]",
                  f"eval.results_dir={results_dir / 'linear_probe'}"]
@@ -113,14 +118,15 @@ def training_result_path(results_dir: Path, cfg: Config, arm: str) -> Path:
                                                       None, cfg.train.seed, cfg.hash())
 
 
-def run_entry(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root: str | None = None) -> str:
+def run_entry(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root: str | None = None,
+              checkpoints: Path = CHECKPOINTS) -> str:
     """Continue the base checkpoint along ``arm`` with ``seed`` and write every result of that run.
 
     Per epoch: a 1%-label probe (in training, through the epoch hook). After the last epoch: 10% and
     100% probes, the training dynamics (kind=training) and, for seed 0, embedding diagnostics.
     Returns "done", "skipped" (results already there) or "interrupted".
     """
-    cfg = entry_config(arm, seed, results_dir, runs_dir, data_root)
+    cfg = entry_config(arm, seed, results_dir, runs_dir, data_root, checkpoints)
     done_marker = training_result_path(results_dir, cfg, arm.name)
     if done_marker.exists():
         return "skipped"
@@ -147,9 +153,10 @@ def run_entry(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root:
     return "done"
 
 
-def evaluate_base(method: str, results_dir: Path, data_root: str | None = None) -> str:
+def evaluate_base(method: str, results_dir: Path, data_root: str | None = None,
+                  checkpoints: Path = CHECKPOINTS) -> str:
     """Probes (1%, 10%, 100%, every seed) and diagnostics of a method's base checkpoint (arm "base", epoch 0)."""
-    checkpoint = base_checkpoint(results_dir, method)
+    checkpoint = base_checkpoint(checkpoints, method)
     plan = EvaluationPlan(("linear_probe",), LABEL_FRACTIONS, SEEDS)
     evaluate_checkpoint(checkpoint, results_dir / "linear_probe", plan, arm="base", epoch=0, data_root=data_root,
                         skip_existing=True)
@@ -178,22 +185,23 @@ def entries(part: str) -> list[tuple[str, str, int]]:
 
 
 def run_one(method: str, arm_name: str, seed: int, results_dir: Path, runs_dir: Path,
-            data_root: str | None = None) -> str:
+            data_root: str | None = None, checkpoints: Path = CHECKPOINTS) -> str:
     if arm_name == "base":
-        return evaluate_base(method, results_dir, data_root)
+        return evaluate_base(method, results_dir, data_root, checkpoints)
     arm = next((a for a in GRID if (a.method, a.name) == (method, arm_name)), None)
     if arm is None:
         raise ValueError(f"no arm {arm_name!r} for {method}; the grid has "
                          + ", ".join(a.name for a in GRID if a.method == method))
-    return run_entry(arm, seed, results_dir, runs_dir, data_root)
+    return run_entry(arm, seed, results_dir, runs_dir, data_root, checkpoints)
 
 
-def reproduce(part: str, results_dir: Path, runs_dir: Path, jobs: int = 1, data_root: str | None = None) -> int:
+def reproduce(part: str, results_dir: Path, runs_dir: Path, jobs: int = 1, data_root: str | None = None,
+              checkpoints: Path = CHECKPOINTS) -> int:
     """Run the ``part`` of the grid, ``jobs`` entries at a time (each its own process, with
     ``cores // jobs`` threads); returns the number of entries that failed."""
     for method in {m for m, _, _ in entries(part)}:
-        if not base_checkpoint(results_dir, method).exists():
-            raise FileNotFoundError(f"{base_checkpoint(results_dir, method)} is missing: it is committed with the "
+        if not base_checkpoint(checkpoints, method).exists():
+            raise FileNotFoundError(f"{base_checkpoint(checkpoints, method)} is missing: it is committed with the "
                                     "repository; re-create it with `make pretrain-mini`")
     todo = entries(part)
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
@@ -203,7 +211,7 @@ def reproduce(part: str, results_dir: Path, runs_dir: Path, jobs: int = 1, data_
     def launch(entry: tuple[str, str, int]) -> int:
         method, arm, seed = entry
         command = [sys.executable, "-m", "e2mc", "reproduce", "--entry", f"{method}:{arm}:{seed}",
-                   "--results", str(results_dir), "--runs", str(runs_dir)]
+                   "--results", str(results_dir), "--runs", str(runs_dir), "--checkpoints", str(checkpoints)]
         if data_root:
             command += ["--data-root", data_root]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torch sizes its thread pool from it
@@ -220,6 +228,26 @@ def reproduce(part: str, results_dir: Path, runs_dir: Path, jobs: int = 1, data_
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         codes = list(pool.map(launch, todo))
     return sum(code != 0 for code in codes)
+
+
+def compare(reference_dir: Path, rerun_dir: Path) -> str:
+    """A Markdown table of the re-run's final linear-probe top-1 beside the reference folder's, for
+    every (method, arm, label fraction, seed) the re-run has."""
+    from e2mc.results import load
+
+    def final(frame):
+        probes = frame[frame.kind == "linear_probe"]
+        last = probes.groupby(["method", "arm"]).epoch.transform("max")
+        return probes[probes.epoch == last].set_index(["method", "arm", "label_fraction", "seed"])["top1"]
+
+    rerun, reference = final(load(rerun_dir)), final(load(reference_dir))
+    lines = [f"| method | arm | labels | seed | top-1 {reference_dir} | top-1 {rerun_dir} (re-run) |",
+             "|---|---|---|---|---|---|"]
+    for key, value in rerun.sort_index().items():
+        method, arm, fraction, seed = key
+        ref = f"{reference[key]:.2f}" if key in reference.index else "not in reference"
+        lines.append(f"| {method} | {arm} | {100 * fraction:g}% | {seed} | {ref} | {value:.2f} |")
+    return "\n".join(lines)
 
 
 NOTEBOOKS = ("fig2_marginals", "fig6_epochs", "tables")
@@ -244,9 +272,12 @@ def _reproduce_command(args) -> int:
     results, runs = Path(args.results), Path(args.runs)
     if args.entry:
         method, arm, seed = args.entry.split(":")
-        print(f"[reproduce] {method}/{arm}/seed{seed}: {run_one(method, arm, int(seed), results, runs, args.data_root)}")
+        outcome = run_one(method, arm, int(seed), results, runs, args.data_root, Path(args.checkpoints))
+        print(f"[reproduce] {method}/{arm}/seed{seed}: {outcome}")
         return 0
-    failed = reproduce(args.part, results, runs, args.jobs, args.data_root)
+    failed = reproduce(args.part, results, runs, args.jobs, args.data_root, Path(args.checkpoints))
+    if args.compare_to:
+        print(compare(Path(args.compare_to), results))
     if failed:
         print(f"[reproduce] {failed} entries failed; rerun the same command to retry them", file=sys.stderr)
     return 1 if failed else 0
@@ -269,10 +300,14 @@ def add_commands(sub) -> None:
     p = sub.add_parser("reproduce", help=text, description=text)
     p.add_argument("--part", choices=("quick", "full"), default="quick",
                    help="quick: the entries `make reproduce` re-runs (~15 min on 2 cores); full: the whole grid")
-    p.add_argument("--results", default="results/mini", help="results folder (holds checkpoints/<method>.pt)")
+    p.add_argument("--results", default="results/mini", help="where the result files go")
     p.add_argument("--runs", default="runs/mini", help="where training runs write checkpoints and logs")
     p.add_argument("--jobs", type=int, default=1, help="entries run at the same time")
     p.add_argument("--data-root", default=None, help="Fashion-MNIST folder (default: the usual places)")
+    p.add_argument("--checkpoints", default=str(CHECKPOINTS.relative_to(REPO_ROOT)),
+                   help="folder of the base checkpoints <method>.pt")
+    p.add_argument("--compare-to", default=None,
+                   help="after the run, print its final-epoch accuracies beside those of this results folder")
     p.add_argument("--entry", default=None, help="run one METHOD:ARM:SEED entry in this process")
     p.set_defaults(run=_reproduce_command)
     text = "copy the model of a finished pre-training run to a base checkpoint with its provenance"

@@ -344,3 +344,25 @@ def training_dynamics(frame: pd.DataFrame, keys: Sequence[str] = DYNAMICS_KEYS, 
     caption = (f"Training dynamics: {', '.join(k.replace('_', ' ') for k in keys)} of the embedding after each "
                f"epoch of continued pre-training, mean ± {confidence:.0%} t-interval half-width over seeds")
     return Table("training_dynamics", caption, header, printed, numbers)
+
+
+def all_tables(frame: pd.DataFrame, metric: str = "top1") -> tuple[list[Table], list[str]]:
+    """Every table the results support, and why each other one was left out.
+
+    The main, ablation, alternative-criteria and training-dynamics tables, plus main tables for
+    fine-tuning and transfer when there are such results. A table whose arms are not in ``frame``
+    yet (a partly run grid) is skipped with the reason rather than failing the others.
+    """
+    makers = [lambda: main_results(frame, metric), lambda: ablations(frame, metric),
+              lambda: alternative_criteria(frame, metric), lambda: training_dynamics(frame)]
+    makers += [lambda kind=kind: main_results(frame, metric, kind=kind) for kind in ("finetune", "transfer")
+               if (frame["kind"] == kind).any()]
+    made, skipped = [], []
+    for make in makers:
+        try:
+            made.append(make())
+        except MissingResultsError as error:
+            skipped.append(str(error))
+    if not made:
+        raise MissingResultsError("no table can be made: " + " / ".join(skipped))
+    return made, skipped

@@ -34,16 +34,17 @@ def test_entry_writes_probes_diagnostics_and_training_then_skips(tmp_path, monke
     pretrain = tmp_path / "pretrain"
     train(load_config(ROOT / "configs/mini/pretrain/vicreg.yaml",
                       [f"data.root={data_root}", "train.epochs=0", f"train.output_dir={pretrain}"]))
-    reproduce.export_base_checkpoint(pretrain, reproduce.base_checkpoint(results, "vicreg"))
+    checkpoints = tmp_path / "checkpoints"
+    reproduce.export_base_checkpoint(pretrain, reproduce.base_checkpoint(checkpoints, "vicreg"))
     monkeypatch.setattr(reproduce, "EPOCHS", 1)
     monkeypatch.setattr(reproduce, "SEEDS", (0,))
     monkeypatch.setattr(reproduce, "DIAGNOSTIC_IMAGES", 100)
 
-    assert reproduce.run_one("vicreg", "base", 0, results, runs, str(data_root)) == "done"
-    assert reproduce.run_one("vicreg", "e2mc", 0, results, runs, str(data_root)) == "done"
-    assert reproduce.run_one("vicreg", "e2mc", 0, results, runs, str(data_root)) == "skipped"
+    assert reproduce.run_one("vicreg", "base", 0, results, runs, str(data_root), checkpoints) == "done"
+    assert reproduce.run_one("vicreg", "e2mc", 0, results, runs, str(data_root), checkpoints) == "done"
+    assert reproduce.run_one("vicreg", "e2mc", 0, results, runs, str(data_root), checkpoints) == "skipped"
 
-    frame = load(results)  # the checkpoint's provenance JSON is not taken for a result
+    frame = load(results)
     probes = frame[frame.kind == "linear_probe"]
     base = probes[probes.arm == "base"]
     assert sorted(base.label_fraction) == [0.01, 0.1, 1.0] and set(base.epoch) == {0}
@@ -53,5 +54,10 @@ def test_entry_writes_probes_diagnostics_and_training_then_skips(tmp_path, monke
     training = frame[frame.kind == "training"].iloc[0]
     assert [r["epoch"] for r in training.extra["epochs"]] == [1]
     assert training.criterion_name == "e2mc"
+    table = reproduce.compare(results, results).splitlines()
+    assert len(table) == 2 + 3 + 3  # header, base at 3 fractions, e2mc's last epoch at 3 fractions
+    row = next(line for line in table if "| e2mc | 10% |" in line)
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[4] == cells[5] == f"{e2mc[(e2mc.epoch == 1) & (e2mc.label_fraction == 0.1)].top1.item():.2f}"
     with pytest.raises(ValueError, match="no arm 'mmcr' for vicreg"):
         reproduce.run_one("vicreg", "mmcr", 0, results, runs)
