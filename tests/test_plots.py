@@ -445,3 +445,14 @@ def test_save_figure_rejects_unknown_formats_and_pdfs_are_reproducible(tmp_path)
         plots.save_figure(draw(), tmp_path, "x", ["jpeg"])
     first = plots.save_figure(draw(), tmp_path / "a", "x", ["pdf"])[0].read_bytes()
     assert plots.save_figure(draw(), tmp_path / "b", "x", ["pdf"])[0].read_bytes() == first
+
+
+def test_all_tables_skips_what_a_partial_grid_cannot_fill(frame):
+    made, skipped = tables.all_tables(frame)
+    assert {t.name for t in made} >= {"main_results", "ablations", "alternative_criteria"} and not skipped
+    partial = frame[~frame.arm.isin(["entropy_only", "covariance_only", "uniformity"])]
+    made, skipped = tables.all_tables(partial)
+    assert "ablations" not in {t.name for t in made} and "main_results" in {t.name for t in made}
+    assert any("entropy_only" in reason for reason in skipped)
+    with pytest.raises(tables.MissingResultsError, match="no table can be made"):
+        tables.all_tables(frame[frame.kind == "diagnostics"])
