@@ -23,7 +23,10 @@ from e2mc.distributed import gather_with_grad
 TRANSFORMS = ("sigmoid", "gaussian_cdf")
 
 
-def _check_matrix(x: torch.Tensor, name: str = "x") -> None:
+def check_matrix(x: torch.Tensor, name: str = "x") -> None:
+    """Raise a TypeError or ValueError naming ``name`` unless x is a floating-point (N, D) tensor.
+
+    Every loss in the package checks its inputs with it, so bad input fails the same way everywhere."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:
@@ -52,7 +55,7 @@ def m_spacings_entropy(x: torch.Tensor, m: int | None = None, eps: float = 1e-7)
         Tensor of shape (D,): ``1/(N-m) * sum_i log((N+1)/m * (x_(i+m) - x_(i)) + eps)``
         in nats, x_(i) the i-th order statistic. Differentiable (through the sort).
     """
-    _check_matrix(x)
+    check_matrix(x)
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"m-spacings entropy needs at least 2 samples per column, got N={n}")
@@ -75,7 +78,7 @@ def covariance_penalty(x: torch.Tensor) -> torch.Tensor:
 
     Returns a scalar tensor.
     """
-    _check_matrix(x)
+    check_matrix(x)
     n, d = x.shape
     if n < 2:
         raise ValueError(f"covariance needs at least 2 samples, got N={n}")
@@ -91,7 +94,7 @@ def covariance_penalty_direct(x: torch.Tensor) -> torch.Tensor:
 
     Kept as an independent formulation for tests and benchmarks; use :func:`covariance_penalty`.
     """
-    _check_matrix(x)
+    check_matrix(x)
     n, d = x.shape
     u = x - x.mean(dim=0, keepdim=True)
     cov = u.t() @ u / (n - 1)
@@ -161,7 +164,7 @@ class E2MC(nn.Module):
                 f"cov_coeff={self.cov_coeff}, m={self.m}, eps={self.eps}")
 
     def _compact(self, z: torch.Tensor) -> torch.Tensor:
-        _check_matrix(z, "embedding")
+        check_matrix(z, "embedding")
         if not torch.isfinite(z).all():
             raise FloatingPointError(
                 "E2MC received non-finite embeddings (NaN or inf); lower the learning rate "

@@ -13,13 +13,9 @@ METHOD_TRANSFORM = {"vicreg": "sigmoid", "swav": "gaussian_cdf", "simsiam": "gau
 def embedding_stats(z: torch.Tensor, transform: str) -> dict[str, float]:
     """For z (N, D): mean m-spacings marginal entropy of ``to_compact(z)`` (nats, <= 0 up to estimator noise),
     covariance penalty of ``to_compact(z)``, and the mean per-dimension standard deviation of z itself."""
-    z = z.detach().float()
-    u = to_compact(z, transform)
-    return {
-        "marginal_entropy": m_spacings_entropy(u).mean().item(),
-        "covariance_penalty": covariance_penalty(u).item(),
-        "embedding_std": z.std(dim=0).mean().item(),
-    }
+    z = _at_least_float32(z)
+    stats = transformed_statistics(z, (transform,), per_dimension=False)[transform]
+    return {**stats, "embedding_std": z.std(dim=0).mean().item()}
 
 
 def _at_least_float32(z: torch.Tensor) -> torch.Tensor:
@@ -51,18 +47,20 @@ def marginal_entropies(z: torch.Tensor, transform: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def transformed_statistics(z: torch.Tensor, transforms: tuple[str, ...] = ("sigmoid", "gaussian_cdf")
-                           ) -> dict[str, dict[str, object]]:
-    """For each transform: ``marginal_entropy`` (mean over dimensions, nats), ``per_dimension_entropy``
-    (list of D floats), ``covariance_penalty`` of ``to_compact(z)`` (the criterion's own function)."""
+def transformed_statistics(z: torch.Tensor, transforms: tuple[str, ...] = ("sigmoid", "gaussian_cdf"),
+                           per_dimension: bool = True) -> dict[str, dict[str, object]]:
+    """For each transform: ``marginal_entropy`` (mean over dimensions, nats), ``covariance_penalty`` of
+    ``to_compact(z)`` (the criterion's own functions) and, with ``per_dimension``, the list of D
+    ``per_dimension_entropy`` values."""
     z = _at_least_float32(z)
     out: dict[str, dict[str, object]] = {}
     for transform in transforms:
         u = to_compact(z, transform)
         entropies = m_spacings_entropy(u)
         out[transform] = {"marginal_entropy": entropies.mean().item(),
-                          "per_dimension_entropy": entropies.tolist(),
                           "covariance_penalty": covariance_penalty(u).item()}
+        if per_dimension:
+            out[transform]["per_dimension_entropy"] = entropies.tolist()
     return out
 
 

@@ -24,6 +24,13 @@ def test_full_grid_has_three_seeds_of_every_arm_and_each_base():
     full = reproduce.entries("full")
     assert len(full) == len(set(full)) == 3 + 3 * len(reproduce.GRID)
     assert set(reproduce.QUICK) <= set(full)
+    # order: bases, then original vs E2MC at every seed, then the other arms one seed at a time
+    position = {entry: i for i, entry in enumerate(full)}
+    main = [e for e in full if e[1] in ("original", "e2mc")]
+    others = [e for e in full if e[1] not in ("base", "original", "e2mc")]
+    assert [e[1] for e in full[:3]] == ["base"] * 3
+    assert max(position[e] for e in main) < min(position[e] for e in others)
+    assert max(position[e] for e in others if e[2] == 0) < min(position[e] for e in others if e[2] == 1)
     with pytest.raises(ValueError, match="quick or full"):
         reproduce.entries("most")
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from e2mc.criterion import _check_matrix
+from e2mc.criterion import check_matrix
 from e2mc.distributed import gather_with_grad
 from e2mc.objectives.vicreg import check_two_views, variance_covariance_terms
 
@@ -34,7 +34,7 @@ def uniformity(x: torch.Tensor, t: float = 3.0) -> torch.Tensor:
     Returns a scalar tensor <= 0; lower means more uniformly spread. Computed as a
     log-sum-exp over the N(N-1)/2 pairs, so it is finite even when every pair is far apart.
     """
-    _check_matrix(x)
+    check_matrix(x)
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"uniformity needs at least 2 samples, got N={n}")
@@ -113,7 +113,7 @@ class MMCR(nn.Module):
     def forward(self, z1: torch.Tensor, z2: torch.Tensor, *more_views: torch.Tensor) -> dict[str, torch.Tensor]:
         check_two_views(z1, z2)
         for index, view in enumerate(more_views):
-            _check_matrix(view, f"more_views[{index}]")
+            check_matrix(view, f"more_views[{index}]")
             if view.shape != z1.shape:
                 raise ValueError(f"every view must have the shape of z1, {tuple(z1.shape)}; "
                                  f"more_views[{index}] has {tuple(view.shape)}")

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from e2mc.criterion import _check_matrix
+from e2mc.criterion import check_matrix
 
 
 class SimSiamLoss(nn.Module):
@@ -21,7 +21,7 @@ class SimSiamLoss(nn.Module):
     def forward(self, p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor,
                 z2: torch.Tensor) -> dict[str, torch.Tensor]:
         for name, x in (("p1", p1), ("p2", p2), ("z1", z1), ("z2", z2)):
-            _check_matrix(x, name)
+            check_matrix(x, name)
             if x.shape != p1.shape:
                 raise ValueError(f"p1, p2, z1, z2 must share one (N, D) shape, got {tuple(p1.shape)} "
                                  f"for p1 and {tuple(x.shape)} for {name}")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from e2mc.criterion import _check_matrix
+from e2mc.criterion import check_matrix
 from e2mc.distributed import all_reduce_sum, world_size
 
 
@@ -42,7 +42,7 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -
         batch of B = B_local * world_size samples, each prototype receives a total of
         about B / K; this equal partition becomes exact as ``iterations`` grows.
     """
-    _check_matrix(scores, "scores")
+    check_matrix(scores, "scores")
     if epsilon <= 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
     if not isinstance(iterations, int) or iterations < 0:
@@ -190,11 +190,11 @@ class SwAVLoss(nn.Module):
             raise ValueError(f"crops_for_assign={self.crops_for_assign} indexes crops that do not exist: "
                              f"only {n_crops} crop embeddings were passed")
         for index, crop in enumerate(embeddings):
-            _check_matrix(crop, f"embeddings[{index}]")
+            check_matrix(crop, f"embeddings[{index}]")
             if crop.shape != embeddings[0].shape:
                 raise ValueError(f"all crops need the same (B, d) shape, got {tuple(embeddings[0].shape)} "
                                  f"for crop 0 and {tuple(crop.shape)} for crop {index}")
-        _check_matrix(prototypes, "prototypes")
+        check_matrix(prototypes, "prototypes")
         batch, dim = embeddings[0].shape
         if prototypes.shape[1] != dim:
             raise ValueError(f"prototypes must be (K, d={dim}) to match the embeddings, got {tuple(prototypes.shape)}; "

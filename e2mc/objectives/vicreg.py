@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from e2mc.criterion import _check_matrix, covariance_penalty
+from e2mc.criterion import check_matrix, covariance_penalty
 from e2mc.distributed import gather_with_grad
 
 
 def check_two_views(z1: torch.Tensor, z2: torch.Tensor) -> None:
     """Raise a clear error unless ``z1`` and ``z2`` are floating (N, D) matrices of equal shape."""
-    _check_matrix(z1, "z1")
-    _check_matrix(z2, "z2")
+    check_matrix(z1, "z1")
+    check_matrix(z2, "z2")
     if z1.shape != z2.shape:
         raise ValueError(
             f"the two views must have the same shape (N, D), got {tuple(z1.shape)} and {tuple(z2.shape)}"
@@ -36,7 +36,7 @@ def variance_hinge(x: torch.Tensor, target: float = 1.0, eps: float = 1e-4) -> t
 
     Returns a scalar tensor (same units as ``x``).
     """
-    _check_matrix(x)
+    check_matrix(x)
     if x.shape[0] < 2:
         raise ValueError(f"the variance hinge needs at least 2 samples, got N={x.shape[0]}")
     std = torch.sqrt(x.var(dim=0) + eps)
