@@ -27,7 +27,7 @@ from e2mc.arms import ARMS, infer_arm
 from e2mc.evaluation.runner import EvaluationPlan, diagnose_checkpoint, evaluate_checkpoint, make_epoch_probe_hook
 from e2mc.provenance import REPO_ROOT, provenance, utc_now, write_json_atomic
 from e2mc.results import criterion_record, result_filename, write_result
-from e2mc.train import train
+from e2mc.train import read_metrics, train
 
 METHODS = ("vicreg", "swav", "simsiam")
 SEEDS = (0, 1, 2)
@@ -80,12 +80,12 @@ def export_base_checkpoint(run_dir: Path, destination: Path) -> Path:
         raise ValueError(f"{run_dir} stopped at epoch {state['epoch']} of {epochs}; finish it "
                          "(rerun the same pretrain command) before exporting")
     checkpoints.save_atomic({k: state[k] for k in ("format", "method", "config", "epoch", "model")}, destination)
-    summary_path = run_dir / "summary.json"
-    training = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    epochs = read_metrics(run_dir, "epoch")
     write_json_atomic(destination.with_suffix(".json"), {
         "what": f"mini {state['method']} base checkpoint: pre-trained from scratch on Fashion-MNIST",
         "epochs": state["epoch"], "config": state["config"],
-        "training_provenance": training.get("provenance"), "training_seconds": training.get("seconds"),
+        "training_segments": read_metrics(run_dir, "segment"),
+        "training_seconds": sum(r["seconds"] for r in epochs),
         "export_provenance": provenance(),
     })
     return destination
@@ -141,14 +141,15 @@ def run_entry(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root:
     if seed == 0:
         diagnose_checkpoint(final, results_dir / "diagnostics", arm=arm.name, epoch=EPOCHS, data_root=data_root,
                             n_images=DIAGNOSTIC_IMAGES)
-    epochs = [json.loads(line) for line in (Path(cfg.train.output_dir) / "metrics.jsonl").read_text().splitlines()]
-    epochs = [r for r in epochs if r["kind"] == "epoch"]
+    epochs = read_metrics(Path(cfg.train.output_dir), "epoch")
     last = epochs[-1]
     write_result(done_marker, kind="training", method=cfg.method, arm=arm.name,
                  criterion=criterion_record(cfg.to_dict()), epoch=cfg.train.epochs, label_fraction=None, seed=seed,
                  dataset=cfg.data.dataset,
                  metrics={k: last[k] for k in ("loss", "marginal_entropy", "covariance_penalty", "embedding_std")},
-                 extra={"epochs": epochs, "run_seconds": summary["seconds"]}, config=cfg, checkpoint=str(final),
+                 extra={"epochs": epochs, "run_seconds": summary["seconds"],
+                        "segments": read_metrics(Path(cfg.train.output_dir), "segment")},
+                 config=cfg, checkpoint=str(final),
                  started=started)
     return "done"
 

@@ -7,7 +7,9 @@ lives in ``cfg.train.output_dir``:
   the end of every epoch and when SIGUSR1 / SIGUSR2 / SIGTERM asks the run to stop. A restarted run
   resumes from it on its own, at the exact step.
 * ``metrics.jsonl``: one JSON line per ``log_every`` steps (``"kind": "step"``) and per epoch
-  (``"kind": "epoch"``): every loss term, embedding diagnostics, learning rate, images/s.
+  (``"kind": "epoch"``): every loss term, embedding diagnostics, learning rate, images/s. Each start
+  or resume first writes a ``"kind": "segment"`` line (where it started, from what, and its
+  provenance), so a run trained in several pieces says which code and machine trained each.
 * ``config.yaml`` and ``summary.json`` (with provenance).
 """
 from __future__ import annotations
@@ -219,6 +221,16 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
+def read_metrics(output_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl``, in order; only those of ``kind`` ("step", "epoch",
+    "segment") when given."""
+    path = Path(output_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: {output_dir} is not the output_dir of a training run")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if kind is None or r["kind"] == kind]
+
+
 def _objective_state_path(output_dir: Path, r: int) -> Path:
     return output_dir / f"loss-state-rank{r}.pt"
 
@@ -342,6 +354,8 @@ def train(cfg: Config, epoch_end_hooks: list[Callable[[int, nn.Module, Path], No
         print(f"[e2mc] {cfg.method} + {cfg.criterion.name} on {device}, world size {world_size()}; {origin}",
               flush=True)
 
+    metrics.write({"kind": "segment", "epoch": epoch, "step": start_step, "global_step": global_step,
+                   "origin": origin, "provenance": provenance(device)})
     if not resumed:  # epoch 0 is the starting point: resumable at once, and evaluable as the baseline
         save_checkpoint(output_dir, cfg, network, optimizer, objective, 0, 0, 0, metrics)
 

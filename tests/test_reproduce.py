@@ -1,4 +1,5 @@
 """The reproduction grid: arms configure what they are named, and an entry writes every result."""
+import json
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,10 @@ def test_entry_writes_probes_diagnostics_and_training_then_skips(tmp_path, monke
     assert sorted(frame[frame.kind == "diagnostics"].arm) == ["base", "e2mc"]
     training = frame[frame.kind == "training"].iloc[0]
     assert [r["epoch"] for r in training.extra["epochs"]] == [1]
+    assert [seg["origin"].split()[0] for seg in training.extra["segments"]] == ["started"]
+    exported = json.loads(reproduce.base_checkpoint(checkpoints, "vicreg").with_suffix(".json").read_text())
+    assert [seg["origin"] for seg in exported["training_segments"]] == ["random initialisation"]
+    assert exported["training_segments"][0]["provenance"]["git_commit"] == exported["export_provenance"]["git_commit"]
     assert training.criterion_name == "e2mc"
     table = reproduce.compare(results, results).splitlines()
     assert len(table) == 2 + 3 + 3  # header, base at 3 fractions, e2mc's last epoch at 3 fractions

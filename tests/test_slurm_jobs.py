@@ -68,8 +68,16 @@ def quoted(overrides):
 
 
 def read_metrics(output_dir):
+    """The step and epoch records without their timings: what an interruption must leave unchanged.
+    (Segment records say where each piece of the run started, so they differ by design.)"""
     lines = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in rec.items() if k not in TIMING_KEYS} for rec in lines]
+    return [{k: v for k, v in rec.items() if k not in TIMING_KEYS} for rec in lines if rec["kind"] != "segment"]
+
+
+def segment_starts(output_dir):
+    """(epoch, step) at which each piece of a run started, from its segment records."""
+    lines = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [(rec["epoch"], rec["step"]) for rec in lines if rec["kind"] == "segment"]
 
 
 def wait_for_first_step(output_dir, job_id, log):
@@ -193,6 +201,7 @@ def test_preempted_job_requeues_itself_and_ends_like_an_uninterrupted_run(jobs):
     assert_same_weights(checkpoints.load(run / "checkpoint.pt")["model"],
                         checkpoints.load(reference / "checkpoint.pt")["model"])
     assert read_metrics(run) == read_metrics(reference)
+    assert len(segment_starts(run)) == 2 and segment_starts(reference) == [(0, 0)]
 
 
 def test_array_of_two_seeds_writes_two_runs(jobs):

@@ -36,8 +36,16 @@ def tiny_overrides(method, data_root, output_dir, epochs=2, criterion="e2mc"):
 
 
 def read_metrics(output_dir):
+    """The step and epoch records without their timings: what an interruption must leave unchanged.
+    (Segment records say where each piece of the run started, so they differ by design.)"""
     lines = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in rec.items() if k not in TIMING_KEYS} for rec in lines]
+    return [{k: v for k, v in rec.items() if k not in TIMING_KEYS} for rec in lines if rec["kind"] != "segment"]
+
+
+def segment_starts(output_dir):
+    """(epoch, step) at which each piece of a run started, from its segment records."""
+    lines = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [(rec["epoch"], rec["step"]) for rec in lines if rec["kind"] == "segment"]
 
 
 def final_weights(output_dir):
@@ -83,6 +91,8 @@ def test_sigkill_mid_epoch_then_restart_equals_uninterrupted_run(tmp_path, data_
     subprocess.run(cli(method, tiny_overrides(method, data_root, killed)), check=True, env=env, capture_output=True)
     assert_same_weights(final_weights(killed), final_weights(reference))
     assert read_metrics(killed) == read_metrics(reference)
+    # the killed piece reached the epoch-1 checkpoint; the restart resumed there
+    assert segment_starts(reference) == [(0, 0)] and segment_starts(killed) == [(0, 0), (1, 0)]
 
 
 def test_sigterm_saves_mid_epoch_and_resume_continues_exactly(tmp_path, data_root):
@@ -104,6 +114,7 @@ def test_sigterm_saves_mid_epoch_and_resume_continues_exactly(tmp_path, data_roo
                    capture_output=True)
     assert_same_weights(final_weights(stopped), final_weights(reference))
     assert read_metrics(stopped) == read_metrics(reference)
+    assert segment_starts(stopped) == [(0, 0), (state["epoch"], state["step"])]
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_root):
