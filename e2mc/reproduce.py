@@ -255,9 +255,13 @@ def compare(reference_dir: Path, rerun_dir: Path) -> str:
 NOTEBOOKS = ("fig2_marginals", "fig6_epochs", "tables")
 
 
-def run_notebooks(results_dir: Path, executed_dir: Path | None = None) -> None:
-    """Execute every notebook with papermill on ``results_dir``; figures go to figures/<results name>/."""
+def run_notebooks(results_dir: Path, executed_dir: Path | None = None, readme: Path | None = None) -> None:
+    """Execute every notebook with papermill on ``results_dir``; figures go to figures/<results name>/.
+    With ``readme``, its table blocks are then refreshed from the tables written
+    (:func:`e2mc.tables.sync_readme_tables`)."""
     import papermill
+
+    from e2mc import plots, tables
 
     executed_dir = executed_dir or Path(tempfile.mkdtemp(prefix="e2mc-notebooks-"))
     for name in NOTEBOOKS:
@@ -266,6 +270,11 @@ def run_notebooks(results_dir: Path, executed_dir: Path | None = None) -> None:
                                    parameters={"results_dir": str(results_dir)}, kernel_name="python3",
                                    cwd=str(REPO_ROOT), progress_bar=False)
     print(f"[notebooks] executed copies in {executed_dir}", flush=True)
+    if readme is not None:
+        _, tables_dir = plots.resolve_io_dirs(results_dir)
+        changed = tables.sync_readme_tables(readme, tables_dir)
+        print(f"[notebooks] {readme}: " + (f"updated table(s) {', '.join(changed)}" if changed
+                                            else "its tables already match"), flush=True)
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -292,7 +301,7 @@ def _export_command(args) -> int:
 
 
 def _notebooks_command(args) -> int:
-    run_notebooks(Path(args.results))
+    run_notebooks(Path(args.results), readme=Path(args.readme) if args.readme else None)
     return 0
 
 
@@ -320,4 +329,6 @@ def add_commands(sub) -> None:
     text = "execute every notebook on a results folder with papermill, writing figures/<results name>/"
     p = sub.add_parser("notebooks", help=text, description=text)
     p.add_argument("--results", default="results/mini")
+    p.add_argument("--readme", default=None,
+                   help="also refresh the <!-- e2mc:table NAME --> blocks of this Markdown file from the tables")
     p.set_defaults(run=_notebooks_command)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -366,3 +367,35 @@ def all_tables(frame: pd.DataFrame, metric: str = "top1") -> tuple[list[Table], 
     if not made:
         raise MissingResultsError("no table can be made: " + " / ".join(skipped))
     return made, skipped
+
+
+# --- the README ---------------------------------------------------------------------------------
+
+README_BLOCK = re.compile(r"(<!-- e2mc:table (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- e2mc:end -->)", re.S)
+
+
+def sync_readme_tables(readme: str | Path, tables_dir: str | Path) -> list[str]:
+    """Replace each block ``<!-- e2mc:table NAME -->`` ... ``<!-- e2mc:end -->`` of ``readme`` with
+    ``tables_dir/NAME.md`` (the Markdown that :func:`write_table` wrote), so the numbers the README
+    shows are the ones the notebooks computed. The file is rewritten atomically, and only when a block
+    changed. Returns the names of the changed blocks; a block whose table does not exist is an error."""
+    from e2mc.provenance import write_atomic
+
+    readme, tables_dir = Path(readme), Path(tables_dir)
+    text = readme.read_text()
+    changed: list[str] = []
+
+    def fill(match: re.Match) -> str:
+        source = tables_dir / f"{match['name']}.md"
+        if not source.exists():
+            raise MissingResultsError(f"{readme} shows table {match['name']!r} but {source} does not exist; "
+                                      f"run the notebooks on the results first ({REPRODUCE_HINT})")
+        body = source.read_text()
+        if body != match["body"]:
+            changed.append(match["name"])
+        return match.group(1) + body + match.group(4)
+
+    updated = README_BLOCK.sub(fill, text)
+    if changed:
+        write_atomic(readme, updated.encode())
+    return changed
