@@ -197,6 +197,21 @@ def run_one(method: str, arm_name: str, seed: int, results_dir: Path, runs_dir: 
     return run_entry(arm, seed, results_dir, runs_dir, data_root, checkpoints)
 
 
+def run_logged(command: list[str], log_path: Path, tag: str, env: dict[str, str] | None = None) -> int:
+    """Run ``command``, appending all its output to ``log_path`` and echoing its progress lines (those
+    starting with ``[e2mc]``: epochs, probes, diagnostics) to the console as ``[tag] ...``, so a long
+    reproduction shows where each entry is. Returns the exit code."""
+    with open(log_path, "a") as log:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                                   bufsize=1)
+        for line in process.stdout:
+            log.write(line)
+            log.flush()
+            if line.startswith("[e2mc]"):
+                print(f"[{tag}] {line[len('[e2mc]'):].strip()}", flush=True)
+        return process.wait()
+
+
 def reproduce(part: str, results_dir: Path, runs_dir: Path, jobs: int = 1, data_root: str | None = None,
               checkpoints: Path = CHECKPOINTS) -> int:
     """Run the ``part`` of the grid, ``jobs`` entries at a time (each its own process, with
@@ -216,13 +231,13 @@ def reproduce(part: str, results_dir: Path, runs_dir: Path, jobs: int = 1, data_
                    "--results", str(results_dir), "--runs", str(runs_dir), "--checkpoints", str(checkpoints)]
         if data_root:
             command += ["--data-root", data_root]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torch sizes its thread pool from it
+        # torch sizes its thread pool from OMP_NUM_THREADS; unbuffered output keeps the progress live
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
         started = time.time()
         print(f"[reproduce] start {method}/{arm}/seed{seed}", flush=True)
         log_path = runs_dir / "logs" / f"{method}-{arm}-seed{seed}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a") as log:
-            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        code = run_logged(command, log_path, f"{method}/{arm}/seed{seed}", env)
         state = "ok" if code == 0 else f"FAILED (exit {code}; see {log_path})"
         print(f"[reproduce] {state}: {method}/{arm}/seed{seed} in {time.time() - started:.0f} s", flush=True)
         return code

@@ -1,5 +1,6 @@
 """The reproduction grid: arms configure what they are named, and an entry writes every result."""
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,14 @@ def test_entry_writes_probes_diagnostics_and_training_then_skips(tmp_path, monke
     assert cells[4] == cells[5] == f"{e2mc[(e2mc.epoch == 1) & (e2mc.label_fraction == 0.1)].top1.item():.2f}"
     with pytest.raises(ValueError, match="no arm 'mmcr' for vicreg"):
         reproduce.run_one("vicreg", "mmcr", 0, results, runs)
+
+
+def test_run_logged_keeps_every_line_and_echoes_progress(tmp_path, capsys):
+    script = "import sys; print('[e2mc] epoch 1/10: loss 1.0'); print('noise'); print('err', file=sys.stderr); sys.exit(3)"
+    log = tmp_path / "entry.log"
+    log.write_text("earlier attempt\n")
+    assert reproduce.run_logged([sys.executable, "-c", script], log, "vicreg/e2mc/seed0") == 3
+    lines = log.read_text().splitlines()
+    assert lines[0] == "earlier attempt"
+    assert sorted(lines[1:]) == sorted(["[e2mc] epoch 1/10: loss 1.0", "noise", "err"])  # stderr too
+    assert capsys.readouterr().out == "[vicreg/e2mc/seed0] epoch 1/10: loss 1.0\n"
