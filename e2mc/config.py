@@ -105,9 +105,18 @@ class Config:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        """sha256 (first 16 hex digits) of the canonical JSON of the whole configuration."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """sha256 (first 16 hex digits) of the canonical JSON of the configuration, less the fields
+        that say only where things are (:data:`LOCATION_FIELDS`): the same experiment run in another
+        folder, or on a machine whose data lives elsewhere, has the same hash."""
+        config = self.to_dict()
+        for section, key in LOCATION_FIELDS:
+            config[section].pop(key)
+        blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# Where a run writes and reads, not what it computes; left out of Config.hash().
+LOCATION_FIELDS = (("train", "output_dir"), ("data", "root"), ("data", "workers"), ("eval", "results_dir"))
 
 
 def _suggest(key: str, valid: list[str]) -> str:

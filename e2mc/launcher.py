@@ -160,7 +160,6 @@ def expand_grid(config: str, axes: dict[str, list[Any]], overrides: Sequence[str
             raise ClusterError(f"grid points {seen[output_dir]} and {point} would both train in {output_dir}; "
                                "make the grid axes distinct")
         seen[output_dir] = point
-        cfg.train.output_dir = ""
         if cfg.hash() in same_run:  # e.g. arm e2mc_gaussian_cdf of SwAV, whose own transform it is
             raise ClusterError(f"grid points {same_run[cfg.hash()]} and {point} train the same configuration; "
                                "drop one of them")

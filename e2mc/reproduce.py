@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from e2mc import checkpoints
-from e2mc.config import Config, load_config
+from e2mc.config import Config, config_from_dict, load_config
 from e2mc.arms import ARMS, infer_arm
 from e2mc.evaluation.runner import EvaluationPlan, diagnose_checkpoint, evaluate_checkpoint, make_epoch_probe_hook
 from e2mc.provenance import REPO_ROOT, provenance, utc_now, write_json_atomic
@@ -118,6 +118,23 @@ def training_result_path(results_dir: Path, cfg: Config, arm: str) -> Path:
                                                       None, cfg.train.seed, cfg.hash())
 
 
+def finished_entry(results_dir: Path, cfg: Config, arm: str) -> Path | None:
+    """The training result that marks this entry done, whatever hash its file name carries (files
+    written before ``Config.hash`` left out locations name another); None when there is none.
+
+    Raises ValueError when the folder holds this entry trained with another configuration, rather
+    than skip it or mix the two in one table."""
+    pattern = training_result_path(results_dir, cfg, arm).name.rsplit("_", 1)[0] + "_*.json"
+    for path in sorted((results_dir / "training").glob(pattern)):
+        recorded = config_from_dict(json.loads(path.read_text())["config"])
+        if recorded.hash() != cfg.hash():
+            raise ValueError(f"{path} records {cfg.method}/{arm}/seed {cfg.train.seed} with another configuration "
+                             f"than {_config_path(cfg.method)} gives now; write to another --results folder, or "
+                             "move that entry's results away to re-run it")
+        return path
+    return None
+
+
 def run_entry(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root: str | None = None,
               checkpoints: Path = CHECKPOINTS) -> str:
     """Continue the base checkpoint along ``arm`` with ``seed`` and write every result of that run.
@@ -127,9 +144,9 @@ def run_entry(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root:
     Returns "done", "skipped" (results already there) or "interrupted".
     """
     cfg = entry_config(arm, seed, results_dir, runs_dir, data_root, checkpoints)
-    done_marker = training_result_path(results_dir, cfg, arm.name)
-    if done_marker.exists():
+    if finished_entry(results_dir, cfg, arm.name) is not None:
         return "skipped"
+    done_marker = training_result_path(results_dir, cfg, arm.name)
     started = utc_now()
     summary = train(cfg, epoch_end_hooks=[make_epoch_probe_hook(cfg)])
     if summary["status"] != "finished":
@@ -138,7 +155,8 @@ def run_entry(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root:
     evaluate_checkpoint(final, results_dir / "linear_probe",
                         EvaluationPlan(("linear_probe",), (0.1, 1.0), (seed,)), arm=arm.name, epoch=EPOCHS,
                         data_root=data_root, skip_existing=True)
-    if seed == 0:
+    if seed == 0 and not any((results_dir / "diagnostics").glob(
+            f"diagnostics_{cfg.method}_{arm.name}_{cfg.data.dataset}_e{EPOCHS:03d}_*")):
         diagnose_checkpoint(final, results_dir / "diagnostics", arm=arm.name, epoch=EPOCHS, data_root=data_root,
                             n_images=DIAGNOSTIC_IMAGES)
     epochs = read_metrics(Path(cfg.train.output_dir), "epoch")

@@ -36,6 +36,10 @@ class MissingResultsError(LookupError):
     """The results a figure or table needs are not in the frame (or its directory)."""
 
 
+class DuplicateResultsError(ValueError):
+    """A cell of a table or figure would average two results of the same seed."""
+
+
 # --- statistics ---------------------------------------------------------------------------------
 
 def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float, int]:
@@ -69,6 +73,12 @@ def summarize(frame: pd.DataFrame, by: Sequence[str], value: str, confidence: fl
             files = group.loc[group[value].isna(), "file"].tolist() if "file" in group else []
             raise MissingResultsError(f"{value} is missing from {group[value].isna().sum()} result(s) with "
                                       f"{dict(zip(by, key))} in {source_of(frame)} {files}")
+        if "seed" in group and "seed" not in by and group["seed"].duplicated().any():
+            # two results of one seed (e.g. two configurations in one folder) would count as two seeds
+            files = group.loc[group["seed"].duplicated(keep=False), "file"].tolist() if "file" in group else []
+            raise DuplicateResultsError(
+                f"{dict(zip(by, key))} has more than one result per seed in {source_of(frame)}: {files}; "
+                "keep one configuration per results folder (move the others to a folder of their own)")
         mean, half_width, n = mean_ci(group[value], confidence)
         rows.append({**dict(zip(by, key)), "mean": mean, "ci": half_width, "n": n})
     return pd.DataFrame(rows, columns=[*by, "mean", "ci", "n"])

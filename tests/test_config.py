@@ -42,3 +42,11 @@ def test_hash_changes_with_content():
 def test_missing_file_is_clear():
     with pytest.raises(ConfigError, match="not found"):
         load_config("configs/nope.yaml")
+
+
+def test_hash_ignores_where_a_run_lives_but_not_where_it_starts():
+    a = load_config(CONFIGS[0])
+    moved = load_config(CONFIGS[0], ["train.output_dir=/elsewhere/run", "data.root=/data/fmnist", "data.workers=2",
+                                     "eval.results_dir=/elsewhere/results"])
+    assert moved.hash() == a.hash()
+    assert load_config(CONFIGS[0], ["train.init=/other/base.pt"]).hash() != a.hash()

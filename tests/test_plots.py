@@ -119,6 +119,14 @@ def test_summarize_keeps_null_keys_as_their_own_group():
     assert null_row["ci"] == pytest.approx(expected([10.0, 14.0])[1])
 
 
+def test_summarize_refuses_two_results_of_one_seed():
+    frame = pd.DataFrame({"arm": ["e2mc"] * 3, "seed": [0, 1, 1], "top1": [1.0, 2.0, 3.0],
+                          "file": ["a_s0_11.json", "a_s1_11.json", "a_s1_22.json"]})
+    with pytest.raises(tables.DuplicateResultsError, match=r"more than one result per seed.*a_s1_11.json.*a_s1_22.json"):
+        tables.summarize(frame, ["arm"], "top1")
+    assert tables.summarize(frame.iloc[:2], ["arm"], "top1")["n"].item() == 2
+
+
 # --- Fig. 2 reference distributions -------------------------------------------------------------
 
 @pytest.mark.parametrize("sampler", [plots.sample_uniform_2d, plots.sample_x_distribution])

@@ -75,6 +75,16 @@ def test_entry_writes_probes_diagnostics_and_training_then_skips(tmp_path, monke
     with pytest.raises(ValueError, match="no arm 'mmcr' for vicreg"):
         reproduce.run_one("vicreg", "mmcr", 0, results, runs)
 
+    # the done marker is found whatever hash its name carries; another configuration is an error
+    marker = next((results / "training").glob("training_vicreg_e2mc_*.json"))
+    renamed = marker.rename(marker.with_name(marker.name.rsplit("_", 1)[0] + "_00000000.json"))
+    assert reproduce.run_one("vicreg", "e2mc", 0, results, runs, str(data_root), checkpoints) == "skipped"
+    record = json.loads(renamed.read_text())
+    record["config"]["optim"]["base_lr"] *= 2
+    renamed.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="another configuration"):
+        reproduce.run_one("vicreg", "e2mc", 0, results, runs, str(data_root), checkpoints)
+
 
 def test_run_logged_keeps_every_line_and_echoes_progress(tmp_path, capsys):
     script = "import sys; print('[e2mc] epoch 1/10: loss 1.0'); print('noise'); print('err', file=sys.stderr); sys.exit(3)"
