@@ -281,9 +281,11 @@ def arm_results(frame: pd.DataFrame, arms: Sequence[str], *, name: str, title: s
             row += [format_cell(*cells[method, arm, d, f], fmt) if (method, arm, d, f) in cells else "—"
                     for d, f in columns]
             printed.append(row)
-    seeds = sorted(set(numbers["n"]))
+    counts = sorted(set(numbers["n"]))
+    seeds = (f"{counts[0]} seed{'s' if counts[0] > 1 else ''}" if len(counts) == 1 else
+             f"{counts[0]} to {counts[-1]} seeds (a cell without ± has one)")
     caption = (f"{title}: {kind.replace('_', ' ')} {metric} at the final epoch, mean ± {confidence:.0%} "
-               f"t-interval half-width over {'/'.join(map(str, seeds))} seeds, per label fraction")
+               f"t-interval half-width over {seeds}, per label fraction")
     return Table(name, caption, header, printed, numbers)
 
 
@@ -295,20 +297,25 @@ def main_results(frame: pd.DataFrame, metric: str = "top1", kind: str = "linear_
 
 def ablations(frame: pd.DataFrame, metric: str = "top1", kind: str = "linear_probe", **kw) -> Table:
     """E2MC against entropy only, covariance only, and the other compact transform."""
-    _require_some_arm(frame, kind, ABLATION_ARMS[1:])
+    frame = _methods_with_some_arm(frame, kind, ABLATION_ARMS[1:])
     return arm_results(frame, ABLATION_ARMS, name="ablations", title="Ablations", metric=metric, kind=kind,
                        show_criterion=True, **kw)
 
 
 def alternative_criteria(frame: pd.DataFrame, metric: str = "top1", kind: str = "linear_probe", **kw) -> Table:
     """Uniformity, MMCR and variance-covariance against the original loss and E2MC."""
-    _require_some_arm(frame, kind, ALTERNATIVE_ARMS[2:])
+    frame = _methods_with_some_arm(frame, kind, ALTERNATIVE_ARMS[2:])
     return arm_results(frame, ALTERNATIVE_ARMS, name="alternative_criteria", title="Alternative criteria",
                        metric=metric, kind=kind, show_criterion=True, **kw)
 
 
-def _require_some_arm(frame: pd.DataFrame, kind: str, arms: Sequence[str]) -> None:
-    select(frame, kind, arm=list(arms))
+def _methods_with_some_arm(frame: pd.DataFrame, kind: str, arms: Sequence[str]) -> pd.DataFrame:
+    """``frame`` restricted to the methods that have ``kind`` results of at least one of ``arms`` (an
+    ablation table has no row for a method that was not ablated); MissingResultsError when none has."""
+    methods = set(select(frame, kind, arm=list(arms))["method"])
+    restricted = frame[frame["method"].isin(methods)]
+    restricted.attrs = dict(frame.attrs)
+    return restricted
 
 
 def training_epochs(frame: pd.DataFrame) -> pd.DataFrame:

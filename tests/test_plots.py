@@ -352,6 +352,12 @@ def test_ablation_and_alternative_tables_pick_their_arms(frame, records):
     with pytest.raises(tables.MissingResultsError, match=r"no linear_probe results with arm in \['uniformity', "
                                                          r"'mmcr', 'vc'\] in results/x; run make reproduce first"):
         tables.alternative_criteria(no_alternatives)
+    # a method that was not ablated has no rows in the ablation table, though it has E2MC results
+    vicreg_not_ablated = frame[~((frame["method"] == "vicreg") & frame["arm"].isin(["entropy_only", "covariance_only"]))]
+    assert {row[0] for row in tables.ablations(vicreg_not_ablated).rows} == {"SwAV"}
+    assert "over 2 seeds," in ablation.caption  # the fixture's two seeds
+    one_seed = frame[~((frame["arm"] == "entropy_only") & (frame["seed"] == 1))]
+    assert "over 1 to 2 seeds (a cell without ± has one)," in tables.ablations(one_seed).caption
 
 
 def test_training_dynamics_table_and_figure(frame, records, tmp_path):
