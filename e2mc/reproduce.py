@@ -80,12 +80,12 @@ def export_base_checkpoint(run_dir: Path, destination: Path) -> Path:
         raise ValueError(f"{run_dir} stopped at epoch {state['epoch']} of {epochs}; finish it "
                          "(rerun the same pretrain command) before exporting")
     checkpoints.save_atomic({k: state[k] for k in ("format", "method", "config", "epoch", "model")}, destination)
-    epochs = read_metrics(run_dir, "epoch")
+    records = read_metrics(run_dir)
     write_json_atomic(destination.with_suffix(".json"), {
         "what": f"mini {state['method']} base checkpoint: pre-trained from scratch on Fashion-MNIST",
         "epochs": state["epoch"], "config": state["config"],
-        "training_segments": read_metrics(run_dir, "segment"),
-        "training_seconds": sum(r["seconds"] for r in epochs),
+        "training_segments": [r for r in records if r["kind"] == "segment"],
+        "training_seconds": sum(r["seconds"] for r in records if r["kind"] == "epoch"),
         "export_provenance": provenance(),
     })
     return destination
@@ -124,7 +124,8 @@ def finished_entry(results_dir: Path, cfg: Config, arm: str) -> Path | None:
 
     Raises ValueError when the folder holds this entry trained with another configuration, rather
     than skip it or mix the two in one table."""
-    pattern = training_result_path(results_dir, cfg, arm).name.rsplit("_", 1)[0] + "_*.json"
+    pattern = result_filename("training", cfg.method, arm, cfg.data.dataset, cfg.train.epochs, None, cfg.train.seed,
+                              "*")  # any configuration hash
     for path in sorted((results_dir / "training").glob(pattern)):
         recorded = config_from_dict(json.loads(path.read_text())["config"])
         if recorded.hash() != cfg.hash():
@@ -156,17 +157,18 @@ def run_entry(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root:
                         EvaluationPlan(("linear_probe",), (0.1, 1.0), (seed,)), arm=arm.name, epoch=EPOCHS,
                         data_root=data_root, skip_existing=True)
     if seed == 0 and not any((results_dir / "diagnostics").glob(
-            f"diagnostics_{cfg.method}_{arm.name}_{cfg.data.dataset}_e{EPOCHS:03d}_*")):
+            result_filename("diagnostics", cfg.method, arm.name, cfg.data.dataset, EPOCHS, None, seed, "*"))):
         diagnose_checkpoint(final, results_dir / "diagnostics", arm=arm.name, epoch=EPOCHS, data_root=data_root,
                             n_images=DIAGNOSTIC_IMAGES)
-    epochs = read_metrics(Path(cfg.train.output_dir), "epoch")
+    records = read_metrics(Path(cfg.train.output_dir))
+    epochs = [r for r in records if r["kind"] == "epoch"]
     last = epochs[-1]
     write_result(done_marker, kind="training", method=cfg.method, arm=arm.name,
                  criterion=criterion_record(cfg.to_dict()), epoch=cfg.train.epochs, label_fraction=None, seed=seed,
                  dataset=cfg.data.dataset,
                  metrics={k: last[k] for k in ("loss", "marginal_entropy", "covariance_penalty", "embedding_std")},
                  extra={"epochs": epochs, "run_seconds": summary["seconds"],
-                        "segments": read_metrics(Path(cfg.train.output_dir), "segment")},
+                        "segments": [r for r in records if r["kind"] == "segment"]},
                  config=cfg, checkpoint=str(final),
                  started=started)
     return "done"

@@ -20,14 +20,14 @@ import torch
 
 from e2mc import checkpoints
 from e2mc.config import load_config
-from e2mc.train import train
+from e2mc.train import read_metrics, train
 from fake_data import write_fake_fashion_mnist
+from run_records import comparable_records, segment_starts
 from slurm_cluster import _clean_environment, job_info, slurm_cluster, submit, wait_for  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB_TIMEOUT_S = 150  # every job here normally ends within ~60 s; the node is shared
 SIGNAL_AFTER_S = 90  # how long a job may take to log its first step before the test gives up
-TIMING_KEYS = {"images_per_s", "seconds"}
 HEADS = {"vicreg": "{expander: [64, 64]}", "swav": "{hidden_dim: 32, output_dim: 16, n_prototypes: 10}",
          "simsiam": "{dim: 32, pred_dim: 8, hidden_dim: 32}"}
 ONE_CPU = ["--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1"]
@@ -65,19 +65,6 @@ def continued(method, data_root, inits, epochs, limit):
 
 def quoted(overrides):
     return " ".join(f"'{o}'" for o in overrides)
-
-
-def read_metrics(output_dir):
-    """The step and epoch records without their timings: what an interruption must leave unchanged.
-    (Segment records say where each piece of the run started, so they differ by design.)"""
-    lines = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in rec.items() if k not in TIMING_KEYS} for rec in lines if rec["kind"] != "segment"]
-
-
-def segment_starts(output_dir):
-    """(epoch, step) at which each piece of a run started, from its segment records."""
-    lines = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [(rec["epoch"], rec["step"]) for rec in lines if rec["kind"] == "segment"]
 
 
 def wait_for_first_step(output_dir, job_id, log):
@@ -200,7 +187,7 @@ def test_preempted_job_requeues_itself_and_ends_like_an_uninterrupted_run(jobs):
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
     assert_same_weights(checkpoints.load(run / "checkpoint.pt")["model"],
                         checkpoints.load(reference / "checkpoint.pt")["model"])
-    assert read_metrics(run) == read_metrics(reference)
+    assert comparable_records(run) == comparable_records(reference)
     assert len(segment_starts(run)) == 2 and segment_starts(reference) == [(0, 0)]
 
 
@@ -254,7 +241,7 @@ def test_submitit_array_trains_and_a_preempted_task_resumes(jobs):
         finished(job, log / job)
         summary = json.loads((run / "summary.json").read_text())
         assert (summary["status"], summary["epoch"]) == ("finished", PREEMPTED_EPOCHS)
-        epochs = [r["epoch"] for r in read_metrics(run) if r["kind"] == "epoch"]
+        epochs = [r["epoch"] for r in read_metrics(run, "epoch")]
         assert epochs == list(range(1, PREEMPTED_EPOCHS + 1)), f"{run}: epoch lines {epochs}"
     assert job_info(first)["Restarts"] == "0"
     assert job_info(second)["Restarts"] == "1", explain(second, log / second)

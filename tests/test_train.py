@@ -13,11 +13,11 @@ import torch
 from e2mc import checkpoints
 from e2mc.config import load_config
 from e2mc.models import build_model
-from e2mc.train import NonFiniteLossError, train
+from e2mc.train import NonFiniteLossError, read_metrics, train
 from fake_data import write_fake_fashion_mnist
+from run_records import comparable_records, segment_starts
 
 ROOT = Path(__file__).resolve().parent.parent
-TIMING_KEYS = {"images_per_s", "seconds"}
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +33,6 @@ def tiny_overrides(method, data_root, output_dir, epochs=2, criterion="e2mc"):
     if method == "swav":
         overrides.append("loss.params={queue_length: 128}")
     return overrides
-
-
-def read_metrics(output_dir):
-    """The step and epoch records without their timings: what an interruption must leave unchanged.
-    (Segment records say where each piece of the run started, so they differ by design.)"""
-    lines = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in rec.items() if k not in TIMING_KEYS} for rec in lines if rec["kind"] != "segment"]
-
-
-def segment_starts(output_dir):
-    """(epoch, step) at which each piece of a run started, from its segment records."""
-    lines = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [(rec["epoch"], rec["step"]) for rec in lines if rec["kind"] == "segment"]
 
 
 def final_weights(output_dir):
@@ -90,7 +77,7 @@ def test_sigkill_mid_epoch_then_restart_equals_uninterrupted_run(tmp_path, data_
     assert checkpoints.load(killed / "checkpoint.pt")["epoch"] == 1
     subprocess.run(cli(method, tiny_overrides(method, data_root, killed)), check=True, env=env, capture_output=True)
     assert_same_weights(final_weights(killed), final_weights(reference))
-    assert read_metrics(killed) == read_metrics(reference)
+    assert comparable_records(killed) == comparable_records(reference)
     # the killed piece reached the epoch-1 checkpoint; the restart resumed there
     assert segment_starts(reference) == [(0, 0)] and segment_starts(killed) == [(0, 0), (1, 0)]
 
@@ -113,7 +100,7 @@ def test_sigterm_saves_mid_epoch_and_resume_continues_exactly(tmp_path, data_roo
     subprocess.run(cli("simsiam", tiny_overrides("simsiam", data_root, stopped)), check=True, env=env,
                    capture_output=True)
     assert_same_weights(final_weights(stopped), final_weights(reference))
-    assert read_metrics(stopped) == read_metrics(reference)
+    assert comparable_records(stopped) == comparable_records(reference)
     assert segment_starts(stopped) == [(0, 0), (state["epoch"], state["step"])]
 
 
@@ -166,7 +153,7 @@ def test_every_criterion_trains_one_epoch_and_logs_its_terms(tmp_path, data_root
     out = tmp_path / criterion
     train(load_config(ROOT / "configs/mini/pretrain/swav.yaml",
                       tiny_overrides("swav", data_root, out, epochs=1, criterion=criterion)))
-    epoch = [r for r in read_metrics(out) if r["kind"] == "epoch"][0]
+    epoch = read_metrics(out, "epoch")[0]
     assert {"loss", "ssl_loss", "marginal_entropy", "covariance_penalty", "embedding_std", "lr"} <= epoch.keys()
     assert ("add_loss" in epoch) == (criterion != "none")
     if criterion != "none":
