@@ -12,7 +12,6 @@ stopped (its training runs resume from their checkpoints too).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -22,11 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from e2mc import checkpoints
-from e2mc.config import Config, config_from_dict, load_config
+from e2mc.config import Config, load_config
 from e2mc.arms import ARMS, infer_arm
 from e2mc.evaluation.runner import EvaluationPlan, diagnose_checkpoint, evaluate_checkpoint, make_epoch_probe_hook
 from e2mc.provenance import REPO_ROOT, provenance, utc_now, write_json_atomic
-from e2mc.results import criterion_record, result_filename, write_result
+from e2mc.results import (ConflictingResultError, criterion_record, existing_result, result_filename,
+                          write_result)
 from e2mc.train import read_metrics, train
 
 METHODS = ("vicreg", "swav", "simsiam")
@@ -119,21 +119,15 @@ def training_result_path(results_dir: Path, cfg: Config, arm: str) -> Path:
 
 
 def finished_entry(results_dir: Path, cfg: Config, arm: str) -> Path | None:
-    """The training result that marks this entry done, whatever hash its file name carries (files
-    written before ``Config.hash`` left out locations name another); None when there is none.
-
-    Raises ValueError when the folder holds this entry trained with another configuration, rather
-    than skip it or mix the two in one table."""
-    pattern = result_filename("training", cfg.method, arm, cfg.data.dataset, cfg.train.epochs, None, cfg.train.seed,
-                              "*")  # any configuration hash
-    for path in sorted((results_dir / "training").glob(pattern)):
-        recorded = config_from_dict(json.loads(path.read_text())["config"])
-        if recorded.hash() != cfg.hash():
-            raise ValueError(f"{path} records {cfg.method}/{arm}/seed {cfg.train.seed} with another configuration "
-                             f"than {_config_path(cfg.method)} gives now; write to another --results folder, or "
-                             "move that entry's results away to re-run it")
-        return path
-    return None
+    """The training result that marks this entry done (see :func:`e2mc.results.existing_result`);
+    None when there is none. Raises ValueError when the folder holds this entry trained with another
+    configuration, rather than skip it or mix the two in one table."""
+    try:
+        return existing_result(results_dir / "training", "training", cfg.method, arm, cfg.data.dataset,
+                               cfg.train.epochs, None, cfg.train.seed, cfg.hash())
+    except ConflictingResultError as error:
+        raise ConflictingResultError(f"{error}. {_config_path(cfg.method)} gives the configuration this grid "
+                                     "runs now") from None
 
 
 def run_entry(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root: str | None = None,

@@ -129,6 +129,34 @@ def result_filename(kind: str, method: str, arm: str, dataset: str, epoch: int, 
     return f"{safe}_e{epoch:03d}_f{fraction}_s{seed}_{(config_hash or 'noconfig')[:8]}.json"
 
 
+class ConflictingResultError(ValueError):
+    """A results folder already holds this result computed with another configuration."""
+
+
+def existing_result(results_dir: str | os.PathLike, kind: str, method: str, arm: str, dataset: str, epoch: int,
+                    label_fraction: float | None, seed: int, expected_hash: str | None) -> Path | None:
+    """The file in ``results_dir`` that already holds this result, whatever hash its name carries;
+    None when there is none.
+
+    A file's name carries the configuration hash of the code that wrote it, and ``Config.hash`` has
+    changed (it once included where a run lived), so the name alone would make a resumed
+    reproduction redo finished work. A file matches when the configuration it records hashes,
+    today, to ``expected_hash`` (a ``Config.hash()``; None for a result without configuration).
+    Raises :class:`ConflictingResultError` when the folder holds this result for another
+    configuration, rather than let two of one seed into a table.
+    """
+    pattern = result_filename(kind, method, arm, dataset, epoch, label_fraction, seed, "*")
+    for path in sorted(Path(results_dir).glob(pattern)):
+        recorded = config_hash(json.loads(path.read_text()).get("config"))
+        if recorded == expected_hash:
+            return path
+        raise ConflictingResultError(
+            f"{path} holds {kind} {method}/{arm} epoch {epoch} seed {seed} computed with another configuration "
+            f"(hash {recorded}, not {expected_hash}); write to another results folder, or move that file away "
+            "to compute it again")
+    return None
+
+
 # ----------------------------------------------------------------------------- checking
 
 def _is_int(value: Any) -> bool:

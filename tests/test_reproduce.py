@@ -85,6 +85,19 @@ def test_entry_writes_probes_diagnostics_and_training_then_skips(tmp_path, monke
     with pytest.raises(ValueError, match="another configuration"):
         reproduce.run_one("vicreg", "e2mc", 0, results, runs, str(data_root), checkpoints)
 
+    # so are the base checkpoint's probes: renamed as an older hash would name them, none is redone
+    for probe in (results / "linear_probe").glob("linear_probe_vicreg_base_*.json"):
+        probe.rename(probe.with_name(probe.name.rsplit("_", 1)[0] + "_11111111.json"))
+    before = sorted(p.name for p in (results / "linear_probe").iterdir())
+    assert reproduce.run_one("vicreg", "base", 0, results, runs, str(data_root), checkpoints) == "done"
+    assert sorted(p.name for p in (results / "linear_probe").iterdir()) == before
+    probe = next((results / "linear_probe").glob("linear_probe_vicreg_base_*_f10pct_*.json"))
+    record = json.loads(probe.read_text())
+    record["config"]["optim"]["base_lr"] *= 2
+    probe.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="another configuration"):
+        reproduce.run_one("vicreg", "base", 0, results, runs, str(data_root), checkpoints)
+
 
 def test_run_logged_keeps_every_line_and_echoes_progress(tmp_path, capsys):
     script = "import sys; print('[e2mc] epoch 1/10: loss 1.0'); print('noise'); print('err', file=sys.stderr); sys.exit(3)"

@@ -32,7 +32,7 @@ from e2mc.evaluation.sources import (DatasetImages, ImageSource, TensorImages, e
                                      network_device)
 from e2mc.evaluation.transfer import num_classes_of, transfer_sources
 from e2mc.provenance import utc_now
-from e2mc.results import config_hash, criterion_record, result_filename, write_result
+from e2mc.results import config_hash, criterion_record, existing_result, result_filename, write_result
 
 PROTOCOLS = ("linear_probe", "finetune", "transfer")
 EPOCH_CHECKPOINT = re.compile(r"checkpoint-epoch(\d+)\.pt")
@@ -289,7 +289,8 @@ def evaluate_network(network: nn.Module, context: ResultContext, evaluation: Eva
                      log: Callable[[str], None] | None = print) -> list[Path]:
     """Run ``plan`` on ``network`` (left in the mode it was in) and write one result file per
     (protocol, dataset, label fraction, seed) to ``results_dir``. With ``skip_existing`` an evaluation
-    whose file is already there is not run again. Returns the result paths, in plan order."""
+    whose result is already there (see :func:`e2mc.results.existing_result`) is not run again.
+    Returns the result paths, in plan order."""
     results_dir = Path(results_dir)
     was_training = network.training
     network.eval()
@@ -317,10 +318,12 @@ def _run_kind(network, context, kind, source, plan, results_dir, skip_existing, 
     jobs, paths = [], []
     for fraction in plan.label_fractions:
         for seed in plan.seeds:
-            path = results_dir / result_filename(kind, context.method, context.arm, evaluation.name, context.epoch,
-                                                 fraction, seed, context.config_hash)
+            name = (kind, context.method, context.arm, evaluation.name, context.epoch, fraction, seed,
+                    context.config_hash)
+            found = existing_result(results_dir, *name) if skip_existing else None
+            path = found or results_dir / result_filename(*name)
             paths.append(path)
-            if not (skip_existing and path.exists()):
+            if found is None:
                 jobs.append((fraction, seed, path))
     if not jobs:
         return paths
