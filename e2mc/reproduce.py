@@ -23,6 +23,7 @@ from pathlib import Path
 from e2mc import checkpoints
 from e2mc.config import Config, load_config
 from e2mc.arms import ARMS, infer_arm
+from e2mc.diagnostics import METHOD_TRANSFORM
 from e2mc.evaluation.runner import EvaluationPlan, diagnose_checkpoint, evaluate_checkpoint, make_epoch_probe_hook
 from e2mc.provenance import REPO_ROOT, provenance, utc_now, write_json_atomic
 from e2mc.results import (ConflictingResultError, criterion_record, existing_result, result_filename,
@@ -46,11 +47,11 @@ class Arm:
 
 
 def _arms() -> list[Arm]:
-    swapped = {"vicreg": "gaussian_cdf", "swav": "sigmoid"}  # the transform the paper does not pair with it
+    other_transform = {"sigmoid": "gaussian_cdf", "gaussian_cdf": "sigmoid"}
     names = [(method, name) for method in METHODS for name in ("original", "e2mc")]
     # ablations (are both terms needed? does the transform matter?)
-    names += [(method, name) for method in ("vicreg", "swav")
-              for name in ("entropy_only", "covariance_only", f"e2mc_{swapped[method]}")]
+    names += [(method, name) for method in METHODS
+              for name in ("entropy_only", "covariance_only", f"e2mc_{other_transform[METHOD_TRANSFORM[method]]}")]
     names += [("swav", name) for name in ("uniformity", "mmcr", "vc")]  # alternatives, on SwAV as in the paper
     return [Arm(method, name, ARMS[name]) for method, name in names]
 
