@@ -205,8 +205,17 @@ def latex_escape(text: str) -> str:
     return "".join(replacements.get(ch, ch) for ch in text)
 
 
-def format_cell(mean: float, half_width: float, fmt: str = ".2f") -> str:
-    """``"71.23 ± 0.40"``; the mean alone when there is no interval (one seed)."""
+def format_cell(mean: float, half_width: float, fmt: str | None = ".2f") -> str:
+    """``"71.23 ± 0.40"``; the mean alone when there is no interval (one seed).
+
+    ``fmt=None`` lets the interval set the digits: two significant ones of the half-width, and the
+    mean to the same decimal place (``-1.0270 ± 0.0050``); a lone mean gets four significant digits.
+    """
+    if fmt is None:
+        if math.isnan(half_width) or half_width <= 0:
+            return format(mean, ".4g")
+        decimals = max(0, 1 - math.floor(math.log10(half_width)))
+        fmt = f".{decimals}f"
     if math.isnan(half_width):
         return format(mean, fmt)
     return f"{mean:{fmt}} ± {half_width:{fmt}}"
@@ -340,7 +349,7 @@ def training_epochs(frame: pd.DataFrame) -> pd.DataFrame:
     return epochs
 
 
-def training_dynamics(frame: pd.DataFrame, keys: Sequence[str] = DYNAMICS_KEYS, fmt: str = ".4g",
+def training_dynamics(frame: pd.DataFrame, keys: Sequence[str] = DYNAMICS_KEYS, fmt: str | None = None,
                       confidence: float = 0.95) -> Table:
     """Marginal entropy and covariance penalty of the embedding after each epoch of continued
     pre-training, per method and arm (mean ± t-interval half-width over seeds)."""

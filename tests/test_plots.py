@@ -369,7 +369,11 @@ def test_training_dynamics_table_and_figure(frame, records, tmp_path):
         for column, key in ((3, "marginal_entropy"), (4, "covariance_penalty")):
             values = [next(e[key] for e in r["extra"]["epochs"] if e["epoch"] == epoch) for r in runs]
             mean, half_width = expected(values)
-            assert row[column] == f"{mean:.4g} ± {half_width:.4g}"
+            printed_mean, printed_half_width = row[column].split(" ± ")
+            decimals = len(printed_half_width.split(".")[1])  # the half-width's two significant digits
+            assert float(printed_half_width) == pytest.approx(half_width, rel=0.05)
+            assert float(printed_mean) == pytest.approx(mean, abs=0.51 * 10 ** -decimals)
+            assert len(printed_mean.split(".")[1]) == decimals
     fig = plots.training_dynamics(frame)
     entropy_line = fig.axes[0].lines[0]
     np.testing.assert_allclose(entropy_line.get_ydata(), [np.mean([r["extra"]["epochs"][k]["marginal_entropy"]
@@ -400,6 +404,11 @@ def test_write_table_markdown_and_latex(frame, tmp_path):
 def test_format_helpers():
     assert tables.format_cell(71.234, 0.4) == "71.23 ± 0.40"
     assert tables.format_cell(71.234, math.nan) == "71.23"
+    # digits set by the interval: two significant ones of the half-width, the mean to the same place
+    assert tables.format_cell(-1.02712, 0.005019, None) == "-1.0271 ± 0.0050"
+    assert tables.format_cell(0.002562, 8.049e-05, None) == "0.002562 ± 0.000080"
+    assert tables.format_cell(84.123, 1.7, None) == "84.1 ± 1.7"
+    assert tables.format_cell(-0.78991, math.nan, None) == "-0.7899"
     assert [tables.fraction_label(f) for f in (0.01, 0.1, 1.0, None, math.nan)] == ["1%", "10%", "100%", "all", "all"]
     assert tables.latex_escape("a_b & 5% ± λ") == r"a\_b \& 5\% $\pm$ $\lambda$"
 
