@@ -369,7 +369,9 @@ def training_dynamics(frame: pd.DataFrame, keys: Sequence[str] = DYNAMICS_KEYS, 
                 printed.append([METHOD_LABELS.get(method, method), arm_label(arm), str(int(epoch))] +
                                [format_cell(cells.at[k, "mean"], cells.at[k, "ci"], fmt) for k in keys])
     caption = (f"Training dynamics: {', '.join(k.replace('_', ' ') for k in keys)} of the embedding after each "
-               f"epoch of continued pre-training, mean ± {confidence:.0%} t-interval half-width over seeds")
+               f"epoch of continued pre-training, mean ± {confidence:.0%} t-interval half-width over seeds; "
+               "measured on training batches after the transform the arm trains with (the method's own for arms "
+               "without E2MC), so an arm with the other transform is not on the same scale")
     return Table("training_dynamics", caption, header, printed, numbers)
 
 
