@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from e2mc import arms
-from e2mc.arms import ARMS  # noqa: F401  (re-exported: the arms the scripts take)
 
 # Signals that ask a run to stop and come back: SLURM's --signal warning before the time limit
 # (USR2 by default: NCCL may install its own USR1 handler, which is why submitit moved to USR2).
@@ -213,7 +212,7 @@ def continue_arguments(method: str, environ: Mapping[str, str] | None = None,
     """``python -m e2mc`` arguments that continue ``method``'s training for this job or array task.
 
     Config E2MC_CONFIG (default configs/imagenet/<method>.yaml). Arms E2MC_ARMS or E2MC_ARM (one or
-    more names of :data:`ARMS`; default ``default_arms``). The array task picks arm and seed
+    more names of :data:`e2mc.arms.ARMS`; default ``default_arms``). The array task picks arm and seed
     (:func:`task_assignment`; E2MC_SEEDS lists the seeds). Output E2MC_OUTPUT/<arm>/seed<seed>
     (default runs/slurm/<method>/...): the same on every requeue of the task. E2MC_OVERRIDES (shell
     words) come last, so they override the arm, the seed and the output.

@@ -8,7 +8,7 @@
 Grid axes (``--grid KEY=V1,V2`` or the ``grid:`` mapping of a YAML file; every combination is one run):
 
 * ``method``: fills ``{method}`` in the configuration path;
-* ``arm``: a named arm of :data:`e2mc.cluster.ARMS` (original, e2mc, entropy_only, uniformity, ...);
+* ``arm``: a named arm of :data:`e2mc.arms.ARMS` (original, e2mc, entropy_only, uniformity, ...);
 * any configuration key, e.g. ``criterion.ent_coeff=1,10`` (values are read as YAML).
 
 Run ``i`` trains in ``<output_root>/<method>/<label>/seed<seed>``, where the label names the arm and
@@ -34,7 +34,8 @@ from typing import Any
 import submitit
 import yaml
 
-from e2mc.cluster import ARMS, ClusterError, arm_overrides
+from e2mc.arms import ARMS
+from e2mc.cluster import ClusterError, arm_overrides
 from e2mc.config import METHODS, load_config
 
 SPECIAL_AXES = ("method", "arm")

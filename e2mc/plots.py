@@ -27,9 +27,10 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from e2mc.arms import split_e2mc_arm  # noqa: E402
 from e2mc.tables import (DYNAMICS_HEADERS, DYNAMICS_KEYS, METHOD_LABELS, REPRODUCE_HINT,  # noqa: E402
-                         MissingResultsError, order_arms, order_methods, select, source_of, summarize,
-                         training_epochs, with_base)
+                         TRANSFORM_LABELS, MissingResultsError, order_arms, order_methods, select, source_of,
+                         summarize, training_epochs, with_base)
 
 # Arm -> colour (seaborn "colorblind"); the reference arms are grey (base) and blue (original loss).
 ARM_COLORS = {
@@ -73,7 +74,17 @@ def arm_color(arm: str) -> str:
 
 
 def arm_label(arm: str) -> str:
-    return ARM_LABELS.get(arm, arm)
+    """The arm's name in figures and tables; an E2MC variant without a fixed label is described by
+    what it changes (``e2mc_cov5`` -> "E2MC (λ_cov 5)"), any other arm keeps its name."""
+    if arm in ARM_LABELS:
+        return ARM_LABELS[arm]
+    variant = split_e2mc_arm(arm)
+    if variant is None:
+        return arm
+    kind, transform, ent, cov = variant
+    changes = ([TRANSFORM_LABELS[transform]] if transform else []) + \
+        ([f"λ_ent {ent:g}"] if ent is not None else []) + ([f"λ_cov {cov:g}"] if cov is not None else [])
+    return f"{ARM_LABELS[kind]} ({', '.join(changes)})"
 
 
 def _arm_curve(ax, curve: pd.DataFrame, arm: str):

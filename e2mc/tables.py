@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from e2mc.arms import split_e2mc_arm
+
 METHOD_LABELS = {"vicreg": "VICReg", "swav": "SwAV", "simsiam": "SimSiam"}
 METHOD_ORDER = ("vicreg", "swav", "simsiam")
 TRANSFORM_LABELS = {"sigmoid": "sigmoid", "gaussian_cdf": "Gaussian CDF"}
@@ -305,9 +307,14 @@ def main_results(frame: pd.DataFrame, metric: str = "top1", kind: str = "linear_
 
 
 def ablations(frame: pd.DataFrame, metric: str = "top1", kind: str = "linear_probe", **kw) -> Table:
-    """E2MC against entropy only, covariance only, and the other compact transform."""
-    frame = _methods_with_some_arm(frame, kind, ABLATION_ARMS[1:])
-    return arm_results(frame, ABLATION_ARMS, name="ablations", title="Ablations", metric=metric, kind=kind,
+    """E2MC against entropy only, covariance only, the other compact transform, and any other E2MC
+    variant in the results (other coefficients: see :func:`e2mc.arms.infer_arm`)."""
+    rows = select(frame, kind)
+    require_columns(rows, ["arm"])
+    variants = sorted({a for a in rows["arm"] if split_e2mc_arm(a) is not None} - set(ABLATION_ARMS))
+    arms = ABLATION_ARMS + tuple(variants)
+    frame = _methods_with_some_arm(frame, kind, arms[1:])
+    return arm_results(frame, arms, name="ablations", title="Ablations", metric=metric, kind=kind,
                        show_criterion=True, **kw)
 
 

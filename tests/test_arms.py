@@ -3,8 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from e2mc.arms import ARMS, arm_overrides, infer_arm
+from e2mc.arms import ARMS, PAPER_COEFFICIENTS, arm_overrides, infer_arm, split_e2mc_arm
 from e2mc.config import load_config
+from e2mc.diagnostics import METHOD_TRANSFORM
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,3 +23,30 @@ def test_runs_from_scratch_are_the_base_and_unknown_arms_are_named():
     assert infer_arm(cfg.to_dict()) == "base" and infer_arm(None) == "base"
     with pytest.raises(ValueError, match="unknown arm 'e2mcc'; choose one of original, e2mc"):
         arm_overrides("e2mcc")
+
+
+@pytest.mark.parametrize("scale", ["mini", "imagenet"])
+@pytest.mark.parametrize("method", sorted(PAPER_COEFFICIENTS))
+def test_paper_settings_are_those_of_the_configs(scale, method):
+    criterion = load_config(ROOT / f"configs/{scale}/{method}.yaml").criterion
+    assert (criterion.ent_coeff, criterion.cov_coeff) == PAPER_COEFFICIENTS[method]
+    assert criterion.transform == METHOD_TRANSFORM[method]
+
+
+@pytest.mark.parametrize("method, overrides, arm, split", [
+    ("simsiam", ["criterion.cov_coeff=5"], "e2mc_cov5", ("e2mc", None, None, 5.0)),
+    ("simsiam", ["criterion.cov_coeff=25"], "e2mc", ("e2mc", None, None, None)),
+    ("vicreg", ["criterion.ent_coeff=2", "criterion.cov_coeff=0.5"], "e2mc_ent2_cov0.5", ("e2mc", None, 2.0, 0.5)),
+    ("swav", ["criterion.cov_coeff=0", "criterion.transform=sigmoid"], "entropy_only_sigmoid",
+     ("entropy_only", "sigmoid", None, None)),
+    ("vicreg", ["criterion.ent_coeff=0", "criterion.cov_coeff=3", "criterion.transform=gaussian_cdf"],
+     "covariance_only_gaussian_cdf_cov3", ("covariance_only", "gaussian_cdf", None, 3.0)),
+])
+def test_criteria_other_than_the_papers_get_their_own_arm_and_split_back(method, overrides, arm, split):
+    cfg = load_config(ROOT / f"configs/mini/{method}.yaml", ["criterion.name=e2mc", *overrides])
+    assert infer_arm(cfg.to_dict()) == arm
+    assert split_e2mc_arm(arm) == split
+
+
+def test_only_e2mc_arms_split():
+    assert [split_e2mc_arm(a) for a in ("original", "mmcr", "vc_raw", "e2mc_entx", "e2mc_cov")] == [None] * 5

@@ -10,6 +10,7 @@ import pytest
 import submitit
 
 from e2mc import cluster, launcher
+from e2mc.arms import ARMS
 from e2mc.cluster import ClusterError, RequeueOutcome, SlurmJob
 from e2mc.config import load_config
 from e2mc.train import train
@@ -188,7 +189,7 @@ def test_sweep_defaults_and_errors():
 
 
 def test_every_arm_is_a_valid_configuration():
-    for arm, overrides in cluster.ARMS.items():
+    for arm, overrides in ARMS.items():
         cfg = load_config(ROOT / "configs/mini/swav.yaml", list(overrides))
         assert cfg.criterion.name == overrides[0].split("=")[1], arm
 

@@ -167,6 +167,8 @@ def test_every_arm_has_one_distinct_colour_label_and_marker():
     assert len(set(plots.ARM_COLORS.values())) == len(plots.ARM_COLORS)
     assert plots.arm_color("some_new_arm") == plots.arm_color("some_new_arm")
     assert plots.arm_label("some_new_arm") == "some_new_arm"
+    assert plots.arm_label("e2mc_cov5") == "E2MC (λ_cov 5)"
+    assert plots.arm_label("entropy_only_gaussian_cdf_ent2") == "entropy only (Gaussian CDF, λ_ent 2)"
     assert tables.arm_label("e2mc") == plots.ARM_LABELS["e2mc"]
 
 
@@ -347,6 +349,12 @@ def test_ablation_and_alternative_tables_pick_their_arms(frame, records):
     assert uniformity[2] == "uniformity"
     mean, half_width = expected(probes(records, "vicreg", "uniformity", 3, 0.01))
     assert uniformity[7] == f"{mean:.2f} ± {half_width:.2f}"
+    # another E2MC variant (here a coefficient) is a row of the ablation table, after the named ones
+    variant = frame[frame["arm"] == "e2mc"].assign(arm="e2mc_cov5", criterion_cov_coeff=5.0)
+    ablation = tables.ablations(pd.concat([frame, variant], ignore_index=True))
+    rows = [row for row in ablation.rows if row[0] == "VICReg"]
+    assert [row[1] for row in rows] == ["E2MC", "entropy only", "covariance only", "E2MC (λ_cov 5)"]
+    assert rows[3][2:6] == ["E2MC", "sigmoid", "10", "5"] and rows[3][7:] == rows[0][7:]
     no_alternatives = frame[~frame["arm"].isin(["uniformity"])]
     no_alternatives.attrs["results_dir"] = "results/x"
     with pytest.raises(tables.MissingResultsError, match=r"no linear_probe results with arm in \['uniformity', "

@@ -26,7 +26,7 @@ from e2mc.arms import infer_arm
 from e2mc.diagnostics import (METHOD_TRANSFORM, dimension_pairs, pair_coordinates, rankme,
                               transformed_statistics)
 from e2mc.evaluation.finetune import FinetuneSettings, finetune, swav_finetune_settings
-from e2mc.evaluation.linear import (PAPER_IMAGE_PROBE, ProbeResult, ProbeSettings, train_linear_on_images,
+from e2mc.evaluation.linear import (PAPER_IMAGE_PROBE, ProbeSettings, train_linear_on_images,
                                     train_linear_probe)
 from e2mc.evaluation.sources import (DatasetImages, ImageSource, TensorImages, extract_features, input_channels,
                                      network_device)
