@@ -251,7 +251,7 @@ def _criterion_columns(rows: pd.DataFrame, method: str, arm: str) -> list[str]:
     first = rows[(rows["method"] == method) & (rows["arm"] == arm)].iloc[0]
     name = first.get("criterion_name")
     if name != "e2mc":
-        return ["original loss only" if name in (None, "none") else str(name), "—", "—", "—"]
+        return ["original loss only" if name in (None, "none") else arm_label(str(name)), "—", "—", "—"]
     transform = first.get("criterion_transform")
     return ["E2MC", TRANSFORM_LABELS.get(transform, str(transform)),
             f"{first['criterion_ent_coeff']:g}", f"{first['criterion_cov_coeff']:g}"]

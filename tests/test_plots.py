@@ -349,6 +349,11 @@ def test_ablation_and_alternative_tables_pick_their_arms(frame, records):
     assert uniformity[2] == "uniformity"
     mean, half_width = expected(probes(records, "vicreg", "uniformity", 3, 0.01))
     assert uniformity[7] == f"{mean:.2f} ± {half_width:.2f}"
+    # an alternative criterion is named as its arm is (vc -> variance-covariance), not by its config key
+    vc = frame[frame["arm"] == "uniformity"].assign(arm="vc", criterion_name="vc")
+    vc_row = next(row for row in tables.alternative_criteria(pd.concat([frame, vc], ignore_index=True)).rows
+                  if row[:2] == ["VICReg", "variance-covariance"])
+    assert vc_row[2] == "variance-covariance"
     # another E2MC variant (here a coefficient) is a row of the ablation table, after the named ones
     variant = frame[frame["arm"] == "e2mc"].assign(arm="e2mc_cov5", criterion_cov_coeff=5.0)
     ablation = tables.ablations(pd.concat([frame, variant], ignore_index=True))
