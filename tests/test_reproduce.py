@@ -1,4 +1,5 @@
 """The reproduction grid: arms configure what they are named, and an entry writes every result."""
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -37,9 +38,10 @@ def test_full_grid_has_three_seeds_of_every_arm_and_each_base():
         reproduce.entries("most")
 
 
-def test_entry_writes_probes_diagnostics_and_training_then_skips(tmp_path, monkeypatch):
+def one_epoch_grid(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """Fake Fashion-MNIST and an untrained VICReg base checkpoint; a grid of one epoch and one seed.
+    Returns (data root, checkpoints folder)."""
     data_root = write_fake_fashion_mnist(tmp_path / "fmnist", n_train=512, n_test=200)
-    results, runs = tmp_path / "results", tmp_path / "runs"
     pretrain = tmp_path / "pretrain"
     train(load_config(ROOT / "configs/mini/pretrain/vicreg.yaml",
                       [f"data.root={data_root}", "train.epochs=0", f"train.output_dir={pretrain}"]))
@@ -48,6 +50,12 @@ def test_entry_writes_probes_diagnostics_and_training_then_skips(tmp_path, monke
     monkeypatch.setattr(reproduce, "EPOCHS", 1)
     monkeypatch.setattr(reproduce, "SEEDS", (0,))
     monkeypatch.setattr(reproduce, "DIAGNOSTIC_IMAGES", 100)
+    return data_root, checkpoints
+
+
+def test_entry_writes_probes_diagnostics_and_training_then_skips(tmp_path, monkeypatch):
+    data_root, checkpoints = one_epoch_grid(tmp_path, monkeypatch)
+    results, runs = tmp_path / "results", tmp_path / "runs"
 
     assert reproduce.run_one("vicreg", "base", 0, results, runs, str(data_root), checkpoints) == "done"
     assert reproduce.run_one("vicreg", "e2mc", 0, results, runs, str(data_root), checkpoints) == "done"
@@ -97,6 +105,23 @@ def test_entry_writes_probes_diagnostics_and_training_then_skips(tmp_path, monke
     probe.write_text(json.dumps(record))
     with pytest.raises(ValueError, match="another configuration"):
         reproduce.run_one("vicreg", "base", 0, results, runs, str(data_root), checkpoints)
+
+
+def test_every_fraction_can_be_probed_after_every_epoch(tmp_path, monkeypatch):
+    data_root, checkpoints = one_epoch_grid(tmp_path, monkeypatch)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    every = reproduce.LABEL_FRACTIONS
+    assert reproduce.run_one("vicreg", "original", 0, results, runs, str(data_root), checkpoints, every) == "done"
+    probes = load(results / "linear_probe")
+    assert sorted(zip(probes.epoch, probes.label_fraction)) == [(e, f) for e in (0, 1) for f in every]
+    assert all(record["eval"]["label_fractions"] == list(every) for record in probes.config)
+    # the same entry probed the default way is another configuration: an error, not a silent mix
+    with pytest.raises(ValueError, match="another configuration"):
+        reproduce.run_one("vicreg", "original", 0, results, runs, str(data_root), checkpoints)
+    # the command line takes only the fractions the grid reports
+    assert reproduce._label_fraction("1") == 1.0
+    with pytest.raises(argparse.ArgumentTypeError, match="0.5 is not one of the grid's label fractions 0.01 0.1 1"):
+        reproduce._label_fraction("0.5")
 
 
 def test_run_logged_keeps_every_line_and_echoes_progress(tmp_path, capsys):
