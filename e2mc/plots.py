@@ -60,7 +60,10 @@ ARM_LABELS = {
 ARM_MARKERS = {"base": "s", "original": "o", "e2mc": "D", "entropy_only": "^", "covariance_only": "v",
                "e2mc_sigmoid": "<", "e2mc_gaussian_cdf": ">", "uniformity": "P", "mmcr": "X", "vc": "*"}
 ARM_ORDER = tuple(ARM_COLORS)
-_FALLBACK_PALETTE = sns.color_palette("colorblind", 10).as_hex()
+# An arm without a fixed style (a coefficient variant, a user's own) gets one of these, chosen by its
+# name: dark hues that none of the named arms above uses, each with a marker of its own.
+_FALLBACK_COLORS = ("#3C3C3C", "#6A3D9A", "#8C0800", "#006374", "#808000", "#001C7F")
+_FALLBACK_MARKERS = ("h", "p", "d", "8", "H", "o")
 # Corners of the 2-D colour map of Fig. 2, (x, y) = (0, 0), (1, 0), (0, 1), (1, 1): Okabe-Ito blue,
 # vermillion, yellow, and black (told apart with the common colour-vision deficiencies).
 POSITION_CORNERS = np.array([[0x00, 0x72, 0xB2], [0xD5, 0x5E, 0x00], [0xF0, 0xE4, 0x42], [0x00, 0x00, 0x00]]) / 255
@@ -68,9 +71,19 @@ TRANSFORM_SYMBOLS = {"sigmoid": "s", "gaussian_cdf": "Φ"}
 FIGURE_FORMATS = ("png", "pdf", "svg")
 
 
+def _fallback_index(arm: str) -> int:
+    return zlib.crc32(arm.encode()) % len(_FALLBACK_COLORS)
+
+
 def arm_color(arm: str) -> str:
-    """The arm's colour; an arm without an assigned one gets a fixed colour derived from its name."""
-    return ARM_COLORS.get(arm) or _FALLBACK_PALETTE[zlib.crc32(arm.encode()) % len(_FALLBACK_PALETTE)]
+    """The arm's colour; an arm without an assigned one gets a fixed colour, unlike any named arm's,
+    derived from its name."""
+    return ARM_COLORS.get(arm) or _FALLBACK_COLORS[_fallback_index(arm)]
+
+
+def arm_marker(arm: str) -> str:
+    """The arm's matplotlib marker, fixed like its colour."""
+    return ARM_MARKERS.get(arm) or _FALLBACK_MARKERS[_fallback_index(arm)]
 
 
 def arm_label(arm: str) -> str:
@@ -89,7 +102,7 @@ def arm_label(arm: str) -> str:
 
 def _arm_curve(ax, curve: pd.DataFrame, arm: str):
     """One arm's mean line (columns epoch, mean) with its confidence band (column ci); returns the line."""
-    (line,) = ax.plot(curve["epoch"], curve["mean"], color=arm_color(arm), marker=ARM_MARKERS.get(arm, "o"),
+    (line,) = ax.plot(curve["epoch"], curve["mean"], color=arm_color(arm), marker=arm_marker(arm),
                       markersize=5, linewidth=1.6, label=arm_label(arm))
     ax.fill_between(curve["epoch"], curve["mean"] - curve["ci"], curve["mean"] + curve["ci"], color=arm_color(arm),
                     alpha=0.18, linewidth=0)

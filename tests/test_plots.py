@@ -166,6 +166,13 @@ def test_every_arm_has_one_distinct_colour_label_and_marker():
     assert set(plots.ARM_COLORS) == set(plots.ARM_LABELS) == set(plots.ARM_MARKERS)
     assert len(set(plots.ARM_COLORS.values())) == len(plots.ARM_COLORS)
     assert plots.arm_color("some_new_arm") == plots.arm_color("some_new_arm")
+    # an arm without a fixed style looks like none of the named arms, and the grid's two SimSiam
+    # coefficient variants, drawn in one panel, look like neither each other nor a named arm
+    variants = ["some_new_arm", "e2mc_cov1", "e2mc_cov5"]
+    assert not {plots.arm_color(a) for a in variants} & set(plots.ARM_COLORS.values())
+    assert not {plots.arm_marker(a) for a in variants} & set(plots.ARM_MARKERS.values())
+    assert plots.arm_color("e2mc_cov1") != plots.arm_color("e2mc_cov5")
+    assert plots.arm_marker("e2mc_cov1") != plots.arm_marker("e2mc_cov5")
     assert plots.arm_label("some_new_arm") == "some_new_arm"
     assert plots.arm_label("e2mc_cov5") == "E2MC (λ_cov 5)"
     assert plots.arm_label("entropy_only_gaussian_cdf_ent2") == "entropy only (Gaussian CDF, λ_ent 2)"
