@@ -377,7 +377,7 @@ def add_commands(sub) -> None:
     p.add_argument("--epoch-fractions", type=_label_fraction, nargs="+", default=list(EPOCH_FRACTIONS),
                    metavar="FRACTION",
                    help="label fractions probed after every epoch (default: 0.01, as the committed grid; "
-                        "0.01 0.1 1 probes all three, about 15 s more per epoch on 2 cores); the others of "
+                        "0.01 0.1 1 probes all three, about 30 s more per epoch on 2 cores); the others of "
                         "0.01 0.1 1 are probed after the last epoch only")
     p.add_argument("--entry", default=None, help="run one METHOD:ARM:SEED entry in this process")
     p.set_defaults(run=_reproduce_command)
