@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from e2mc import checkpoints
-from e2mc.config import Config, load_config
+from e2mc.config import Config, config_from_dict, load_config
 from e2mc.arms import ARMS, infer_arm
 from e2mc.diagnostics import METHOD_TRANSFORM
 from e2mc.evaluation.runner import EvaluationPlan, diagnose_checkpoint, evaluate_checkpoint, make_epoch_probe_hook
@@ -141,6 +141,20 @@ def finished_entry(results_dir: Path, cfg: Config, arm: str) -> Path | None:
                                      "runs now") from None
 
 
+def _check_run_folder(cfg: Config) -> None:
+    """Refuse to resume a run folder that holds a run of another configuration: train() would take up
+    its checkpoint (it checks only method, model and optimizer), and a finished run would not train
+    again, so per-epoch probes of this configuration would silently be missing."""
+    resume = Path(cfg.train.output_dir) / "checkpoint.pt"
+    if not resume.exists():
+        return
+    recorded = config_from_dict(checkpoints.load(resume)["config"])
+    if recorded.hash() != cfg.hash():
+        raise ValueError(
+            f"{resume} holds a run of another configuration (hash {recorded.hash()}, not {cfg.hash()}); "
+            "pass another --runs folder for this configuration, or move that run away to train it again")
+
+
 def run_entry(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root: str | None = None,
               checkpoints: Path = CHECKPOINTS, epoch_fractions: tuple[float, ...] = EPOCH_FRACTIONS) -> str:
     """Continue the base checkpoint along ``arm`` with ``seed`` and write every result of that run.
@@ -153,6 +167,7 @@ def run_entry(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root:
     cfg = entry_config(arm, seed, results_dir, runs_dir, data_root, checkpoints, epoch_fractions)
     if finished_entry(results_dir, cfg, arm.name) is not None:
         return "skipped"
+    _check_run_folder(cfg)
     done_marker = training_result_path(results_dir, cfg, arm.name)
     started = utc_now()
     summary = train(cfg, epoch_end_hooks=[make_epoch_probe_hook(cfg)])

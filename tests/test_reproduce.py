@@ -118,6 +118,15 @@ def test_every_fraction_can_be_probed_after_every_epoch(tmp_path, monkeypatch):
     # the same entry probed the default way is another configuration: an error, not a silent mix
     with pytest.raises(ValueError, match="another configuration"):
         reproduce.run_one("vicreg", "original", 0, results, runs, str(data_root), checkpoints)
+    # nor does another results folder take up the finished run of that configuration (it would not
+    # train again, so its per-epoch probes would be missing): the run folder must be another too
+    other_results = tmp_path / "results-default"
+    with pytest.raises(ValueError, match=r"checkpoint.pt holds a run of another configuration .* another --runs"):
+        reproduce.run_one("vicreg", "original", 0, other_results, runs, str(data_root), checkpoints)
+    assert not other_results.exists()
+    assert reproduce.run_one("vicreg", "original", 0, other_results, tmp_path / "runs-default", str(data_root),
+                             checkpoints) == "done"
+    assert sorted(load(other_results / "linear_probe").epoch) == [0, 1, 1, 1]
     # the command line takes only the fractions the grid reports
     assert reproduce._label_fraction("1") == 1.0
     with pytest.raises(argparse.ArgumentTypeError, match="0.5 is not one of the grid's label fractions 0.01 0.1 1"):
