@@ -110,7 +110,7 @@ def entry_config(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_ro
                  checkpoints: Path = CHECKPOINTS, epoch_fractions: tuple[float, ...] = EPOCH_FRACTIONS) -> Config:
     """The training configuration of (arm, seed): the method's mini config plus the arm's overrides,
     probing ``epoch_fractions`` of the labels after every epoch."""
-    fractions = ",".join(f"{f:g}" for f in epoch_fractions)
+    fractions = ",".join(f"{f:g}" for f in sorted(set(epoch_fractions)))  # one configuration however listed
     overrides = [*arm.overrides, f"train.seed={seed}", f"train.epochs={EPOCHS}",
                  f"train.init={base_checkpoint(checkpoints, arm.method)}",
                  f"train.output_dir={runs_dir / arm.method / arm.name / f'seed{seed}'}",

@@ -21,6 +21,11 @@ def test_every_arm_configures_the_arm_it_is_named_after(tmp_path, arm):
     cfg = reproduce.entry_config(arm, 1, tmp_path / "results", tmp_path / "runs")
     assert infer_arm(cfg.to_dict()) == arm.name
     assert cfg.train.seed == 1 and cfg.eval.seeds == [1] and cfg.train.epochs == reproduce.EPOCHS
+    # the fractions probed every epoch are one configuration in whatever order they are given
+    every = reproduce.entry_config(arm, 1, tmp_path / "results", tmp_path / "runs", epoch_fractions=(1.0, 0.01, 0.1))
+    assert every.eval.label_fractions == [0.01, 0.1, 1.0]
+    assert every.hash() == reproduce.entry_config(arm, 1, tmp_path / "results", tmp_path / "runs",
+                                                  epoch_fractions=(0.01, 0.1, 1.0, 0.1)).hash() != cfg.hash()
 
 
 def test_full_grid_has_three_seeds_of_every_arm_and_each_base():
