@@ -10,7 +10,7 @@ RESULTS    ?= results/mini
 JOBS       ?= 2
 METHODS    := vicreg swav simsiam
 
-.PHONY: install test reproduce reproduce-full pretrain-mini notebooks bench data clean-venv
+.PHONY: install test reproduce reproduce-full pretrain-mini pretrain-mini-converged notebooks bench data clean-venv
 
 install: $(STAMP)
 
@@ -32,6 +32,16 @@ pretrain-mini: $(STAMP) data
 	@for m in $(METHODS); do \
 	  $(PY) -m e2mc pretrain --config configs/mini/pretrain/$$m.yaml && \
 	  $(PY) -m e2mc export-base --run runs/mini/pretrain/$$m --to $(RESULTS)/checkpoints/$$m.pt || exit 1; \
+	done
+
+# Converged mini bases (issue 15): the same recipes pre-trained for $(CONVERGED_EPOCHS) epochs (cosine schedule over
+# all of them), keeping every epoch's weights for the plateau sweep. Resumable: rerun after an interruption.
+CONVERGED_EPOCHS  ?= 100
+CONVERGED_METHODS ?= vicreg swav
+pretrain-mini-converged: $(STAMP) data
+	@for m in $(CONVERGED_METHODS); do \
+	  $(PY) -m e2mc pretrain --config configs/mini/pretrain/$$m.yaml train.epochs=$(CONVERGED_EPOCHS) \
+	    train.output_dir=runs/mini-converged/pretrain/$$m train.keep_epoch_checkpoints=true || exit 1; \
 	done
 
 # Re-measure the quick part of the grid from the committed base checkpoints into $(RESULTS)-quick,
