@@ -8,7 +8,7 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.e2mc-installed
 RESULTS    ?= results/mini
 JOBS       ?= 2
-METHODS    := vicreg swav simsiam
+METHODS    := vicreg swav simsiam barlowtwins
 
 .PHONY: install test reproduce reproduce-full pretrain-mini pretrain-mini-converged notebooks bench data clean-venv
 

@@ -22,11 +22,10 @@ from e2mc.config import load_config  # noqa: E402
 from e2mc.data import make_mini_augment  # noqa: E402
 from e2mc.optim import build_optimizer  # noqa: E402
 from e2mc.provenance import REPO_ROOT, provenance, write_json_atomic  # noqa: E402
-from e2mc.train import (MultiViewNetwork, build_added_criterion, build_network, build_objective,  # noqa: E402
-                        compute_loss)
-
-E2MC_SETTINGS = {"vicreg": "criterion.transform=sigmoid", "swav": "criterion.transform=gaussian_cdf",
-                 "simsiam": "criterion.transform=gaussian_cdf"}
+from e2mc.build import build_added_criterion, build_network, build_objective  # noqa: E402
+from e2mc.criteria import get_criterion  # noqa: E402
+from e2mc.methods import get_method, method_names  # noqa: E402
+from e2mc.train import MultiViewNetwork, compute_loss  # noqa: E402
 
 
 def time_steps(cfg, device: torch.device, steps: int, imagenet: bool) -> float:
@@ -36,13 +35,14 @@ def time_steps(cfg, device: torch.device, steps: int, imagenet: bool) -> float:
     network = build_network(cfg).to(device).to(memory_format=torch.channels_last)
     objective, added = build_objective(cfg).to(device), build_added_criterion(cfg)
     optimizer = build_optimizer(cfg.optim.name, network, 0.01, 0.9, cfg.optim.weight_decay, cfg.optim.eta)
-    forward = MultiViewNetwork(network, cfg.method)
+    method = get_method(cfg.method)
+    forward = MultiViewNetwork(network, method)
+    consumes = get_criterion(cfg.criterion.name).inputs
     batch = cfg.data.batch_size
     generator = torch.Generator(device=device).manual_seed(0)
     if imagenet:
-        sizes = [224, 224] + ([96] * 6 if cfg.method == "swav" else [])
-        views = [torch.randn(batch, 3, s, s, device=device).contiguous(memory_format=torch.channels_last)
-                 for s in sizes]
+        views = [torch.randn(batch, 3, r.size, r.size, device=device).contiguous(memory_format=torch.channels_last)
+                 for r in method.imagenet_views]
         augment = None
     else:
         images = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8, device=device)
@@ -54,10 +54,9 @@ def time_steps(cfg, device: torch.device, steps: int, imagenet: bool) -> float:
         start = time.perf_counter()
         if augment is not None:
             views = [v.contiguous(memory_format=torch.channels_last) for v in augment(images, generator)]
-        if cfg.method == "swav":
-            network.normalize_prototypes()
+        method.before_step(network)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss, _, _ = compute_loss(cfg.method, forward(views), batch, objective, added, network)
+            loss, _, _ = compute_loss(method, forward(views), batch, objective, added, network, consumes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -81,13 +80,11 @@ def main(argv=None) -> None:
                                             "data.batch_size=256"]))
     rows = []
     for scale, imagenet, extra in settings:
-        for method in ("vicreg", "swav", "simsiam"):
+        for method in method_names():
             base = REPO_ROOT / "configs" / "mini" / f"{method}.yaml"
             timings = {}
             for criterion in ("none", "e2mc"):
                 overrides = [f"criterion.name={criterion}", *extra]
-                if criterion == "e2mc":
-                    overrides.append(E2MC_SETTINGS[method])
                 cfg = load_config(base, overrides)
                 timings[criterion] = time_steps(cfg, device, args.steps, imagenet)
             overhead = timings["e2mc"] / timings["none"] - 1

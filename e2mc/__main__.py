@@ -17,7 +17,8 @@ from e2mc.config import ConfigError, load_config
 
 def _train_command(args) -> int:
     from e2mc import cluster
-    from e2mc.train import NonFiniteLossError, train
+    from e2mc.runs import run_training
+    from e2mc.train import NonFiniteLossError
 
     cluster.export_torch_distributed()  # under srun with several tasks: RANK, WORLD_SIZE, ... from SLURM
     cfg = load_config(args.config, args.overrides)
@@ -26,20 +27,15 @@ def _train_command(args) -> int:
                           "or a checkpoint.pt of ours, e.g. from `python -m e2mc pretrain`)")
     if args.command == "pretrain" and cfg.train.init:
         raise ConfigError("pretrain starts from random weights; remove train.init (or use `continue`)")
-    hooks = []
-    if cfg.eval.every_epoch:  # linear probe after every epoch (Fig. 6)
-        from e2mc.evaluation import make_epoch_probe_hook
-
-        hooks.append(make_epoch_probe_hook(cfg))
     try:
-        summary = train(cfg, epoch_end_hooks=hooks)
+        summary = run_training(cfg)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
     if summary["status"] == "interrupted":
         outcome = cluster.requeue_after_stop(summary)  # under SLURM, rank 0 requeues the job if warranted
         print(f"[e2mc] stopped by {summary['signal']} at epoch {summary['epoch']}; checkpoint saved in "
-              f"{cfg.train.output_dir}; {outcome.message}", flush=True)
+              f"{summary['output_dir']}; {outcome.message}", flush=True)
     return 0
 
 
@@ -71,11 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from e2mc.checkpoints import CheckpointError
+    from e2mc.train import RunFolderBusyError
+
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
+        return 2
+    # Bad input of any kind is a one-line error naming the file or the setting, not a traceback.
+    except (CheckpointError, RunFolderBusyError, FileNotFoundError, PermissionError, IsADirectoryError,
+            NotADirectoryError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
 
 

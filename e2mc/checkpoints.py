@@ -26,10 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from e2mc.methods import Method, get_method
 from e2mc.provenance import write_atomic
-
-OFFICIAL_METHODS = ("vicreg", "swav", "simsiam")
-
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be read, written or matched to a model."""
@@ -129,29 +127,8 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
 
 # ----------------------------------------------------------------------------- official releases
 
-_RESNET_ROOTS = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
-
-
-def _our_key(official_key: str, method: str) -> str:
-    """Our state-dict key for one official key; keys we do not know pass through unchanged."""
-    key = official_key[len("module."):] if official_key.startswith("module.") else official_key
-    if method == "simsiam":
-        # SimSiam's projector is the encoder's fc; the rest of the encoder is the backbone.
-        if key.startswith("encoder.fc."):
-            return "projector." + key[len("encoder.fc."):]
-        if key.startswith("encoder."):
-            return "backbone." + key[len("encoder."):]
-        return key
-    # VICReg full checkpoints already say backbone./projector.; VICReg's backbone-only release
-    # and SwAV's ResNet (which owns projection_head and prototypes) have bare ResNet keys.
-    if key.startswith(_RESNET_ROOTS):
-        return "backbone." + key
-    return key
-
-
-def _check_method(method: str) -> None:
-    if method not in OFFICIAL_METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(OFFICIAL_METHODS)}")
+def _check_method(method: str) -> Method:
+    return get_method(method)
 
 
 def convert_official(state_dict: Mapping[str, torch.Tensor], method: str) -> dict[str, torch.Tensor]:
@@ -159,14 +136,14 @@ def convert_official(state_dict: Mapping[str, torch.Tensor], method: str) -> dic
 
     ``state_dict`` is the flat mapping of tensor names to tensors (for the full VICReg/SimSiam
     checkpoints that is ``checkpoint["model"]`` / ``checkpoint["state_dict"]``; :func:`load_official`
-    unwraps them). The ``module.`` prefix of DDP is dropped; then
-    VICReg: ``backbone.*``, ``projector.*`` unchanged, bare ResNet keys (``resnet50.pth``) -> ``backbone.*``;
-    SwAV: ResNet keys -> ``backbone.*``, ``projection_head.*`` and ``prototypes.weight`` unchanged;
-    SimSiam: ``encoder.fc.*`` -> ``projector.*``, other ``encoder.*`` -> ``backbone.*``, ``predictor.*`` unchanged.
+    unwraps them). The ``module.`` prefix of DDP is dropped; then the method's
+    :meth:`e2mc.methods.Method.official_key` renames, e.g. VICReg: ``backbone.*``, ``projector.*``
+    unchanged, bare ResNet keys (``resnet50.pth``) -> ``backbone.*``; SimSiam: ``encoder.fc.*`` ->
+    ``projector.*``, other ``encoder.*`` -> ``backbone.*``.
     Tensors are not copied. Keys that fit no rule are returned unchanged (and then reported as
     unexpected by :func:`load_official`).
     """
-    _check_method(method)
+    spec = _check_method(method)
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
     for wrapper in ("model", "state_dict"):
@@ -180,7 +157,7 @@ def convert_official(state_dict: Mapping[str, torch.Tensor], method: str) -> dic
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"entry {key!r} is a {type(value).__name__}, not a tensor; pass a model state dict")
-        ours = _our_key(key, method)
+        ours = spec.official_key(key[len("module."):] if key.startswith("module.") else key)
         if ours in converted:
             raise ValueError(f"official keys {sources[ours]!r} and {key!r} both map to {ours!r}")
         converted[ours] = value
@@ -258,9 +235,9 @@ def _optimizer_state_by_name(optimizer_state: Any, parameter_keys: list[str]) ->
 
 
 def load_official(
-    path_or_state: str | os.PathLike | Mapping[str, Any], method: str, model: nn.Module
+    path_or_state: str | os.PathLike | Mapping[str, Any], method: str, model: nn.Module, source: str | None = None
 ) -> OfficialLoadReport:
-    """Load an official release into ``model`` (built by :func:`e2mc.models.build_model` with the
+    """Load an official release into ``model`` (built by :func:`e2mc.methods.build_model` with the
     release's sizes, e.g. ``build_model("vicreg", "resnet50")``) and report what landed.
 
     ``path_or_state`` is a file (read through :func:`load`) or an already loaded checkpoint: a
@@ -276,7 +253,7 @@ def load_official(
     if isinstance(path_or_state, (str, os.PathLike)):
         source, checkpoint = str(path_or_state), load(path_or_state)
     else:
-        source, checkpoint = "<in-memory checkpoint>", path_or_state
+        source, checkpoint = source or "<in-memory checkpoint>", path_or_state
     official_state, extras = _split_checkpoint(checkpoint)
     converted = convert_official(official_state, method)
     renamed = {official: ours for official, ours in zip(official_state.keys(), converted.keys())}

@@ -24,7 +24,9 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from e2mc import arms
+from e2mc import naming
+from e2mc.methods import method_names
+from e2mc.runs import run_folder
 
 # Signals that ask a run to stop and come back: SLURM's --signal warning before the time limit
 # (USR2 by default: NCCL may install its own USR1 handler, which is why submitit moved to USR2).
@@ -166,9 +168,9 @@ def requeue_after_stop(summary: Mapping, environ: Mapping[str, str] | None = Non
 # --- what each job runs -------------------------------------------------------------------------
 
 def arm_overrides(arm: str) -> list[str]:
-    """:func:`e2mc.arms.arm_overrides`, with a bad name reported as a :class:`ClusterError`."""
+    """:func:`e2mc.naming.arm_overrides`, with a bad name reported as a :class:`ClusterError`."""
     try:
-        return arms.arm_overrides(arm)
+        return naming.arm_overrides(arm)
     except ValueError as e:
         raise ClusterError(str(e)) from None
 
@@ -203,25 +205,33 @@ def _task(method: str, environ: Mapping[str, str], default_arms: Sequence[str]) 
         raise ClusterError(f"E2MC_SEEDS must hold integers, got {environ['E2MC_SEEDS']!r}") from None
     task_id = int(environ.get("SLURM_ARRAY_TASK_ID") or 0)
     arm, seed = task_assignment(arms, task_id, seeds)
-    root = environ.get("E2MC_OUTPUT") or f"runs/slurm/{method}"
-    return arm, seed, f"{root}/{arm}/seed{seed}"
+    root = environ.get("E2MC_OUTPUT") or "runs/slurm"
+    return arm, seed, str(run_folder(root, method, arm, seed))
 
 
 def continue_arguments(method: str, environ: Mapping[str, str] | None = None,
-                       default_arms: Sequence[str] = ("e2mc",)) -> list[str]:
+                       default_arms: Sequence[str] = ("e2mc",), extra_overrides: Sequence[str] = ()) -> list[str]:
     """``python -m e2mc`` arguments that continue ``method``'s training for this job or array task.
 
     Config E2MC_CONFIG (default configs/imagenet/<method>.yaml). Arms E2MC_ARMS or E2MC_ARM (one or
     more names of :data:`e2mc.arms.ARMS`; default ``default_arms``). The array task picks arm and seed
-    (:func:`task_assignment`; E2MC_SEEDS lists the seeds). Output E2MC_OUTPUT/<arm>/seed<seed>
-    (default runs/slurm/<method>/...): the same on every requeue of the task. E2MC_OVERRIDES (shell
-    words) come last, so they override the arm, the seed and the output.
+    (:func:`task_assignment`; E2MC_SEEDS lists the seeds). Output E2MC_OUTPUT/<method>/<arm>/seed<seed>
+    (default runs/slurm/...): the same on every requeue of the task. E2MC_OVERRIDES (shell
+    words), then ``extra_overrides`` (the job script's key=value arguments) come last, so they override
+    the arm, the seed and the output. The configuration is loaded and checked here, so that a bad one
+    fails before anything is submitted or trained.
     """
     env = os.environ if environ is None else environ
     arm, seed, output = _task(method, env, default_arms)
     config = env.get("E2MC_CONFIG") or f"configs/imagenet/{method}.yaml"
     overrides = [*arm_overrides(arm), f"train.seed={seed}", f"train.output_dir={output}",
-                 *shlex.split(env.get("E2MC_OVERRIDES", ""))]
+                 *shlex.split(env.get("E2MC_OVERRIDES", "")), *extra_overrides]
+    from e2mc.config import ConfigError, load_config
+
+    try:  # a pre-submit check that the job would start: the configuration loads and passes the schema
+        load_config(config, overrides)
+    except ConfigError as e:
+        raise ClusterError(str(e)) from None
     return ["continue", "--config", config, *overrides]
 
 
@@ -236,8 +246,8 @@ def evaluate_arguments(environ: Mapping[str, str] | None = None) -> list[str]:
     """
     env = os.environ if environ is None else environ
     method = env.get("E2MC_METHOD")
-    if method not in ("vicreg", "swav", "simsiam"):
-        raise ClusterError(f"set E2MC_METHOD=vicreg, swav or simsiam (got {method!r})")
+    if method not in method_names():
+        raise ClusterError(f"set E2MC_METHOD to one of {', '.join(method_names())} (got {method!r})")
     results = f"{env.get('E2MC_RESULTS') or 'results/slurm'}/{method}"
     if env.get("E2MC_CHECKPOINT"):  # its arm comes from its configuration ("base" for a release)
         return ["evaluate", "--checkpoint", env["E2MC_CHECKPOINT"], "--method", method, "--results-dir", results]
@@ -247,15 +257,19 @@ def evaluate_arguments(environ: Mapping[str, str] | None = None) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m e2mc.cluster continue-args METHOD [DEFAULT_ARM ...]`` or ``evaluate-args``."""
+    """``python -m e2mc.cluster continue-args METHOD [DEFAULT_ARM ...] [-- key=value ...]`` or
+    ``evaluate-args``: print the arguments of this job's ``python -m e2mc`` command, one per line, after
+    checking that its configuration loads (a pre-submit check)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    argv, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     try:
         if argv[:1] == ["continue-args"] and len(argv) >= 2:
-            words = continue_arguments(argv[1], default_arms=argv[2:] or ("e2mc",))
+            words = continue_arguments(argv[1], default_arms=argv[2:] or ("e2mc",), extra_overrides=extra)
         elif argv == ["evaluate-args"]:
             words = evaluate_arguments()
         else:
-            print("usage: python -m e2mc.cluster continue-args METHOD [DEFAULT_ARM ...] | evaluate-args",
+            print("usage: python -m e2mc.cluster continue-args METHOD [DEFAULT_ARM ...] [-- key=value ...] | "
+                  "evaluate-args",
                   file=sys.stderr)
             return 2
     except ClusterError as e:

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,8 +20,10 @@ from typing import Any
 
 import yaml
 
-METHODS = ("vicreg", "swav", "simsiam")
-CRITERIA = ("none", "e2mc", "uniformity", "mmcr", "vc")
+# The label fractions every evaluation reports unless told otherwise (the paper's 1%, 10%, 100%).
+LABEL_FRACTIONS = (0.01, 0.1, 1.0)
+PROTOCOLS = ("linear_probe", "finetune", "transfer")
+MAX_CONFIG_BYTES = 1 << 20  # a configuration is small; a larger one is a mistake (or a YAML alias bomb)
 
 
 class ConfigError(ValueError):
@@ -74,25 +77,63 @@ class TrainConfig:
     epochs: int = 10                  # epochs of continued pre-training
     seed: int = 0
     init: str | None = None           # checkpoint to start from: an official release or one of ours
-    output_dir: str = "runs/default"  # checkpoint.pt, metrics.jsonl, config.yaml, summary.json
+    output_dir: str | None = None     # checkpoint.pt, metrics.jsonl, ...; null: runs/<scale>/<method>/<arm>/seed<seed>
     device: str = "auto"              # auto, cpu, cuda
     amp: bool = True                  # bf16 autocast on GPU (ignored on CPU)
     channels_last: bool = True        # NHWC layout: faster convolutions (about 1.5x on CPU for the mini ConvNet)
     log_every: int = 20               # steps between metric lines
     keep_epoch_checkpoints: bool = False  # also keep checkpoint-epochNNN.pt for evaluation sweeps
+    restore_release_optimizer: bool | None = None  # continue with a release's optimizer state; null: as
+                                                   # the authors (VICReg yes, SimSiam no; SwAV ships none)
+
+
+@dataclass
+class ProbeConfig:
+    """The linear probe. Unset (null) settings take the protocol's defaults (e2mc.evaluation.linear)."""
+
+    on: str | None = None             # features (cached, standardised: the mini default) or images (the
+                                      # authors' ImageNet protocol, the default for ImageNet); null: by dataset
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    weight_decays: list | None = None  # choose the weight decay from this grid on held-out labelled images
+    val_fraction: float | None = None  # held out of the labelled set to choose the epoch (top1_val_selected)
+
+
+@dataclass
+class FinetuneConfig:
+    """Semi-supervised fine-tuning (SwAV's eval_semisup protocol); null settings take its defaults."""
+
+    epochs: int | None = None
+    batch_size: int | None = None
+    backbone_lr: float | None = None
+    head_lr: float | None = None
+    schedule: str | None = None       # step or cosine
+
+
+@dataclass
+class TransferConfig:
+    """Transfer: linear evaluation on other datasets, each read from a local folder."""
+
+    datasets: dict = field(default_factory=dict)  # name -> local root, e.g. {cifar10: /data/cifar}
 
 
 @dataclass
 class EvalConfig:
-    every_epoch: bool = False         # linear probe after every epoch (the data of Fig. 6)
-    label_fractions: list = field(default_factory=lambda: [0.01])
+    every_epoch: bool = False         # evaluate after every epoch of training (the data of Fig. 6)
+    label_fractions: list = field(default_factory=lambda: list(LABEL_FRACTIONS))
     seeds: list = field(default_factory=lambda: [0])
-    results_dir: str | None = None    # where the per-epoch evaluation JSON files go
+    results_dir: str | None = None    # where the evaluation JSON files go (default <output_dir>/eval)
+    protocols: list = field(default_factory=lambda: ["linear_probe"])  # any of linear_probe, finetune, transfer
+    probe: ProbeConfig = field(default_factory=lambda: ProbeConfig())
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig())
+    transfer: TransferConfig = field(default_factory=lambda: TransferConfig())
 
 
 @dataclass
 class Config:
-    method: str = "vicreg"            # vicreg, swav or simsiam
+    method: str = "vicreg"            # a method of the registry (e2mc.methods): vicreg, swav, simsiam, ...
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -111,12 +152,20 @@ class Config:
         config = self.to_dict()
         for section, key in LOCATION_FIELDS:
             config[section].pop(key)
+        defaults = Config().to_dict()
+        for section, key in ADDED_AFTER_FIRST_RESULTS:
+            if config[section][key] == defaults[section][key]:
+                config[section].pop(key)
         blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # Where a run writes and reads, not what it computes; left out of Config.hash().
 LOCATION_FIELDS = (("train", "output_dir"), ("data", "root"), ("data", "workers"), ("eval", "results_dir"))
+# Fields added after results were first committed: left out of Config.hash() at their default value, so
+# that the hash of every configuration that existed before them (and the result files named by it) stays.
+ADDED_AFTER_FIRST_RESULTS = (("train", "restore_release_optimizer"), ("eval", "protocols"), ("eval", "probe"),
+                             ("eval", "finetune"), ("eval", "transfer"))
 
 
 def _suggest(key: str, valid: list[str]) -> str:
@@ -177,11 +226,22 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.epochs=3")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({' '.join(str(e).split())})") from None
+        _set_dotted(tree, key.strip(), value)
     return tree
 
 
 def config_from_dict(tree: dict) -> Config:
+    try:
+        size = len(json.dumps(tree, default=str))
+    except (TypeError, ValueError, RecursionError) as e:
+        raise ConfigError(f"the configuration cannot be read as plain data: {e}") from None
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"the configuration expands to {size} bytes (a YAML alias bomb?); a configuration "
+                          f"holds at most {MAX_CONFIG_BYTES} bytes of plain values")
     cfg = _build(Config, tree)
     validate(cfg)
     return cfg
@@ -194,32 +254,88 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"configuration file {str(path)!r} not found; see configs/ for the shipped ones")
-        tree = yaml.safe_load(path.read_text()) or {}
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:  # the message would name "<unicode string>", not the file
+            raise ConfigError(f"{path} is not valid YAML (only plain YAML is read, no !!python tags): "
+                              f"{' '.join(str(e).split())}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read configuration file {path}: {e}") from None
     return config_from_dict(apply_overrides(tree, list(overrides or [])))
 
 
 def validate(cfg: Config) -> None:
-    """Check choices and ranges that the types alone do not catch."""
+    """Check choices and ranges that the types alone do not catch, before anything is written."""
+    from e2mc.criteria import TRANSFORMS, criterion_names
+    from e2mc.methods import method_names
+
     def choice(value, options, key):
         if value not in options:
-            raise ConfigError(f"{key} must be one of {', '.join(options)}, got {value!r}")
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, options))}, got {value!r}")
 
-    choice(cfg.method, METHODS, "method")
-    choice(cfg.criterion.name, CRITERIA, "criterion.name")
-    choice(cfg.criterion.transform, ("sigmoid", "gaussian_cdf"), "criterion.transform")
+    def number(value, key, low=None, strict=False, integer=False):
+        if value is None:
+            return
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        if low is not None and (value <= low if strict else value < low):
+            raise ConfigError(f"{key} must be {'>' if strict else '>='} {low:g}, got {value!r}")
+
+    choice(cfg.method, method_names(), "method")
+    choice(cfg.criterion.name, criterion_names(), "criterion.name")
+    choice(cfg.criterion.transform, TRANSFORMS, "criterion.transform")
     choice(cfg.data.dataset, ("fashion_mnist", "imagenet"), "data.dataset")
     choice(cfg.optim.name, ("lars", "sgd_larc", "sgd"), "optim.name")
     choice(cfg.optim.schedule, ("constant", "cosine"), "optim.schedule")
     choice(cfg.train.device, ("auto", "cpu", "cuda"), "train.device")
-    if cfg.data.batch_size < 2:
-        raise ConfigError(f"data.batch_size must be at least 2, got {cfg.data.batch_size}")
-    if cfg.train.epochs < 0:
-        raise ConfigError(f"train.epochs must be >= 0, got {cfg.train.epochs}")
-    if cfg.criterion.ent_coeff < 0 or cfg.criterion.cov_coeff < 0:
-        raise ConfigError("criterion.ent_coeff and criterion.cov_coeff must be >= 0")
+    number(cfg.data.batch_size, "data.batch_size", 2)
+    number(cfg.data.workers, "data.workers", 0)
+    number(cfg.data.limit, "data.limit", 1)
+    number(cfg.train.epochs, "train.epochs", 0)
+    number(cfg.train.log_every, "train.log_every", 1)
+    number(cfg.criterion.ent_coeff, "criterion.ent_coeff", 0)
+    number(cfg.criterion.cov_coeff, "criterion.cov_coeff", 0)
+    number(cfg.optim.base_lr, "optim.base_lr", 0, strict=True)
+    number(cfg.optim.momentum, "optim.momentum", 0)
+    number(cfg.optim.weight_decay, "optim.weight_decay", 0)
+    number(cfg.optim.eta, "optim.eta", 0, strict=True)
+    number(cfg.optim.warmup_epochs, "optim.warmup_epochs", 0)
+    if cfg.data.limit is not None and cfg.data.limit < cfg.data.batch_size:
+        raise ConfigError(f"data.limit={cfg.data.limit} is less than one batch (data.batch_size="
+                          f"{cfg.data.batch_size}); raise it or lower the batch size")
+    if cfg.criterion.params and cfg.criterion.name in ("none", "e2mc"):
+        raise ConfigError(f"criterion.params is for the alternative criteria; with criterion.name="
+                          f"{cfg.criterion.name} it would be ignored: remove it")
     for f in cfg.eval.label_fractions:
-        if not (isinstance(f, (int, float)) and 0 < f <= 1):
+        if not (isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1):
             raise ConfigError(f"eval.label_fractions must hold numbers in (0, 1], got {f!r}")
+    if not cfg.eval.label_fractions or not cfg.eval.seeds:
+        raise ConfigError("eval.label_fractions and eval.seeds must not be empty, e.g. eval.seeds=[0]")
+    for s in cfg.eval.seeds:
+        if not isinstance(s, int) or isinstance(s, bool):
+            raise ConfigError(f"eval.seeds must hold integers, got {s!r}")
+    for p in cfg.eval.protocols:
+        choice(p, PROTOCOLS, "eval.protocols")
+    probe, tune = cfg.eval.probe, cfg.eval.finetune
+    if probe.on is not None:
+        choice(probe.on, ("features", "images"), "eval.probe.on")
+    for key in ("epochs", "batch_size"):
+        number(getattr(probe, key), f"eval.probe.{key}", 1)
+        number(getattr(tune, key), f"eval.finetune.{key}", 1)
+    for key in ("lr", "weight_decay"):
+        number(getattr(probe, key), f"eval.probe.{key}", 0, strict=key == "lr")
+    for key in ("backbone_lr", "head_lr"):
+        number(getattr(tune, key), f"eval.finetune.{key}", 0)
+    if probe.val_fraction is not None and not 0 <= probe.val_fraction < 1:
+        raise ConfigError(f"eval.probe.val_fraction must lie in [0, 1), got {probe.val_fraction!r}")
+    if tune.schedule is not None:
+        choice(tune.schedule, ("step", "cosine"), "eval.finetune.schedule")
+    for name, root in cfg.eval.transfer.datasets.items():
+        if not isinstance(root, str) or not root:
+            raise ConfigError(f"eval.transfer.datasets.{name} must be the dataset's local folder, got {root!r}")
+    if "transfer" in cfg.eval.protocols and not cfg.eval.transfer.datasets:
+        raise ConfigError("eval.protocols has transfer but eval.transfer.datasets is empty; e.g. "
+                          "eval.transfer.datasets={cifar10: /data/cifar}")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

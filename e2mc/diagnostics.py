@@ -5,9 +5,6 @@ import torch
 
 from e2mc.criterion import covariance_penalty, m_spacings_entropy, to_compact
 
-# The compact transform the paper pairs with each method.
-METHOD_TRANSFORM = {"vicreg": "sigmoid", "swav": "gaussian_cdf", "simsiam": "gaussian_cdf"}
-
 
 @torch.no_grad()
 def embedding_stats(z: torch.Tensor, transform: str) -> dict[str, float]:

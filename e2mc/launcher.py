@@ -34,9 +34,11 @@ from typing import Any
 import submitit
 import yaml
 
-from e2mc.arms import ARMS
 from e2mc.cluster import ClusterError, arm_overrides
-from e2mc.config import METHODS, load_config
+from e2mc.config import load_config
+from e2mc.methods import method_names
+from e2mc.naming import ARMS
+from e2mc.runs import run_folder
 
 SPECIAL_AXES = ("method", "arm")
 
@@ -69,10 +71,10 @@ class TrainingJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict[str, Any]:
         from e2mc.cluster import export_torch_distributed
-        from e2mc.train import train
+        from e2mc.runs import run_training
 
         export_torch_distributed()  # several tasks per job: torch.distributed from SLURM's variables
-        summary = train(load_config(self.spec.config, list(self.spec.overrides)))
+        summary = run_training(load_config(self.spec.config, list(self.spec.overrides)))
         if summary["status"] == "interrupted":
             _hand_signal_back(summary["signal"])
         return summary
@@ -150,13 +152,13 @@ def expand_grid(config: str, axes: dict[str, list[Any]], overrides: Sequence[str
     specs, seen, same_run = [], {}, {}
     for values in itertools.product(*axes.values()):
         point = dict(zip(axes, values, strict=True))
-        if "method" in point and point["method"] not in METHODS:
-            raise ClusterError(f"grid method {point['method']!r} is not one of {', '.join(METHODS)}")
+        if "method" in point and point["method"] not in method_names():
+            raise ClusterError(f"grid method {point['method']!r} is not one of {', '.join(method_names())}")
         path = config.format(method=point["method"]) if "method" in point else config
         run_overrides = [*overrides, *(arm_overrides(point["arm"]) if "arm" in point else []),
                          *(f"{k}={_yaml_value(v)}" for k, v in point.items() if k not in SPECIAL_AXES)]
         cfg = load_config(path, run_overrides)
-        output_dir = f"{output_root}/{cfg.method}/{_label(point)}/seed{cfg.train.seed}"
+        output_dir = str(run_folder(output_root, cfg.method, _label(point), cfg.train.seed))
         if output_dir in seen:
             raise ClusterError(f"grid points {seen[output_dir]} and {point} would both train in {output_dir}; "
                                "make the grid axes distinct")
@@ -273,7 +275,8 @@ def submit_command(args: argparse.Namespace) -> int:
     failed = 0
     for job, run in zip(jobs, specs, strict=True):
         try:
-            status = job.result()["status"]
+            # results(): one per task; a job of several tasks (one per GPU) refuses result()
+            status = job.results()[0]["status"]
         except Exception as e:  # submitit re-raises the job's error; report it and go on
             status, failed = f"failed: {e}", failed + 1
         print(f"{job.job_id}\t{status}\t{run.output_dir}", flush=True)

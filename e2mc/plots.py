@@ -8,13 +8,11 @@
   one line per arm (mean over seeds, 95% t-interval band), one panel per method.
 * :func:`training_dynamics`: marginal entropy and covariance penalty against the training epoch.
 
-Arms keep the same colour, marker and name in every figure (:data:`ARM_COLORS`, :data:`ARM_MARKERS`,
-:data:`ARM_LABELS`); the colours are the seaborn "colorblind" palette. Figures are drawn with the
+Arms keep the same colour, marker and name in every figure (:mod:`e2mc.naming`); the colours are the seaborn "colorblind" palette. Figures are drawn with the
 Agg backend, so nothing here needs a display.
 """
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -27,77 +25,15 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from e2mc.arms import split_e2mc_arm  # noqa: E402
-from e2mc.tables import (DYNAMICS_HEADERS, DYNAMICS_KEYS, METHOD_LABELS, REPRODUCE_HINT,  # noqa: E402
-                         TRANSFORM_LABELS, MissingResultsError, order_arms, order_methods, select, source_of,
-                         summarize, training_epochs, with_base)
+from e2mc.naming import (ARM_ORDER, DYNAMICS_HEADERS, DYNAMICS_KEYS, TRANSFORM_SYMBOLS,  # noqa: E402
+                         arm_color, arm_label, arm_marker, method_label)
+from e2mc.frames import (REPRODUCE_HINT, MissingResultsError, order_arms, order_methods, select,  # noqa: E402
+                         source_of, summarize, training_epochs, with_base)
 
-# Arm -> colour (seaborn "colorblind"); the reference arms are grey (base) and blue (original loss).
-ARM_COLORS = {
-    "base": "#949494",
-    "original": "#0173B2",
-    "e2mc": "#D55E00",
-    "entropy_only": "#DE8F05",
-    "covariance_only": "#029E73",
-    "e2mc_sigmoid": "#CC78BC",
-    "e2mc_gaussian_cdf": "#CA9161",
-    "uniformity": "#56B4E9",
-    "mmcr": "#FBAFE4",
-    "vc": "#000000",
-}
-ARM_LABELS = {
-    "base": "base checkpoint",
-    "original": "original loss",
-    "e2mc": "E2MC",
-    "entropy_only": "entropy only",
-    "covariance_only": "covariance only",
-    "e2mc_sigmoid": "E2MC (sigmoid)",
-    "e2mc_gaussian_cdf": "E2MC (Gaussian CDF)",
-    "uniformity": "uniformity",
-    "mmcr": "MMCR",
-    "vc": "variance-covariance",
-}
-ARM_MARKERS = {"base": "s", "original": "o", "e2mc": "D", "entropy_only": "^", "covariance_only": "v",
-               "e2mc_sigmoid": "<", "e2mc_gaussian_cdf": ">", "uniformity": "P", "mmcr": "X", "vc": "*"}
-ARM_ORDER = tuple(ARM_COLORS)
-# An arm without a fixed style (a coefficient variant, a user's own) gets one of these, chosen by its
-# name: dark hues that none of the named arms above uses, each with a marker of its own.
-_FALLBACK_COLORS = ("#3C3C3C", "#6A3D9A", "#8C0800", "#006374", "#808000", "#001C7F")
-_FALLBACK_MARKERS = ("h", "p", "d", "8", "H", "o")
 # Corners of the 2-D colour map of Fig. 2, (x, y) = (0, 0), (1, 0), (0, 1), (1, 1): Okabe-Ito blue,
 # vermillion, yellow, and black (told apart with the common colour-vision deficiencies).
 POSITION_CORNERS = np.array([[0x00, 0x72, 0xB2], [0xD5, 0x5E, 0x00], [0xF0, 0xE4, 0x42], [0x00, 0x00, 0x00]]) / 255
-TRANSFORM_SYMBOLS = {"sigmoid": "s", "gaussian_cdf": "Φ"}
 FIGURE_FORMATS = ("png", "pdf", "svg")
-
-
-def _fallback_index(arm: str) -> int:
-    return zlib.crc32(arm.encode()) % len(_FALLBACK_COLORS)
-
-
-def arm_color(arm: str) -> str:
-    """The arm's colour; an arm without an assigned one gets a fixed colour, unlike any named arm's,
-    derived from its name."""
-    return ARM_COLORS.get(arm) or _FALLBACK_COLORS[_fallback_index(arm)]
-
-
-def arm_marker(arm: str) -> str:
-    """The arm's matplotlib marker, fixed like its colour."""
-    return ARM_MARKERS.get(arm) or _FALLBACK_MARKERS[_fallback_index(arm)]
-
-
-def arm_label(arm: str) -> str:
-    """The arm's name in figures and tables; an E2MC variant without a fixed label is described by
-    what it changes (``e2mc_cov5`` -> "E2MC (λ_cov 5)"), any other arm keeps its name."""
-    if arm in ARM_LABELS:
-        return ARM_LABELS[arm]
-    variant = split_e2mc_arm(arm)
-    if variant is None:
-        return arm
-    kind, transform, ent, cov = variant
-    changes = ([TRANSFORM_LABELS[transform]] if transform else []) + \
-        ([f"λ_ent {ent:g}"] if ent is not None else []) + ([f"λ_cov {cov:g}"] if cov is not None else [])
-    return f"{ARM_LABELS[kind]} ({', '.join(changes)})"
 
 
 def _arm_curve(ax, curve: pd.DataFrame, arm: str):
@@ -252,7 +188,7 @@ def fig2_marginals(frame: pd.DataFrame, method: str = "vicreg", arm: str = "e2mc
         fig, axes = plt.subplots(1, 4, figsize=(14, 3.9), layout="constrained")
         _scatter(axes[0], uniform, position_colors(uniform), "(a) uniform", "$u_1$", "$u_2$")
         _scatter(axes[1], x_shape, position_colors(x_shape), '(b) "X" distribution', "$u_1$", "$u_2$")
-        name = METHOD_LABELS.get(method, method)
+        name = method_label(method)
         _scatter(axes[2], before, colors, f"(c) {name}, base (epoch 0)",
                  f"${symbol}(z_{{{i}}})$", f"${symbol}(z_{{{j}}})$")
         _scatter(axes[3], after, colors, f"(d) after {arm_label(arm)} (epoch {int(after_row['epoch'])})",
@@ -309,7 +245,7 @@ def fig6_epochs(frame: pd.DataFrame, label_fraction: float = 0.01, metric: str =
                                               linewidth=1.2, label=arm_label(arm))
                 else:
                     handles[arm] = _arm_curve(ax, curve, arm)
-            ax.set(title=METHOD_LABELS.get(method, method), xlabel="epoch of continued pre-training",
+            ax.set(title=method_label(method), xlabel="epoch of continued pre-training",
                    ylabel=f"{metric} ({label_fraction:.0%} labels)")
             ax.xaxis.get_major_locator().set_params(integer=True)
         _legend_below(fig, handles)
@@ -334,7 +270,7 @@ def training_dynamics(frame: pd.DataFrame, keys: Sequence[str] = DYNAMICS_KEYS, 
                 of_method = curves[curves["method"] == method]
                 for arm in order_arms(of_method["arm"], ARM_ORDER):
                     handles[arm] = _arm_curve(ax, of_method[of_method["arm"] == arm], arm)
-                ax.set(title=METHOD_LABELS.get(method, method) if row == 0 else None, xlabel="epoch",
+                ax.set(title=method_label(method) if row == 0 else None, xlabel="epoch",
                        ylabel=DYNAMICS_HEADERS.get(key, key.replace("_", " ")))
                 ax.xaxis.get_major_locator().set_params(integer=True)
         _legend_below(fig, handles)

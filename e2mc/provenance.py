@@ -48,11 +48,33 @@ def device_description(device: torch.device | str | None = None) -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
+def repo_relative(path: str | os.PathLike) -> str:
+    """``path`` relative to the repository when it lies inside it (records must not carry the absolute
+    paths of the machine that wrote them); other paths are returned as they are."""
+    text = str(path)
+    candidate = Path(text)
+    if not candidate.is_absolute():
+        return text
+    try:
+        return str(candidate.resolve().relative_to(REPO_ROOT))
+    except (ValueError, OSError):
+        return text
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command as run, with the repository's own files named relative to it."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv and argv[0].endswith("e2mc/__main__.py"):
+        argv = ["python", "-m", "e2mc", *argv[1:]]  # python -m e2mc records its __main__.py path as argv[0]
+    return " ".join(repo_relative(word) if word.startswith("/") else word for word in argv)
+
+
 def provenance(device: torch.device | str | None = None, command: list[str] | None = None) -> dict[str, Any]:
-    """A JSON-serialisable record of how and where a result was produced."""
+    """A JSON-serialisable record of how and where a result was produced (paths inside the repository
+    relative to it)."""
     git = git_commit()
     return {
-        "command": " ".join(command if command is not None else sys.argv),
+        "command": command_line(command),
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
         "host": socket.gethostname(),

@@ -23,19 +23,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from e2mc import checkpoints
-from e2mc.config import Config, config_from_dict, load_config
-from e2mc.arms import ARMS, infer_arm
-from e2mc.diagnostics import METHOD_TRANSFORM
-from e2mc.evaluation.runner import EvaluationPlan, diagnose_checkpoint, evaluate_checkpoint, make_epoch_probe_hook
+from e2mc.config import LABEL_FRACTIONS, Config, config_from_dict, load_config
+from e2mc.criteria import criterion_record
+from e2mc.evaluation.runner import EvaluationPlan, diagnose_checkpoint, evaluate_checkpoint
+from e2mc.methods import get_method, method_names
+from e2mc.naming import ARMS, infer_arm
 from e2mc.provenance import REPO_ROOT, provenance, utc_now, write_json_atomic
-from e2mc.results import (ConflictingResultError, criterion_record, existing_result, result_filename,
-                          write_result)
-from e2mc.train import read_metrics, train
+from e2mc.results import ConflictingResultError, existing_result, result_filename, write_result
+from e2mc.runs import run_folder, run_training
+from e2mc.train import read_metrics
 
-METHODS = ("vicreg", "swav", "simsiam")
 SEEDS = (0, 1, 2)
 EPOCHS = 10
-LABEL_FRACTIONS = (0.01, 0.1, 1.0)
 EPOCH_FRACTIONS = (0.01,)  # probed after every epoch; the rest of LABEL_FRACTIONS after the last only
 DIAGNOSTIC_IMAGES = 2048  # fixed test images whose embeddings Fig. 2c/d plots before and after
 
@@ -51,10 +50,11 @@ class Arm:
 
 def _arms() -> list[Arm]:
     other_transform = {"sigmoid": "gaussian_cdf", "gaussian_cdf": "sigmoid"}
-    names = [(method, name) for method in METHODS for name in ("original", "e2mc")]
-    # ablations (are both terms needed? does the transform matter?)
-    names += [(method, name) for method in METHODS
-              for name in ("entropy_only", "covariance_only", f"e2mc_{other_transform[METHOD_TRANSFORM[method]]}")]
+    # original loss against E2MC for every method, also those the paper did not try
+    names = [(method, name) for method in method_names() for name in ("original", "e2mc")]
+    # the paper's ablations, on its methods (are both terms needed? does the transform matter?)
+    names += [(method, name) for method in method_names() if get_method(method).in_paper
+              for name in ("entropy_only", "covariance_only", f"e2mc_{other_transform[get_method(method).transform]}")]
     names += [("swav", name) for name in ("uniformity", "mmcr", "vc")]  # alternatives, on SwAV as in the paper
     arms = [Arm(method, name, ARMS[name]) for method, name in names]
     # SimSiam's covariance weight: the paper's 25 costs the mini model its accuracy; is a smaller one better?
@@ -113,7 +113,7 @@ def entry_config(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_ro
     fractions = ",".join(f"{f:g}" for f in sorted(set(epoch_fractions)))  # one configuration however listed
     overrides = [*arm.overrides, f"train.seed={seed}", f"train.epochs={EPOCHS}",
                  f"train.init={base_checkpoint(checkpoints, arm.method)}",
-                 f"train.output_dir={runs_dir / arm.method / arm.name / f'seed{seed}'}",
+                 f"train.output_dir={run_folder(runs_dir, arm.method, arm.name, seed)}",
                  "eval.every_epoch=true", f"eval.label_fractions=[{fractions}]", f"eval.seeds=[{seed}]",
                  f"eval.results_dir={results_dir / 'linear_probe'}"]
     if data_root:
@@ -170,7 +170,7 @@ def run_entry(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root:
     _check_run_folder(cfg)
     done_marker = training_result_path(results_dir, cfg, arm.name)
     started = utc_now()
-    summary = train(cfg, epoch_end_hooks=[make_epoch_probe_hook(cfg)])
+    summary = run_training(cfg)  # eval.every_epoch: the probes after every epoch
     if summary["status"] != "finished":
         return "interrupted"
     final = Path(cfg.train.output_dir) / "checkpoint.pt"
@@ -223,7 +223,7 @@ def entries(part: str) -> list[tuple[str, str, int]]:
     # every row of their tables has a value before any has its interval.
     main = [a for a in GRID if a.name in ("original", "e2mc")]
     rest = [a for a in GRID if a not in main]
-    return ([(m, "base", 0) for m in METHODS]
+    return ([(m, "base", 0) for m in method_names()]
             + [(a.method, a.name, s) for s in SEEDS for a in main]
             + [(a.method, a.name, s) for s in SEEDS for a in rest])
 
@@ -341,7 +341,7 @@ def run_notebooks(results_dir: Path, executed_dir: Path | None = None, readme: P
 def _reproduce_command(args) -> int:
     results, runs = Path(args.results), Path(args.runs)
     if args.entry:
-        method, arm, seed = args.entry.split(":")
+        method, arm, seed = _parse_entry(args.entry)
         outcome = run_one(method, arm, int(seed), results, runs, args.data_root, Path(args.checkpoints),
                           tuple(args.epoch_fractions))
         print(f"[reproduce] {method}/{arm}/seed{seed}: {outcome}")
@@ -353,6 +353,13 @@ def _reproduce_command(args) -> int:
     if failed:
         print(f"[reproduce] {failed} entries failed; rerun the same command to retry them", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _parse_entry(text: str) -> tuple[str, str, int]:
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[2].isdigit():
+        raise ValueError(f"--entry takes METHOD:ARM:SEED, e.g. vicreg:e2mc:0, got {text!r}")
+    return parts[0], parts[1], int(parts[2])
 
 
 def _export_command(args) -> int:

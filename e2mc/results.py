@@ -4,7 +4,7 @@ Every file under ``results/`` is a JSON object with the fields below (docs/resul
 the full description and examples)::
 
     {"schema": "e2mc-result-v1", "kind": "linear_probe" | "finetune" | "transfer" | "diagnostics" | "training",
-     "method": "vicreg" | "swav" | "simsiam", "arm": str, "criterion": {"name", "transform", "ent_coeff",
+     "method": a method of e2mc.methods, "arm": str, "criterion": {"name", "transform", "ent_coeff",
      "cov_coeff", "params"}, "epoch": int, "label_fraction": float | null, "seed": int, "dataset": str,
      "metrics": {name: number}, "extra": {...}, "config": {...}, "config_hash": str | null,
      "checkpoint": str | null, "provenance": {...}, "started": iso, "finished": iso}
@@ -21,11 +21,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from e2mc.provenance import provenance, utc_now, write_json_atomic
+from e2mc.methods import method_names
+from e2mc.provenance import provenance, repo_relative, utc_now, write_json_atomic
 
 SCHEMA = "e2mc-result-v1"
 KINDS = ("linear_probe", "finetune", "transfer", "diagnostics", "training")
-METHODS = ("vicreg", "swav", "simsiam")
 CRITERION_FIELDS = ("name", "transform", "ent_coeff", "cov_coeff", "params")
 PROVENANCE_FIELDS = ("command", "git_commit", "git_dirty", "host", "device", "python", "torch", "date")
 FIELDS = ("schema", "kind", "method", "arm", "criterion", "epoch", "label_fraction", "seed", "dataset",
@@ -40,26 +40,6 @@ class ResultFileError(ValueError):
 
 
 # ----------------------------------------------------------------------------- building records
-
-def criterion_record(config: dict | None) -> dict[str, Any]:
-    """The ``criterion`` block of a result from a training configuration (``Config.to_dict()``).
-
-    Only the fields the criterion uses are kept: E2MC has a transform and two coefficients, the
-    alternative criteria have ``params``; the others are null. ``None`` (an official release, no
-    configuration) gives ``{"name": "none", ...}`` with nulls.
-    """
-    record = {"name": "none", "transform": None, "ent_coeff": None, "cov_coeff": None, "params": {}}
-    if not config:
-        return record
-    criterion = config["criterion"]
-    record["name"] = criterion["name"]
-    if criterion["name"] == "e2mc":
-        record.update(transform=criterion["transform"], ent_coeff=float(criterion["ent_coeff"]),
-                      cov_coeff=float(criterion["cov_coeff"]))
-    elif criterion["name"] != "none":
-        record["params"] = dict(criterion.get("params") or {})
-    return record
-
 
 def config_hash(config: Any) -> str | None:
     """``Config.hash()`` of a configuration given as a Config or its dict; None for no configuration."""
@@ -95,7 +75,7 @@ def build_result(*, kind: str, method: str, arm: str, criterion: dict, epoch: in
         # numpy and torch scalars become plain numbers; anything else is left for validate() to name
         "metrics": {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()},
         "extra": dict(extra or {}), "config": config_dict, "config_hash": config_hash(config),
-        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "checkpoint": None if checkpoint is None else repo_relative(checkpoint),
         "provenance": provenance(device, command), "started": _timestamp(started) or finished, "finished": finished,
     }
     problems = validate(record)
@@ -108,7 +88,7 @@ def write_result(path: str | os.PathLike, **fields) -> Path:
     """Check a result and write it to ``path`` atomically (readers never see half a file).
 
     Keyword arguments are those of :func:`build_result`: ``kind``, ``method``, ``arm``,
-    ``criterion`` (see :func:`criterion_record`), ``epoch``, ``label_fraction``, ``seed``,
+    ``criterion`` (see :func:`e2mc.criteria.criterion_record`), ``epoch``, ``label_fraction``, ``seed``,
     ``dataset``, ``metrics`` (flat dict of numbers), and optionally ``extra``, ``config``
     (a :class:`e2mc.config.Config` or its dict; the hash is computed from it), ``checkpoint``,
     ``started`` / ``finished`` (ISO strings or datetimes; ``finished`` defaults to now,
@@ -196,7 +176,7 @@ def validate(record: Any) -> list[str]:
     get = record.get
     check("schema", get("schema") == SCHEMA, repr(SCHEMA))
     check("kind", get("kind") in KINDS, "one of " + ", ".join(KINDS))
-    check("method", get("method") in METHODS, "one of " + ", ".join(METHODS))
+    check("method", get("method") in method_names(), "one of " + ", ".join(method_names()))
     check("arm", isinstance(get("arm"), str) and get("arm") != "", "a non-empty string")
     check("epoch", _is_int(get("epoch")) and get("epoch") >= 0, "an integer >= 0")
     fraction = get("label_fraction")

@@ -14,157 +14,20 @@ import dataclasses
 import math
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
-from e2mc.arms import split_e2mc_arm
+from e2mc.frames import (REPRODUCE_HINT, DuplicateResultsError, MissingResultsError, final_epoch_rows,  # noqa: F401
+                         order_arms, order_methods, paired_difference, require_columns, select, source_of,
+                         summarize, training_epochs, with_base)
+from e2mc.naming import (ARM_ORDER, DYNAMICS_HEADERS, DYNAMICS_KEYS, TRANSFORM_LABELS, arm_label, criterion_label,
+                         fraction_label, method_label, split_e2mc_arm)
 
-METHOD_LABELS = {"vicreg": "VICReg", "swav": "SwAV", "simsiam": "SimSiam"}
-METHOD_ORDER = ("vicreg", "swav", "simsiam")
-TRANSFORM_LABELS = {"sigmoid": "sigmoid", "gaussian_cdf": "Gaussian CDF"}
 MAIN_ARMS = ("base", "original", "e2mc")
-# "e2mc" is one side of the transform ablation: it uses the method's own transform (e2mc.diagnostics).
+# "e2mc" is one side of the transform ablation: it uses the method's own transform (e2mc.methods).
 ABLATION_ARMS = ("e2mc", "entropy_only", "covariance_only", "e2mc_sigmoid", "e2mc_gaussian_cdf")
 ALTERNATIVE_ARMS = ("original", "e2mc", "uniformity", "mmcr", "vc")
-DYNAMICS_KEYS = ("marginal_entropy", "covariance_penalty")
-DYNAMICS_HEADERS = {"marginal_entropy": "marginal entropy (nats)", "covariance_penalty": "covariance penalty"}
-REPRODUCE_HINT = "run make reproduce first"
-
-
-class MissingResultsError(LookupError):
-    """The results a figure or table needs are not in the frame (or its directory)."""
-
-
-class DuplicateResultsError(ValueError):
-    """A cell of a table or figure would average two results of the same seed."""
-
-
-# --- statistics ---------------------------------------------------------------------------------
-
-def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float, int]:
-    """Mean, half-width of the two-sided Student-t confidence interval of the mean, and count.
-
-    ``half_width = t_{(1+confidence)/2, n-1} * s / sqrt(n)`` with ``s`` the sample standard deviation
-    (ddof 1). One value gives a NaN half-width (no interval from a single seed); NaNs are an error.
-    """
-    x = np.asarray(list(values), dtype=float)
-    if x.size == 0:
-        raise ValueError("mean_ci needs at least one value")
-    if np.isnan(x).any():
-        raise ValueError(f"mean_ci got NaN among {x.tolist()}; a result file lacks this metric")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    n = x.size
-    if n == 1:
-        return float(x[0]), math.nan, 1
-    sem = x.std(ddof=1) / math.sqrt(n)
-    return float(x.mean()), float(stats.t.ppf((1 + confidence) / 2, n - 1) * sem), n
-
-
-def summarize(frame: pd.DataFrame, by: Sequence[str], value: str, confidence: float = 0.95) -> pd.DataFrame:
-    """One row per group of ``by`` (missing keys such as a null label fraction form their own group),
-    with columns ``mean``, ``ci`` (half-width) and ``n`` of ``frame[value]`` over the group's rows
-    (its seeds). Rows are sorted by ``by``."""
-    require_columns(frame, [*by, value])
-    rows = []
-    for key, group in frame.groupby(list(by), dropna=False, sort=True):
-        if group[value].isna().any():
-            files = group.loc[group[value].isna(), "file"].tolist() if "file" in group else []
-            raise MissingResultsError(f"{value} is missing from {group[value].isna().sum()} result(s) with "
-                                      f"{dict(zip(by, key))} in {source_of(frame)} {files}")
-        if "seed" in group and "seed" not in by and group["seed"].duplicated().any():
-            # two results of one seed (e.g. two configurations in one folder) would count as two seeds
-            files = group.loc[group["seed"].duplicated(keep=False), "file"].tolist() if "file" in group else []
-            raise DuplicateResultsError(
-                f"{dict(zip(by, key))} has more than one result per seed in {source_of(frame)}: {files}; "
-                "keep one configuration per results folder (move the others to a folder of their own)")
-        mean, half_width, n = mean_ci(group[value], confidence)
-        rows.append({**dict(zip(by, key)), "mean": mean, "ci": half_width, "n": n})
-    return pd.DataFrame(rows, columns=[*by, "mean", "ci", "n"])
-
-
-# --- selecting results --------------------------------------------------------------------------
-
-def source_of(frame: pd.DataFrame) -> str:
-    """The results directory a frame came from, for error messages (``frame.attrs["results_dir"]``)."""
-    return str(frame.attrs.get("results_dir", "the given results"))
-
-
-def require_columns(frame: pd.DataFrame, columns: Iterable[str]) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise MissingResultsError(
-            f"results in {source_of(frame)} have no column(s) {missing} (present: {sorted(map(str, frame.columns))}); "
-            f"they are not e2mc-result-v1 files or lack these metrics; {REPRODUCE_HINT}")
-
-
-def select(frame: pd.DataFrame, kind: str, label_fraction: float | None = None, **equal) -> pd.DataFrame:
-    """Rows of ``kind`` (and ``label_fraction``, compared with a float tolerance, and ``column=value``
-    for each keyword); raises :class:`MissingResultsError` naming the directory when none are left."""
-    if frame.empty:
-        raise MissingResultsError(f"no result files in {source_of(frame)}; {REPRODUCE_HINT}")
-    require_columns(frame, ["kind", *equal])
-    mask = frame["kind"] == kind
-    conditions = []
-    if label_fraction is not None:
-        require_columns(frame, ["label_fraction"])
-        fractions = pd.to_numeric(frame["label_fraction"], errors="coerce")
-        mask &= np.isclose(fractions, label_fraction, rtol=0, atol=1e-9)
-        conditions.append(f"label_fraction {label_fraction:g}")
-    for column, value in equal.items():
-        if isinstance(value, (list, tuple, set)):
-            mask &= frame[column].isin(list(value))
-            conditions.append(f"{column} in {list(value)}")
-        else:
-            mask &= frame[column] == value
-            conditions.append(f"{column} {value!r}")
-    what = f"{kind} results" + (" with " + " and ".join(conditions) if conditions else "")
-    rows = frame[mask]
-    if rows.empty:
-        raise MissingResultsError(f"no {what} in {source_of(frame)}; {REPRODUCE_HINT}")
-    return rows
-
-
-def final_epoch_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """For each (method, arm), only its rows at the last epoch any of its results reached."""
-    last = rows.groupby(["method", "arm"])["epoch"].transform("max")
-    return rows[rows["epoch"] == last]
-
-
-def with_base(rows: pd.DataFrame) -> pd.DataFrame:
-    """``rows`` plus, for each method without ``base`` results, the epoch-0 results of one of its
-    continued arms relabelled ``base``. Epoch 0 of every arm is the same starting checkpoint (the
-    per-epoch evaluation records it under the arm's name); one arm ("original" when present, else the
-    first by name) stands for it, so no measurement is counted twice."""
-    stand_ins = []
-    for _, of_method in rows.groupby("method"):
-        start = of_method[of_method["epoch"] == 0]
-        if (of_method["arm"] == "base").any() or start.empty:
-            continue
-        arm = "original" if (start["arm"] == "original").any() else sorted(start["arm"].unique())[0]
-        stand_ins.append(start[start["arm"] == arm].assign(arm="base"))
-    if not stand_ins:
-        return rows
-    combined = pd.concat([rows, *stand_ins], ignore_index=True)
-    combined.attrs = dict(rows.attrs)
-    return combined
-
-
-def order_methods(methods: Iterable[str]) -> list[str]:
-    """The paper's order (VICReg, SwAV, SimSiam), then any other method alphabetically."""
-    methods = set(methods)
-    return [m for m in METHOD_ORDER if m in methods] + sorted(methods - set(METHOD_ORDER))
-
-
-def order_arms(arms: Iterable[str], preferred: Sequence[str]) -> list[str]:
-    """``arms`` (each once) in the order of ``preferred``, then any other arm alphabetically."""
-    arms = set(arms)
-    return [a for a in dict.fromkeys(preferred) if a in arms] + sorted(arms - set(preferred))
-
-
 # --- tables -------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -223,19 +86,6 @@ def format_cell(mean: float, half_width: float, fmt: str | None = ".2f") -> str:
     return f"{mean:{fmt}} ± {half_width:{fmt}}"
 
 
-def fraction_label(label_fraction) -> str:
-    """0.01 -> "1%"; a missing fraction (transfer) -> "all"."""
-    if label_fraction is None or (isinstance(label_fraction, float) and math.isnan(label_fraction)):
-        return "all"
-    return f"{100 * float(label_fraction):g}%"
-
-
-def arm_label(arm: str) -> str:
-    from e2mc import plots  # arm names live with the arm colours (plots imports this module)
-
-    return plots.arm_label(arm)
-
-
 def write_table(table: Table, output_dir: str | Path) -> list[Path]:
     """Write ``<output_dir>/<table.name>.md`` and ``.tex``; returns both paths."""
     output_dir = Path(output_dir)
@@ -249,12 +99,13 @@ def write_table(table: Table, output_dir: str | Path) -> list[Path]:
 def _criterion_columns(rows: pd.DataFrame, method: str, arm: str) -> list[str]:
     """Transform and coefficients of an arm, read from its results' criterion fields."""
     first = rows[(rows["method"] == method) & (rows["arm"] == arm)].iloc[0]
-    name = first.get("criterion_name")
-    if name != "e2mc":
-        return ["original loss only" if name in (None, "none") else arm_label(str(name)), "—", "—", "—"]
-    transform = first.get("criterion_transform")
-    return ["E2MC", TRANSFORM_LABELS.get(transform, str(transform)),
-            f"{first['criterion_ent_coeff']:g}", f"{first['criterion_cov_coeff']:g}"]
+
+    def field(key: str, show) -> str:  # a field the criterion does not use is null in its results
+        value = first.get(f"criterion_{key}")
+        return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else show(value)
+
+    return [criterion_label(first.get("criterion_name")), field("transform", lambda t: TRANSFORM_LABELS.get(t, t)),
+            field("ent_coeff", lambda c: f"{c:g}"), field("cov_coeff", lambda c: f"{c:g}")]
 
 
 def arm_results(frame: pd.DataFrame, arms: Sequence[str], *, name: str, title: str, metric: str = "top1",
@@ -285,7 +136,7 @@ def arm_results(frame: pd.DataFrame, arms: Sequence[str], *, name: str, title: s
     for method in order_methods(numbers["method"]):
         of_method = numbers[numbers["method"] == method]
         for arm in order_arms(of_method["arm"], arms):
-            row = [METHOD_LABELS.get(method, method), arm_label(arm)]
+            row = [method_label(method), arm_label(arm)]
             if show_criterion:
                 row += _criterion_columns(rows, method, arm)
             row.append(str(int(of_method.loc[of_method["arm"] == arm, "epoch"].iloc[0])))
@@ -334,34 +185,10 @@ def _methods_with_some_arm(frame: pd.DataFrame, kind: str, arms: Sequence[str]) 
     return restricted
 
 
-def training_epochs(frame: pd.DataFrame) -> pd.DataFrame:
-    """The per-epoch records of ``kind="training"`` results in long form: one row per (result, epoch)
-    with method, arm, seed, epoch and every key of the record (``extra["epochs"]``)."""
-    runs = select(frame, "training")
-    require_columns(runs, ["method", "arm", "seed", "extra"])
-    records = []
-    for _, run in runs.iterrows():
-        extra = run["extra"]
-        epochs = extra.get("epochs") if isinstance(extra, dict) else None
-        if not epochs:
-            raise MissingResultsError(
-                f"a training result in {source_of(frame)} ({run['method']}/{run['arm']}, seed {run['seed']}) "
-                f"has no extra['epochs'] list; {REPRODUCE_HINT}")
-        for record in epochs:
-            if "epoch" not in record:
-                raise MissingResultsError(f"training records in {source_of(frame)} lack 'epoch': {record}")
-            records.append({"method": run["method"], "arm": run["arm"], "seed": run["seed"], **record})
-    epochs = pd.DataFrame(records)
-    epochs.attrs["results_dir"] = source_of(frame)
-    return epochs
-
-
 def training_dynamics(frame: pd.DataFrame, keys: Sequence[str] = DYNAMICS_KEYS, fmt: str | None = None,
                       confidence: float = 0.95) -> Table:
     """Marginal entropy and covariance penalty of the embedding after each epoch of continued
     pre-training, per method and arm (mean ± t-interval half-width over seeds)."""
-    from e2mc import plots
-
     epochs = training_epochs(frame)
     parts = [summarize(epochs, ["method", "arm", "epoch"], key, confidence).assign(key=key) for key in keys]
     numbers = pd.concat(parts, ignore_index=True)
@@ -369,11 +196,11 @@ def training_dynamics(frame: pd.DataFrame, keys: Sequence[str] = DYNAMICS_KEYS, 
     printed = []
     for method in order_methods(numbers["method"]):
         of_method = numbers[numbers["method"] == method]
-        for arm in order_arms(of_method["arm"], plots.ARM_ORDER):
+        for arm in order_arms(of_method["arm"], ARM_ORDER):
             of_arm = of_method[of_method["arm"] == arm]
             for epoch in sorted(of_arm["epoch"].unique()):
                 cells = of_arm[of_arm["epoch"] == epoch].set_index("key")
-                printed.append([METHOD_LABELS.get(method, method), arm_label(arm), str(int(epoch))] +
+                printed.append([method_label(method), arm_label(arm), str(int(epoch))] +
                                [format_cell(cells.at[k, "mean"], cells.at[k, "ci"], fmt) for k in keys])
     caption = (f"Training dynamics: {', '.join(k.replace('_', ' ') for k in keys)} of the embedding after each "
                f"epoch of continued pre-training, mean ± {confidence:.0%} t-interval half-width over seeds; "
@@ -434,3 +261,85 @@ def sync_readme_tables(readme: str | Path, tables_dir: str | Path) -> list[str]:
     if changed:
         write_atomic(readme, updated.encode())
     return changed
+
+
+# --- paired comparison --------------------------------------------------------------------------
+
+def paired_comparison(frame: pd.DataFrame, arm: str = "e2mc", baseline: str = "original", metric: str = "top1",
+                      kind: str = "linear_probe", confidence: float = 0.95, fmt: str = ".2f",
+                      name: str | None = None) -> Table:
+    """``arm`` minus ``baseline`` on ``metric``, paired by seed: one row per method, dataset and label
+    fraction, each arm read at its final epoch (``base``: the starting checkpoint, see :func:`with_base`).
+
+    Each cell is the mean of the per-seed differences with the half-width of their ``confidence``
+    Student-t interval (:func:`paired_difference`), the number of pairs, and whether the interval
+    excludes 0 (``—`` with a single pair). Results are paired on ``seed``, never on their order; a
+    seed present in only one arm is dropped, and the caption counts the dropped seeds. ``numbers``
+    holds method, dataset, label_fraction, epoch, baseline_epoch, mean, ci, n, excludes_zero,
+    dropped_seeds. Raises :class:`MissingResultsError` when no seed has both arms.
+    """
+    rows = select(frame, kind)
+    require_columns(rows, ["method", "arm", "epoch", "seed", "label_fraction", "dataset", metric])
+    arms = [arm, baseline]
+    rows = select(with_base(rows) if "base" in arms else rows, kind, arm=arms)
+    rows = final_epoch_rows(rows)
+    records, dropped_total, dropped_where = [], 0, []
+    several_datasets = rows["dataset"].nunique() > 1
+    for (method, dataset, fraction), group in rows.groupby(["method", "dataset", "label_fraction"], dropna=False,
+                                                            sort=True):
+        sides = []
+        for which in arms:
+            side = group[group["arm"] == which]
+            if side["seed"].duplicated().any():
+                files = side.loc[side["seed"].duplicated(keep=False), "file"].tolist() if "file" in side else []
+                raise DuplicateResultsError(
+                    f"{method} {which} {dataset} {fraction_label(fraction)} has more than one result per seed in "
+                    f"{source_of(frame)}: {files}; keep one configuration per results folder")
+            if side[metric].isna().any():
+                files = side.loc[side[metric].isna(), "file"].tolist() if "file" in side else []
+                raise MissingResultsError(f"{metric} is missing from {method} {which} results in "
+                                          f"{source_of(frame)} {files}")
+            sides.append(side.set_index("seed"))
+        common = sorted(set(sides[0].index) & set(sides[1].index))
+        only = sorted(set(sides[0].index) ^ set(sides[1].index))
+        if only:
+            dropped_total += len(only)
+            dropped_where.append(f"{method_label(method)} {f'{dataset} ' if several_datasets else ''}"
+                                 f"{fraction_label(fraction)}: "
+                                 f"seed{'s' if len(only) > 1 else ''} {', '.join(str(int(s)) for s in only)}")
+        if not common:
+            continue
+        mean, half_width, n = paired_difference(sides[0].loc[common, metric], sides[1].loc[common, metric],
+                                                confidence)
+        records.append({"method": method, "dataset": dataset, "label_fraction": fraction,
+                        "epoch": int(sides[0]["epoch"].iloc[0]), "baseline_epoch": int(sides[1]["epoch"].iloc[0]),
+                        "mean": mean, "ci": half_width, "n": n,
+                        "excludes_zero": None if math.isnan(half_width) else bool(abs(mean) > half_width),
+                        "dropped_seeds": len(only)})
+    if not records:
+        raise MissingResultsError(f"no seed has {kind} results of both {arm} and {baseline} in {source_of(frame)}; "
+                                  f"{REPRODUCE_HINT}")
+    numbers = pd.DataFrame(records)
+    header = ["Method"] + (["Dataset"] if several_datasets else []) + [
+        "Labels", "Epoch", f"{arm_label(arm)} − {arm_label(baseline)}", "Seeds", f"{confidence:.0%} CI excludes 0"]
+    printed = []
+    for method in order_methods(numbers["method"]):
+        of_method = numbers[numbers["method"] == method]
+        of_method = of_method.assign(_order=[math.inf if pd.isna(f) else float(f) for f in of_method["label_fraction"]])
+        for _, cell in of_method.sort_values(["dataset", "_order"]).iterrows():
+            epoch, baseline_epoch = int(cell["epoch"]), int(cell["baseline_epoch"])
+            epoch = str(epoch) if epoch == baseline_epoch else f"{epoch} vs {baseline_epoch}"
+            difference = (format(cell["mean"], f"+{fmt}") if math.isnan(cell["ci"])
+                          else f"{cell['mean']:+{fmt}} ± {cell['ci']:{fmt}}")
+            excludes = "—" if pd.isna(cell["excludes_zero"]) else ("yes" if cell["excludes_zero"] else "no")
+            printed.append([method_label(method)] + ([str(cell["dataset"])] if several_datasets else [])
+                           + [fraction_label(cell["label_fraction"]), epoch, difference, str(int(cell["n"])), excludes])
+    dropped = (f"{dropped_total} seed{'s' if dropped_total > 1 else ''} present in only one arm dropped "
+               f"({'; '.join(dropped_where)})" if dropped_total else "no seed dropped")
+    caption = (f"Paired comparison: {kind.replace('_', ' ')} {metric} of {arm_label(arm)} minus "
+               f"{arm_label(baseline)} at the final epoch, paired by seed: mean difference ± {confidence:.0%} "
+               f"t-interval half-width of the per-seed differences; {dropped}")
+    if name is None:
+        name = "paired_comparison" + ("" if (arm, baseline) == ("e2mc", "original") else f"_{arm}_vs_{baseline}") \
+            + ("" if kind == "linear_probe" else f"_{kind}")
+    return Table(name, caption, header, printed, numbers)

@@ -1,22 +1,33 @@
-"""Continued pre-training (and pre-training from scratch) of VICReg, SwAV and SimSiam networks.
+"""The training loop: continued pre-training (and pre-training from scratch) of any registered method.
 
-:func:`train` runs one configuration to the end or until it is interrupted. Everything a run writes
-lives in ``cfg.train.output_dir``:
+:func:`train` runs one configuration to the end or until it is interrupted, in four steps:
+:func:`setup` (device, process group, network, objective, criterion, optimizer, data), :func:`start`
+(resume from the run folder, or load ``train.init``), :func:`train_one_epoch` (repeated), and
+:func:`finish` (the summary). Everything a run writes lives in its run folder ``cfg.train.output_dir``:
 
 * ``checkpoint.pt``: model, optimiser, loss state (SwAV queue), RNG, position; written atomically at
   the end of every epoch and when SIGUSR1 / SIGUSR2 / SIGTERM asks the run to stop. A restarted run
-  resumes from it on its own, at the exact step.
+  resumes from it on its own, at the exact step, and only under the same training configuration.
 * ``metrics.jsonl``: one JSON line per ``log_every`` steps (``"kind": "step"``) and per epoch
   (``"kind": "epoch"``): every loss term, embedding diagnostics, learning rate, images/s. Each start
   or resume first writes a ``"kind": "segment"`` line (where it started, from what, and its
   provenance), so a run trained in several pieces says which code and machine trained each.
-* ``config.yaml`` and ``summary.json`` (with provenance).
+* ``config.yaml``, ``summary.json`` (with provenance) and ``run.lock``, held by the process training
+  in the folder so that a second one cannot write into it at the same time.
+
+The loop knows no method and no criterion by name: it asks the method (:mod:`e2mc.methods`) how views
+reach the loss, and the criterion (:mod:`e2mc.criteria`) what it consumes. Evaluation after each
+epoch comes in as ``epoch_end_hooks`` (see :mod:`e2mc.runs`); this module never imports evaluation.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections import defaultdict
@@ -30,36 +41,120 @@ from torch.nn.parallel import DistributedDataParallel
 
 from e2mc import checkpoints
 from e2mc.batches import LoaderViews, TensorViews
-from e2mc.config import Config, save_config
-from e2mc.criterion import E2MC
-from e2mc.diagnostics import METHOD_TRANSFORM, embedding_stats
+from e2mc.build import (CHECKPOINT_FORMAT, build_added_criterion, build_network, build_objective,  # noqa: F401
+                        load_initial_weights, resolve_device)
+from e2mc.config import LOCATION_FIELDS, Config, ConfigError, save_config
+from e2mc.criteria import get_criterion
+from e2mc.diagnostics import embedding_stats
 from e2mc.distributed import is_distributed, rank, world_size
-from e2mc.models import build_model
-from e2mc.objectives import CRITERIA, MMCR, SimSiamLoss, SwAVLoss, VICRegLoss
+from e2mc.methods import Method, get_method
 from e2mc.optim import build_optimizer, learning_rate
-from e2mc.provenance import provenance, write_json_atomic
+from e2mc.provenance import provenance, repo_relative, write_json_atomic
 
-CHECKPOINT_FORMAT = "e2mc-train-v1"
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+EpochHook = Callable[[int, nn.Module, Path], None]
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the run stopped without touching its last checkpoint."""
 
 
+class RunFolderBusyError(RuntimeError):
+    """Another process is training in this run folder."""
+
+
+# --- the run folder ----------------------------------------------------------------------------
+
+class RunLock:
+    """An exclusive lock on a run folder (``run.lock``), held while a process trains in it.
+
+    The lock is an ``flock`` on the file, so the kernel releases it when its process dies: a lock
+    left by a killed run is free at once. The file says who holds it (pid, host, start time)."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.path = Path(output_dir) / "run.lock"
+        self._handle = None
+
+    def __enter__(self) -> "RunLock":
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunFolderBusyError(f"{self.path.parent} is in use by {holder}; wait for that run to end, or "
+                                     "choose another train.output_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+def remove_partial_writes(output_dir: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes that a killed process left (``.<name>.*.tmp``);
+    only call it while holding the folder's :class:`RunLock`."""
+    removed = [p for p in Path(output_dir).glob(".*.tmp") if p.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
+# Configuration keys a resumed run may change: where things are, and what does not alter training.
+RESUMABLE_CHANGES = {f"{section}.{key}" for section, key in LOCATION_FIELDS} | {
+    "train.epochs", "train.device", "train.keep_epoch_checkpoints", "train.log_every"}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key not in ("heads", "params", "datasets"):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resumable(saved_config: dict, cfg: Config, done_epochs: int, path: Path) -> None:
+    """A run resumes only under the configuration that trained it: every key that alters training
+    must be equal (evaluation settings, locations and the device may change), and ``train.epochs``
+    may only grow (and only with a constant learning rate, whose schedule does not depend on it)."""
+    from e2mc.config import config_from_dict
+
+    saved = _flatten(config_from_dict(json.loads(json.dumps(saved_config))).to_dict())
+    ours = _flatten(cfg.to_dict())
+    differing = sorted(k for k in set(saved) | set(ours)
+                       if saved.get(k) != ours.get(k) and k not in RESUMABLE_CHANGES and not k.startswith("eval."))
+    if saved["train.epochs"] != ours["train.epochs"]:
+        if ours["train.epochs"] < done_epochs:
+            differing.append("train.epochs (below the epochs already trained)")
+        elif cfg.optim.schedule != "constant":
+            differing.append("train.epochs (the cosine schedule is laid out over it)")
+    if differing:
+        listing = ", ".join(f"{k}: {saved.get(k.split(' ')[0])!r} -> {ours.get(k.split(' ')[0])!r}"
+                            for k in differing[:6])
+        raise ConfigError(f"{path} was trained with another configuration ({listing}); resume with the same "
+                          f"settings, or start over in a new train.output_dir (or delete {path.parent})")
+
+
+def default_output_dir(cfg: Config) -> Path:
+    """The run folder when ``train.output_dir`` is not set: ``runs/<scale>/<method>/<arm>/seed<seed>``,
+    the convention of every launcher (see :func:`e2mc.runs.run_folder`)."""
+    from e2mc.naming import infer_arm
+
+    scale = "mini" if cfg.data.dataset == "fashion_mnist" else cfg.data.dataset
+    return Path("runs") / scale / cfg.method / infer_arm(cfg.to_dict()) / f"seed{cfg.train.seed}"
+
+
 # --- setup -------------------------------------------------------------------------------------
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but no GPU is visible; use train.device=cpu or auto")
-        # One GPU per local rank. SLURM may already show each task only its own GPU(s)
-        # (--gpus-per-task, --gpu-bind), so the index is taken among the visible ones.
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-    return torch.device("cpu")
-
 
 def init_distributed(device: torch.device) -> None:
     """Join the process group described by the environment (torchrun, or SLURM through e2mc.cluster)."""
@@ -69,82 +164,33 @@ def init_distributed(device: torch.device) -> None:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
-def build_network(cfg: Config) -> nn.Module:
-    """The method's network as configured in ``cfg.model`` (the one place configs become models)."""
-    try:
-        return build_model(cfg.method, cfg.model.backbone, backbone_widths=cfg.model.widths, **cfg.model.heads)
-    except TypeError as e:
-        raise ValueError(f"model.heads does not fit {cfg.method}: {e}") from None
-
-
-def build_objective(cfg: Config) -> nn.Module:
-    """The method's own loss, configured by ``cfg.loss.params``."""
-    cls = {"vicreg": VICRegLoss, "swav": SwAVLoss, "simsiam": SimSiamLoss}[cfg.method]
-    try:
-        return cls(**cfg.loss.params)
-    except TypeError as e:
-        raise ValueError(f"loss.params does not fit {cls.__name__}: {e}") from None
-
-
-def build_added_criterion(cfg: Config) -> nn.Module | None:
-    """E2MC, an alternative criterion, or None for the original loss alone."""
-    c = cfg.criterion
-    if c.name == "none":
-        return None
-    if c.name == "e2mc":
-        if c.params:
-            raise ValueError("criterion.params is for the alternative criteria; E2MC takes "
-                             "criterion.transform, criterion.ent_coeff and criterion.cov_coeff")
-        return E2MC(c.transform, ent_coeff=c.ent_coeff, cov_coeff=c.cov_coeff)
-    try:
-        return CRITERIA[c.name](**c.params)
-    except TypeError as e:
-        raise ValueError(f"criterion.params does not fit {CRITERIA[c.name].__name__}: {e}") from None
-
-
 class MultiViewNetwork(nn.Module):
-    """Runs the network on every view in one ``forward`` (one DDP call per step).
+    """Runs the network on every view in one ``forward`` (one DDP call per step), the method's way."""
 
-    VICReg and SimSiam see each view as its own batch (BatchNorm statistics per view, as in the
-    reference code); SwAV's network groups crops of equal resolution itself.
-    """
-
-    def __init__(self, network: nn.Module, method: str) -> None:
+    def __init__(self, network: nn.Module, method: Method) -> None:
         super().__init__()
         self.network, self.method = network, method
 
-    def forward(self, views: list[torch.Tensor]) -> list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]:
-        if self.method == "swav":
-            return self.network(views)
-        return [self.network(v) for v in views]
+    def forward(self, views: list[torch.Tensor]):
+        return self.method.forward(self.network, views)
 
 
-def compute_loss(method: str, outputs, batch: int, objective: nn.Module, added: nn.Module | None,
-                 network: nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+def compute_loss(method: Method, outputs, batch: int, objective: nn.Module, added: nn.Module | None,
+                 network: nn.Module, consumes: Callable | None = None
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Total loss, its named terms, and the embedding of the first view (for diagnostics).
 
-    Terms are prefixed: ``ssl_*`` from the method's loss, ``add_*`` from the added criterion.
-    """
-    other_crops: list[torch.Tensor] = []
-    if method == "vicreg":
-        z1, z2 = outputs[0]["embedding"], outputs[1]["embedding"]
-        base = objective(z1, z2)
-    elif method == "simsiam":
-        z1, z2 = outputs[0]["embedding"], outputs[1]["embedding"]
-        base = objective(outputs[0]["prediction"], outputs[1]["prediction"], z1, z2)
-    else:  # swav: rows of crop i are [i * batch, (i + 1) * batch)
-        crops = list(outputs["normalized"].split(batch))
-        base = objective(crops, network.prototypes.weight)
-        z1, z2, *other_crops = outputs["embedding"].split(batch)  # E2MC acts on the two assignment crops
+    Terms are prefixed: ``ssl_*`` from the method's loss, ``add_*`` from the added criterion, which
+    receives ``consumes(views)`` (default: the two views)."""
+    base, views = method.loss(outputs, batch, objective, network)
     terms = {f"ssl_{k}": v for k, v in base.items()}
     loss = base["loss"]
     if added is not None:
-        # MMCR's centroids average every crop, as in the authors' SwAV + MMCR code.
-        extra = added(z1, z2, *other_crops) if isinstance(added, MMCR) else added(z1, z2)
+        extra = added(*(consumes(views) if consumes else (views.first, views.second)))
         terms.update({f"add_{k}": v for k, v in extra.items()})
         loss = loss + extra["loss"]
     terms["loss"] = loss
-    return loss, terms, z1
+    return loss, terms, views.first
 
 
 def build_stream(cfg: Config, device: torch.device):
@@ -163,6 +209,108 @@ def build_stream(cfg: Config, device: torch.device):
     if cfg.data.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(cfg.data.limit, len(dataset))))
     return LoaderViews(dataset, cfg.data.batch_size, cfg.train.seed, rank(), world_size(), cfg.data.workers, device)
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything one training run holds between its steps."""
+
+    cfg: Config
+    device: torch.device
+    output_dir: Path
+    method: Method
+    network: nn.Module                  # the bare network (checkpoints, hooks)
+    forward: nn.Module                  # MultiViewNetwork, wrapped in DDP when distributed
+    objective: nn.Module
+    added: nn.Module | None
+    consumes: Callable
+    optimizer: torch.optim.Optimizer
+    stream: Any
+    metrics: "MetricsLog"
+    base_lr: float
+    transform: str                      # under which the diagnostics are measured
+    started: float = dataclasses.field(default_factory=time.time)
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    carried: dict = dataclasses.field(default_factory=dict)   # sums of a part-done epoch, from the checkpoint
+    earlier_seconds: float = 0.0        # training time of earlier segments of this run
+    origin: str = ""
+
+    @property
+    def main_process(self) -> bool:
+        return rank() == 0
+
+    def run_seconds(self) -> float:
+        return self.earlier_seconds + time.time() - self.started
+
+
+def setup(cfg: Config) -> Run:
+    """Build the run: device and process group, the method's network, objective, added criterion,
+    optimizer and data stream. Loads no weights (see :func:`start`)."""
+    device = resolve_device(cfg.train.device)
+    init_distributed(device)
+    output_dir = Path(cfg.train.output_dir) if cfg.train.output_dir else default_output_dir(cfg)
+    if cfg.train.output_dir is None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(output_dir)))
+    method, criterion = get_method(cfg.method), get_criterion(cfg.criterion.name)
+    torch.manual_seed(cfg.train.seed)
+    network = build_network(cfg)
+    objective, added = build_objective(cfg), build_added_criterion(cfg)
+    network.to(device)
+    objective.to(device)
+    if cfg.train.channels_last:
+        network.to(memory_format=torch.channels_last)
+    if is_distributed() and device.type == "cuda":
+        network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
+    stream = build_stream(cfg, device)
+    base_lr = cfg.optim.base_lr * (cfg.data.batch_size / 256 if cfg.optim.scale_lr else 1.0)
+    optimizer = build_optimizer(cfg.optim.name, network, base_lr, cfg.optim.momentum, cfg.optim.weight_decay,
+                                cfg.optim.eta)
+    forward: nn.Module = MultiViewNetwork(network, method)
+    if is_distributed():
+        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
+    section = cfg.to_dict()["criterion"]
+    return Run(cfg, device, output_dir, method, network, forward, objective, added, criterion.inputs, optimizer,
+               stream, MetricsLog(output_dir / "metrics.jsonl", rank() == 0), base_lr,
+               criterion.measured_transform(section, cfg.method))
+
+
+def start(run: Run) -> None:
+    """Resume from the run folder's checkpoint, or start from ``train.init`` (or random weights), and
+    write the segment record; a fresh run saves epoch 0 at once (resumable, and the baseline)."""
+    cfg, resume_path = run.cfg, run.output_dir / "checkpoint.pt"
+    if resume_path.exists():
+        state = checkpoints.load(resume_path)
+        if not (isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT):
+            raise checkpoints.CheckpointError(f"{resume_path} is not a training checkpoint of e2mc; move it away")
+        check_resumable(state["config"], cfg, state["epoch"], resume_path)
+        run.network.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        checkpoints.restore_rng_state(state["rng"])
+        run.metrics.truncate(state["metrics_bytes"])
+        loss_state = _objective_state_path(run.output_dir, rank())
+        if loss_state.exists():
+            run.objective.load_state_dict(checkpoints.load(loss_state, map_location=run.device))
+        run.epoch, run.step, run.global_step = state["epoch"], state["step"], state["global_step"]
+        run.carried = state["epoch_sums"]
+        run.earlier_seconds = float(state.get("run_seconds", 0.0))
+        run.origin = f"resumed from {repo_relative(resume_path)} at epoch {run.epoch} step {run.step}"
+    elif cfg.train.init:
+        run.origin, released = load_initial_weights(cfg.train.init, cfg.method, run.network,
+                                                    cfg.train.restore_release_optimizer)
+        if released:  # continue with the release's momentum, as the authors' code does
+            checkpoints.apply_optimizer_state(run.optimizer, run.network, released)
+    else:
+        run.origin = "random initialisation"
+    if run.main_process:
+        save_config(cfg, run.output_dir / "config.yaml")
+        print(f"[e2mc] {cfg.method} + {cfg.criterion.name} on {run.device}, world size {world_size()}; "
+              f"{run.origin}", flush=True)
+    run.metrics.write({"kind": "segment", "epoch": run.epoch, "step": run.step, "global_step": run.global_step,
+                       "origin": run.origin, "provenance": provenance(run.device)})
+    if not resume_path.exists():
+        save_checkpoint(run)
 
 
 # --- interruption ------------------------------------------------------------------------------
@@ -235,215 +383,150 @@ def _objective_state_path(output_dir: Path, r: int) -> Path:
     return output_dir / f"loss-state-rank{r}.pt"
 
 
-def save_checkpoint(output_dir: Path, cfg: Config, network: nn.Module, optimizer, objective: nn.Module,
-                    epoch: int, step: int, global_step: int, metrics: MetricsLog,
-                    epoch_sums: dict[str, Any] | None = None) -> None:
-    """Write the state to resume at (``epoch``, ``step``); rank 0 the model, every rank its loss state.
-
-    ``epoch_sums`` carries the running sums of a part-done epoch, so that its summary line after a
-    resume is the one an uninterrupted run writes."""
-    if objective.state_dict():  # the SwAV queue differs between ranks
-        checkpoints.save_atomic(objective.state_dict(), _objective_state_path(output_dir, rank()))
-    if rank() == 0:
+def save_checkpoint(run: Run, epoch_sums: dict[str, Any] | None = None) -> None:
+    """Write the state to resume at (``run.epoch``, ``run.step``); rank 0 the model, every rank its loss
+    state. ``epoch_sums`` carries the running sums of a part-done epoch, so that its summary line after
+    a resume is the one an uninterrupted run writes."""
+    if run.objective.state_dict():  # the SwAV queue differs between ranks
+        checkpoints.save_atomic(run.objective.state_dict(), _objective_state_path(run.output_dir, rank()))
+    if run.main_process:
         state = {
-            "format": CHECKPOINT_FORMAT, "method": cfg.method, "config": cfg.to_dict(),
-            "epoch": epoch, "step": step, "global_step": global_step,
-            "model": network.state_dict(), "optimizer": optimizer.state_dict(),
-            "rng": checkpoints.capture_rng_state(), "metrics_bytes": metrics.size(),
-            "epoch_sums": epoch_sums or {},
+            "format": CHECKPOINT_FORMAT, "method": run.cfg.method, "config": run.cfg.to_dict(),
+            "epoch": run.epoch, "step": run.step, "global_step": run.global_step,
+            "model": run.network.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "rng": checkpoints.capture_rng_state(), "metrics_bytes": run.metrics.size(),
+            "epoch_sums": epoch_sums or {}, "run_seconds": run.run_seconds(),
         }
-        checkpoints.save_atomic(state, output_dir / "checkpoint.pt")
-        if cfg.train.keep_epoch_checkpoints and step == 0:
+        checkpoints.save_atomic(state, run.output_dir / "checkpoint.pt")
+        if run.cfg.train.keep_epoch_checkpoints and run.step == 0:
             checkpoints.save_atomic({k: state[k] for k in ("format", "method", "config", "epoch", "model")},
-                                    output_dir / f"checkpoint-epoch{epoch:03d}.pt")
+                                    run.output_dir / f"checkpoint-epoch{run.epoch:03d}.pt")
     if is_distributed():
         dist.barrier()
 
 
-def _check_resumable(state: dict, cfg: Config, path: Path) -> None:
-    """A run resumes only into the same method, architecture and optimizer."""
-    saved = state["config"]
-    for key, ours, theirs in (("method", cfg.method, saved["method"]),
-                              ("model", cfg.to_dict()["model"], saved["model"]),
-                              ("optim.name", cfg.optim.name, saved["optim"]["name"])):
-        if ours != theirs:
-            raise ValueError(f"{path} was written with {key}={theirs!r} but this run has {key}={ours!r}; "
-                             "resume with the same setting, or choose a new train.output_dir")
-
-
-def load_initial_weights(path: str, method: str, network: nn.Module) -> tuple[str, dict | None]:
-    """Load ``path``, one of our checkpoints or an official release of ``method``, into ``network``.
-
-    Returns a description and, for a release that ships its optimizer (VICReg's full checkpoint,
-    SimSiam's), the per-parameter optimizer state keyed by our parameter names.
-    """
-    state = checkpoints.load(path)
-    if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
-        if state["method"] != method:
-            raise ValueError(f"{path} holds a {state['method']} network but method={method}; "
-                             "choose the matching config")
-        network.load_state_dict(state["model"])
-        return f"started from {path} (epoch {state['epoch']})", None
-    report = checkpoints.load_official(state, method, network)
-    return report.summary(), report.optimizer_state_by_name
-
-
 # --- the loop ---------------------------------------------------------------------------------
 
-def train(cfg: Config, epoch_end_hooks: list[Callable[[int, nn.Module, Path], None]] | None = None) -> dict[str, Any]:
-    """Train ``cfg`` to ``cfg.train.epochs`` (resuming from ``output_dir/checkpoint.pt`` if there is one).
+def train_one_epoch(run: Run, stop: StopRequest) -> bool:
+    """Train from (``run.epoch``, ``run.step``) to the end of the epoch, log it and save the checkpoint.
+
+    Returns False when a stop signal interrupted the epoch (its state is saved to resume at the next
+    step). Raises :class:`NonFiniteLossError` on a NaN or inf loss, without touching the checkpoint."""
+    cfg, network = run.cfg, run.network
+    network.train()
+    # Running sums for the epoch line, and the epoch's time so far (carried over a resume).
+    carried, run.carried = run.carried, {}
+    sums: dict[str, float] = defaultdict(float, carried.get("sums", {}))
+    diag_sums: dict[str, float] = defaultdict(float, carried.get("diag_sums", {}))
+    counted, diag_counted = carried.get("counted", 0), carried.get("diag_counted", 0)
+    earlier_seconds = carried.get("seconds", 0.0)
+    segment_start = window_start = time.time()
+    first_step, images_per_step = run.step, cfg.data.batch_size
+    total_steps = cfg.train.epochs * run.stream.steps_per_epoch
+    warmup_steps = cfg.optim.warmup_epochs * run.stream.steps_per_epoch
+    lr = None
+    progress = _progress(run.stream.steps_per_epoch, run.step, run.epoch, run.main_process)
+    for step, views in enumerate(run.stream.epoch(run.epoch, run.step), start=run.step):
+        lr = learning_rate(cfg.optim.schedule, run.base_lr, run.global_step, total_steps, warmup_steps)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        if cfg.train.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        run.method.before_step(network)
+        try:
+            with torch.autocast(run.device.type, dtype=torch.bfloat16,
+                                enabled=run.device.type == "cuda" and cfg.train.amp):
+                outputs = run.forward(views)
+                loss, terms, z1 = compute_loss(run.method, outputs, views[0].shape[0], run.objective, run.added,
+                                               network, run.consumes)
+        except FloatingPointError as e:  # a criterion refused non-finite embeddings
+            raise NonFiniteLossError(_non_finite_report({}, run, step, lr, str(e))) from e
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(_non_finite_report(terms, run, step, lr))
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        values = {k: v.item() for k, v in terms.items()}
+        for k, v in values.items():
+            sums[k] += v
+        counted += 1
+        run.global_step += 1
+        if run.global_step % cfg.train.log_every == 0 or step == run.stream.steps_per_epoch - 1:
+            stats = embedding_stats(z1, run.transform)
+            for k, v in stats.items():
+                diag_sums[k] += v
+            diag_counted += 1
+            now = time.time()
+            window = min(cfg.train.log_every, step + 1 - first_step)  # steps since the last line or the resume
+            run.metrics.write({"kind": "step", "epoch": run.epoch, "step": step, "global_step": run.global_step,
+                               "lr": lr, **values, **stats,
+                               "images_per_s": images_per_step * window / max(now - window_start, 1e-9)})
+            window_start = now
+        progress.update(1)
+        progress.set_postfix(loss=f"{values['loss']:.4f}")
+        if stop.requested(run.device):
+            run.step = step + 1
+            save_checkpoint(run, {"sums": dict(sums), "diag_sums": dict(diag_sums), "counted": counted,
+                                  "diag_counted": diag_counted, "seconds": earlier_seconds + time.time() - segment_start})
+            progress.close()
+            return False
+    progress.close()
+    elapsed = time.time() - segment_start
+    run.epoch, run.step = run.epoch + 1, 0
+    record = {"kind": "epoch", "epoch": run.epoch, "global_step": run.global_step,
+              **{k: v / max(counted, 1) for k, v in sums.items()},
+              **{k: v / max(diag_counted, 1) for k, v in diag_sums.items()},
+              "lr": lr if counted else None,
+              # images trained in this segment over its time: a resumed epoch is not credited with the
+              # steps done before the interruption
+              "images_per_s": images_per_step * (run.stream.steps_per_epoch - first_step) / max(elapsed, 1e-9),
+              "seconds": earlier_seconds + elapsed}
+    run.metrics.write(record)
+    save_checkpoint(run)
+    if run.main_process:
+        print(f"[e2mc] epoch {run.epoch}/{cfg.train.epochs}: loss {record.get('loss', float('nan')):.4f}, "
+              f"{record['images_per_s']:.0f} images/s", flush=True)
+    return True
+
+
+def finish(run: Run, status: str, stop: StopRequest) -> dict[str, Any]:
+    """Write and return the run summary (``status`` "finished" or "interrupted"); ``seconds`` is the
+    training time of every segment of the run together."""
+    summary = {"status": status, "epoch": run.epoch, "global_step": run.global_step, "method": run.cfg.method,
+               "criterion": run.cfg.criterion.name, "config_hash": run.cfg.hash(), "config": run.cfg.to_dict(),
+               "seconds": run.run_seconds(), "provenance": provenance(run.device),
+               "output_dir": str(run.output_dir)}
+    if status == "interrupted":
+        summary["signal"] = signal.Signals(stop.signal).name
+    if run.main_process:
+        write_json_atomic(run.output_dir / "summary.json", summary)
+    return summary
+
+
+def train(cfg: Config, epoch_end_hooks: list[EpochHook] | None = None) -> dict[str, Any]:
+    """Train ``cfg`` to ``cfg.train.epochs`` (resuming from its run folder's checkpoint if there is one).
 
     ``epoch_end_hooks`` are called on rank 0 as ``hook(epochs_done, network, output_dir)`` after each
     epoch's checkpoint is written (evaluation after every epoch). Returns the run summary; its
-    ``status`` is ``"finished"`` or ``"interrupted"``. Raises :class:`NonFiniteLossError`.
+    ``status`` is ``"finished"`` or ``"interrupted"``. Raises :class:`NonFiniteLossError`,
+    :class:`RunFolderBusyError`, and ConfigError when the folder holds a run of another configuration.
     """
-    started = time.time()
-    device = resolve_device(cfg.train.device)
-    init_distributed(device)
-    output_dir = Path(cfg.train.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    main_process = rank() == 0
-    metrics = MetricsLog(output_dir / "metrics.jsonl", main_process)
-    torch.manual_seed(cfg.train.seed)
-
-    network = build_network(cfg)
-    objective, added = build_objective(cfg), build_added_criterion(cfg)
-    resume_path = output_dir / "checkpoint.pt"
-    epoch, start_step, global_step = 0, 0, 0
-    resumed_sums: dict[str, Any] = {}
-    released_optimizer_state = None
-    resumed = resume_path.exists()
-    if resumed:
-        state = checkpoints.load(resume_path)
-        _check_resumable(state, cfg, resume_path)
-        network.load_state_dict(state["model"])
-        epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
-        resumed_sums = state["epoch_sums"]
-        origin = f"resumed from {resume_path} at epoch {epoch} step {start_step}"
-    elif cfg.train.init:
-        origin, released_optimizer_state = load_initial_weights(cfg.train.init, cfg.method, network)
-    else:
-        origin = "random initialisation"
-
-    use_cuda = device.type == "cuda"
-    network.to(device)
-    objective.to(device)
-    if cfg.train.channels_last:
-        network.to(memory_format=torch.channels_last)
-    if is_distributed() and use_cuda:
-        network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
-    stream = build_stream(cfg, device)
-    lr_scale = cfg.data.batch_size / 256 if cfg.optim.scale_lr else 1.0
-    base_lr = cfg.optim.base_lr * lr_scale
-    optimizer = build_optimizer(cfg.optim.name, network, base_lr, cfg.optim.momentum, cfg.optim.weight_decay,
-                                cfg.optim.eta)
-    if released_optimizer_state:  # continue with the release's momentum, as the authors' code does
-        checkpoints.apply_optimizer_state(optimizer, network, released_optimizer_state)
-    if resumed:
-        optimizer.load_state_dict(state["optimizer"])
-        checkpoints.restore_rng_state(state["rng"])
-        metrics.truncate(state["metrics_bytes"])
-        loss_state = _objective_state_path(output_dir, rank())
-        if loss_state.exists():
-            objective.load_state_dict(checkpoints.load(loss_state, map_location=device))
-    forward = MultiViewNetwork(network, cfg.method)
-    if is_distributed():
-        forward = DistributedDataParallel(forward, device_ids=[device.index] if use_cuda else None)
-    if main_process:
-        save_config(cfg, output_dir / "config.yaml")
-        print(f"[e2mc] {cfg.method} + {cfg.criterion.name} on {device}, world size {world_size()}; {origin}",
-              flush=True)
-
-    metrics.write({"kind": "segment", "epoch": epoch, "step": start_step, "global_step": global_step,
-                   "origin": origin, "provenance": provenance(device)})
-    if not resumed:  # epoch 0 is the starting point: resumable at once, and evaluable as the baseline
-        save_checkpoint(output_dir, cfg, network, optimizer, objective, 0, 0, 0, metrics)
-
-    transform = cfg.criterion.transform if cfg.criterion.name == "e2mc" else METHOD_TRANSFORM[cfg.method]
-    total_steps = cfg.train.epochs * stream.steps_per_epoch
-    warmup_steps = cfg.optim.warmup_epochs * stream.steps_per_epoch
-    images_per_step = cfg.data.batch_size
+    run = setup(cfg)
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run.output_dir) if run.main_process else contextlib.nullcontext()
     status = "finished"
-    with StopRequest() as stop:
-        while epoch < cfg.train.epochs:
-            network.train()
-            # Running sums for the epoch line (restored when resuming a part-done epoch).
-            sums: dict[str, float] = defaultdict(float, resumed_sums.get("sums", {}))
-            diag_sums: dict[str, float] = defaultdict(float, resumed_sums.get("diag_sums", {}))
-            counted, diag_counted = resumed_sums.get("counted", 0), resumed_sums.get("diag_counted", 0)
-            resumed_sums = {}
-            epoch_start = window_start = time.time()
-            progress = _progress(stream.steps_per_epoch, start_step, epoch, main_process)
-            for step, views in enumerate(stream.epoch(epoch, start_step), start=start_step):
-                lr = learning_rate(cfg.optim.schedule, base_lr, global_step, total_steps, warmup_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                if cfg.train.channels_last:
-                    views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-                if cfg.method == "swav":
-                    network.normalize_prototypes()
-                try:
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda and cfg.train.amp):
-                        outputs = forward(views)
-                        loss, terms, z1 = compute_loss(cfg.method, outputs, views[0].shape[0], objective, added,
-                                                       network)
-                except FloatingPointError as e:  # a criterion refused non-finite embeddings
-                    raise NonFiniteLossError(_non_finite_report({}, epoch, step, lr, output_dir, str(e))) from e
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(_non_finite_report(terms, epoch, step, lr, output_dir))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                values = {k: v.item() for k, v in terms.items()}
-                for k, v in values.items():
-                    sums[k] += v
-                counted += 1
-                global_step += 1
-                if global_step % cfg.train.log_every == 0 or step == stream.steps_per_epoch - 1:
-                    stats = embedding_stats(z1, transform)
-                    for k, v in stats.items():
-                        diag_sums[k] += v
-                    diag_counted += 1
-                    now = time.time()
-                    metrics.write({"kind": "step", "epoch": epoch, "step": step, "global_step": global_step,
-                                   "lr": lr, **values, **stats,
-                                   "images_per_s": images_per_step * cfg.train.log_every / max(now - window_start, 1e-9)})
-                    window_start = now
-                progress.update(1)
-                progress.set_postfix(loss=f"{values['loss']:.4f}")
-                if stop.requested(device):
-                    save_checkpoint(output_dir, cfg, network, optimizer, objective, epoch, step + 1, global_step,
-                                    metrics, {"sums": dict(sums), "diag_sums": dict(diag_sums),
-                                              "counted": counted, "diag_counted": diag_counted})
-                    status = "interrupted"
-                    break
-            progress.close()
-            if status == "interrupted":
+    with lock, StopRequest() as stop:
+        if run.main_process:
+            remove_partial_writes(run.output_dir)
+        start(run)
+        while run.epoch < run.cfg.train.epochs:
+            if not train_one_epoch(run, stop):
+                status = "interrupted"
                 break
-            elapsed = time.time() - epoch_start
-            epoch += 1
-            record = {"kind": "epoch", "epoch": epoch, "global_step": global_step,
-                      **{k: v / max(counted, 1) for k, v in sums.items()},
-                      **{k: v / max(diag_counted, 1) for k, v in diag_sums.items()},
-                      "lr": lr if counted else None,
-                      "images_per_s": images_per_step * counted / max(elapsed, 1e-9), "seconds": elapsed}
-            metrics.write(record)
-            save_checkpoint(output_dir, cfg, network, optimizer, objective, epoch, 0, global_step, metrics)
-            start_step = 0
-            if main_process:
-                print(f"[e2mc] epoch {epoch}/{cfg.train.epochs}: loss {record.get('loss', float('nan')):.4f}, "
-                      f"{record['images_per_s']:.0f} images/s", flush=True)
+            if run.main_process:
                 for hook in epoch_end_hooks or []:
-                    hook(epoch, network, output_dir)
-
-    summary = {"status": status, "epoch": epoch, "global_step": global_step, "method": cfg.method,
-               "criterion": cfg.criterion.name, "config_hash": cfg.hash(), "config": cfg.to_dict(),
-               "seconds": time.time() - started, "provenance": provenance(device)}
-    if status == "interrupted":
-        summary["signal"] = signal.Signals(stop.signal).name
-    if main_process:
-        write_json_atomic(output_dir / "summary.json", summary)
-    return summary
+                    hook(run.epoch, run.network, run.output_dir)
+        return finish(run, status, stop)
 
 
 def _progress(total: int, initial: int, epoch: int, enabled: bool):
@@ -453,9 +536,8 @@ def _progress(total: int, initial: int, epoch: int, enabled: bool):
                 disable=not (enabled and sys.stderr.isatty()))
 
 
-def _non_finite_report(terms: dict[str, torch.Tensor], epoch: int, step: int, lr: float, output_dir: Path,
-                       cause: str = "") -> str:
+def _non_finite_report(terms: dict[str, torch.Tensor], run: Run, step: int, lr: float, cause: str = "") -> str:
     values = cause or ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-    return (f"non-finite loss at epoch {epoch} step {step} (lr {lr:.4g}): {values}. The run stopped; "
-            f"{output_dir / 'checkpoint.pt'} still holds the last good state. Lower optim.base_lr, "
+    return (f"non-finite loss at epoch {run.epoch} step {step} (lr {lr:.4g}): {values}. The run stopped; "
+            f"{run.output_dir / 'checkpoint.pt'} still holds the last good state. Lower optim.base_lr, "
             "or check the inputs and the initial checkpoint, then rerun to resume.")

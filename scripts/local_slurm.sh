@@ -290,10 +290,11 @@ stop_daemon() {
 }
 
 cmd_stop() {
-    # Jobs of this cluster would outlive slurmd as orphan slurmstepd processes: cancel them first.
+    # Our jobs would outlive slurmd as orphan slurmstepd processes: cancel them first (only this user's;
+    # anyone else's jobs on the cluster are theirs to manage).
     if recorded_pid slurmctld >/dev/null && controller_answers; then
         local jobs
-        jobs=$(squeue --noheader --format=%i 2>/dev/null | tr '\n' ' ')
+        jobs=$(squeue --noheader --user="$(id -un)" --format=%i 2>/dev/null | tr '\n' ' ')
         if [[ -n ${jobs// /} ]]; then
             say "cancelling jobs: $jobs"
             # shellcheck disable=SC2086  # one argument per job id

@@ -31,5 +31,5 @@ if [[ ! -f $E2MC_ROOT/slurm/common.sh ]]; then
 fi
 source "$E2MC_ROOT/slurm/common.sh"
 
-e2mc_arguments continue-args vicreg
-e2mc_srun -m e2mc "${e2mc_args[@]}" "$@"
+e2mc_arguments continue-args vicreg -- "$@"
+e2mc_srun -m e2mc "${e2mc_args[@]}"

@@ -33,5 +33,5 @@ case $method in
     swav | simsiam) other_transform=e2mc_sigmoid ;;
     *) echo "error: E2MC_METHOD must be vicreg, swav or simsiam, got '$method'" >&2; exit 2 ;;
 esac
-e2mc_arguments continue-args "$method" entropy_only covariance_only "$other_transform"
-e2mc_srun -m e2mc "${e2mc_args[@]}" "$@"
+e2mc_arguments continue-args "$method" entropy_only covariance_only "$other_transform" -- "$@"
+e2mc_srun -m e2mc "${e2mc_args[@]}"

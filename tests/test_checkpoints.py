@@ -27,7 +27,7 @@ from e2mc.checkpoints import (
     restore_rng_state,
     save_atomic,
 )
-from e2mc.models import build_model
+from e2mc.methods import build_model
 
 
 # ============================================================ official module structures

@@ -10,7 +10,7 @@ import pytest
 import submitit
 
 from e2mc import cluster, launcher
-from e2mc.arms import ARMS
+from e2mc.naming import ARMS
 from e2mc.cluster import ClusterError, RequeueOutcome, SlurmJob
 from e2mc.config import load_config
 from e2mc.train import train

@@ -26,7 +26,7 @@ def test_overrides_are_parsed_as_yaml(tmp_path):
     ("trian.epochs=3", "unknown configuration key 'trian'"),
     ("train.epochs=three", "train.epochs must be int"),
     ("criterion.name=e2mcc", "criterion.name must be one of"),
-    ("data.batch_size=1", "at least 2"),
+    ("data.batch_size=1", "data.batch_size must be >= 2"),
     ("train.epochs", "section.key=value"),
 ])
 def test_mistakes_are_named(override, message):

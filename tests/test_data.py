@@ -21,10 +21,9 @@ from torchvision.datasets.mnist import read_image_file, read_label_file
 
 import e2mc.data.fashion_mnist as fmnist
 import e2mc.data.subsets as subsets
+from e2mc.methods import get_method, method_names
 from e2mc.data import (
-    IMAGENET_RECIPES,
     IMAGENET_SUBSET_SHA256,
-    MINI_RECIPES,
     BatchAugment,
     ViewRecipe,
     balanced_subset,
@@ -300,10 +299,10 @@ def test_solarize_matches_pil_threshold():
 
 def test_batch_augment_rejects_colour_recipes():
     with pytest.raises(ValueError, match="grey images"):
-        BatchAugment(IMAGENET_RECIPES["simsiam"][0])
+        BatchAugment(get_method("simsiam").imagenet_views[0])
     with pytest.raises(ValueError, match="expected grey images"):
         make_mini_augment("vicreg")(torch.zeros(2, 3, 28, 28))
-    with pytest.raises(ValueError, match="method must be one of"):
+    with pytest.raises(ValueError, match="unknown method .byol.; choose one of"):
         make_mini_augment("byol")
 
 
@@ -314,17 +313,17 @@ def test_recipes_match_the_official_code():
         return (r.size, r.scale, r.jitter, r.jitter_p, r.grayscale_p, r.blur_p, r.solarize_p, r.interpolation, r.std[0])
 
     vicreg = ((0.08, 1.0), (0.4, 0.4, 0.2, 0.1), 0.8, 0.2)
-    assert [summary(r) for r in IMAGENET_RECIPES["vicreg"]] == [
+    assert [summary(r) for r in get_method("vicreg").imagenet_views] == [
         (224, *vicreg, 1.0, 0.0, "bicubic", 0.229), (224, *vicreg, 0.1, 0.2, "bicubic", 0.229)]
     swav = ((0.8, 0.8, 0.8, 0.2), 0.8, 0.2, 0.5, 0.0, "bilinear", 0.228)
-    assert [summary(r) for r in IMAGENET_RECIPES["swav"]] == [(224, (0.14, 1.0), *swav)] * 2 + [(96, (0.05, 0.14), *swav)] * 6
-    assert [summary(r) for r in IMAGENET_RECIPES["simsiam"]] == [
+    assert [summary(r) for r in get_method("swav").imagenet_views] == [(224, (0.14, 1.0), *swav)] * 2 + [(96, (0.05, 0.14), *swav)] * 6
+    assert [summary(r) for r in get_method("simsiam").imagenet_views] == [
         (224, (0.2, 1.0), (0.4, 0.4, 0.4, 0.1), 0.8, 0.2, 0.5, 0.0, "bilinear", 0.229)] * 2
-    assert all(r.flip_p == 0.5 and r.blur_sigma == (0.1, 2.0) for rs in IMAGENET_RECIPES.values() for r in rs)
+    assert all(r.flip_p == 0.5 and r.blur_sigma == (0.1, 2.0) for rs in (get_method(m).imagenet_views for m in method_names()) for r in rs)
     # The grey versions keep each view's crop scale and blur/solarize probabilities.
     for method in ("vicreg", "simsiam"):
-        assert [(r.scale, r.blur_p, r.solarize_p, r.jitter[:2]) for r in MINI_RECIPES[method]] == \
-               [(r.scale, r.blur_p, r.solarize_p, r.jitter[:2]) for r in IMAGENET_RECIPES[method]]
+        assert [(r.scale, r.blur_p, r.solarize_p, r.jitter[:2]) for r in get_method(method).mini_views] == \
+               [(r.scale, r.blur_p, r.solarize_p, r.jitter[:2]) for r in get_method(method).imagenet_views]
 
 
 # ----------------------------------------------------------------------------- ImageNet pipelines

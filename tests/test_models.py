@@ -5,7 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from e2mc.models import ConvNet, SimSiamNet, SwAVNet, VICRegNet, build_backbone, build_model
+from e2mc.methods import build_model
+from e2mc.methods.simsiam import SimSiamNet
+from e2mc.methods.swav import SwAVNet
+from e2mc.methods.vicreg import VICRegNet
+from e2mc.models import ConvNet, build_backbone
 
 
 def count(module: nn.Module) -> int:

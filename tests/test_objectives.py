@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from scipy.special import logsumexp
 from torch import nn
 
-from e2mc.objectives import (CRITERIA, MMCR, SimSiamLoss, SwAVLoss, Uniformity, VarianceCovariance,
+from e2mc.objectives import (MMCR, SimSiamLoss, SwAVLoss, Uniformity, VarianceCovariance,
                              VICRegLoss, normalize_prototypes_, sinkhorn)
+
+ALTERNATIVES = {"uniformity": Uniformity, "mmcr": MMCR, "vc": VarianceCovariance}
 
 
 def randn(*shape, seed=0):
@@ -135,7 +137,7 @@ def _all_losses(dtype):
         "vicreg": lambda: VICRegLoss()(z1, z2),
         "swav": lambda: SwAVLoss()(crops, prototypes),
         "simsiam": lambda: SimSiamLoss()(p1, p2, z1, z2),
-        **{name: (lambda cls=cls: cls()(z1, z2)) for name, cls in CRITERIA.items()},
+        **{name: (lambda cls=cls: cls()(z1, z2)) for name, cls in ALTERNATIVES.items()},
     }
 
 
@@ -393,8 +395,12 @@ def test_variance_covariance_matches_reference_and_vicreg():
 
 
 def test_criteria_registry_and_gradients():
-    assert CRITERIA == {"uniformity": Uniformity, "mmcr": MMCR, "vc": VarianceCovariance}
-    for name, cls in CRITERIA.items():
+    from e2mc.criteria import criterion_names, get_criterion
+
+    assert criterion_names() == ("none", "e2mc", "uniformity", "mmcr", "vc")
+    assert {n: get_criterion(n).module for n in ALTERNATIVES} == ALTERNATIVES
+    assert [n for n in criterion_names() if get_criterion(n).takes_all_crops] == ["mmcr"]
+    for name, cls in ALTERNATIVES.items():
         z1, z2 = randn(6, 4, seed=80).requires_grad_(), randn(6, 4, seed=81).requires_grad_()
         out = cls()(z1, z2)
         assert out["loss"].dim() == 0, name

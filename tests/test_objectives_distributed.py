@@ -5,23 +5,23 @@ concatenated batch: values, input gradients and DDP-averaged parameter gradients
 input gradient is world_size x the single-process gradient of its slice; DDP's averaging
 of parameter gradients then makes them exactly the single-process ones.
 """
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from e2mc.objectives import CRITERIA, SwAVLoss, VICRegLoss, normalize_prototypes_, sinkhorn
+from distributed_utils import run_distributed
+from e2mc.objectives import (MMCR, SwAVLoss, Uniformity, VarianceCovariance, VICRegLoss, normalize_prototypes_,
+                             sinkhorn)
 
 WORLD = 2
 LOCAL = 4  # samples per rank
 GLOBAL = WORLD * LOCAL
 SWAV_STEPS = 3
 SWAV_CROPS = 3
+# the alternative criteria to E2MC, each called as criterion(z1, z2)
+ALTERNATIVES = {"uniformity": Uniformity, "mmcr": MMCR, "vc": VarianceCovariance}
 
 
 def make_data():
@@ -64,7 +64,7 @@ def compute(data, rows, wrap=lambda m: m):
     results["vicreg"] = {k: v.detach() for k, v in vicreg.items()}
     results["vicreg_grads"] = [p.grad.clone() for p in linear.parameters()]
 
-    for name, criterion in [("vicreg_input", VICRegLoss())] + [(n, c()) for n, c in CRITERIA.items()]:
+    for name, criterion in [("vicreg_input", VICRegLoss())] + [(n, c()) for n, c in ALTERNATIVES.items()]:
         z1, z2 = data["z1"][rows].clone().requires_grad_(), data["z2"][rows].clone().requires_grad_()
         out = criterion(z1, z2)
         out["loss"].backward()
@@ -85,27 +85,14 @@ def compute(data, rows, wrap=lambda m: m):
     return results
 
 
-def worker(rank, port, out_dir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        rows = slice(rank * LOCAL, (rank + 1) * LOCAL)
-        torch.save(compute(make_data(), rows, wrap=DistributedDataParallel), f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def ranked_results(rank, world_size):
+    """This rank's results, computed in a worker of ``run_distributed`` (which also tears it down)."""
+    return compute(make_data(), rows_of(rank), wrap=DistributedDataParallel)
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("ranks")
-    mp.spawn(worker, args=(free_port(), str(out_dir)), nprocs=WORLD, join=True)
-    ranks = [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
-    return compute(make_data(), slice(None)), ranks
+def runs():
+    return compute(make_data(), slice(None)), run_distributed(ranked_results, WORLD)
 
 
 def close(actual, expected):
@@ -134,7 +121,7 @@ def test_gathered_vicreg_with_ddp_equals_single_process(runs):
             close(grad, expected)
 
 
-@pytest.mark.parametrize("name", ["vicreg_input", *CRITERIA])
+@pytest.mark.parametrize("name", ["vicreg_input", *ALTERNATIVES])
 def test_input_gradients_are_world_size_times_single_process(runs, name):
     single, ranks = runs
     for rank, result in enumerate(ranks):

@@ -8,7 +8,7 @@ import pytest
 
 from e2mc import reproduce
 from e2mc.config import load_config
-from e2mc.arms import infer_arm
+from e2mc.naming import infer_arm
 from e2mc.results import load
 from e2mc.train import train
 from fake_data import write_fake_fashion_mnist

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from e2mc import results
+from e2mc.criteria import criterion_record
 from e2mc.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,11 +36,11 @@ def test_round_trip_write_then_load_gives_the_written_values(tmp_path):
     written = [
         fields(config=cfg),
         fields(kind="finetune", arm="original", seed=2, label_fraction=0.1, epoch=10,
-               criterion=results.criterion_record({**cfg.to_dict(), "criterion": {**cfg.to_dict()["criterion"],
+               criterion=criterion_record({**cfg.to_dict(), "criterion": {**cfg.to_dict()["criterion"],
                                                                                   "name": "none"}}),
                metrics={"top1": 55.5, "top5": 90.0}, config=cfg.to_dict()),
         fields(kind="diagnostics", label_fraction=None, metrics={"rankme_embedding": 12.5}, checkpoint=None,
-               criterion=results.criterion_record(None), arm="base", epoch=0),
+               criterion=criterion_record(None), arm="base", epoch=0),
     ]
     for index, f in enumerate(written):
         results.write_result(tmp_path / "sub" / f"r{index}.json", **f)
@@ -110,12 +111,12 @@ def test_write_result_fills_schema_provenance_and_times(tmp_path):
 
 def test_criterion_record_keeps_only_the_fields_in_use():
     cfg = load_config(ROOT / "configs/mini/swav.yaml").to_dict()
-    e2mc = results.criterion_record(cfg)
+    e2mc = criterion_record(cfg)
     assert e2mc == {"name": "e2mc", "transform": cfg["criterion"]["transform"],
                     "ent_coeff": cfg["criterion"]["ent_coeff"], "cov_coeff": cfg["criterion"]["cov_coeff"],
                     "params": {}}
     cfg["criterion"].update(name="uniformity", params={"t": 3.0})
-    assert results.criterion_record(cfg) == {"name": "uniformity", "transform": None, "ent_coeff": None,
+    assert criterion_record(cfg) == {"name": "uniformity", "transform": None, "ent_coeff": None,
                                              "cov_coeff": None, "params": {"t": 3.0}}
 
 

@@ -1,10 +1,7 @@
 """Data layer: Fashion-MNIST discovery and loading, each method's augmentations, label subsets."""
 from e2mc.data.augment import (
     IMAGENET_MEAN,
-    IMAGENET_RECIPES,
     IMAGENET_STD,
-    METHODS,
-    MINI_RECIPES,
     SWAV_IMAGENET_STD,
     BatchAugment,
     MultiViewBatchAugment,
@@ -46,7 +43,7 @@ from e2mc.data.subsets import (
 )
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_RECIPES", "IMAGENET_STD", "METHODS", "MINI_RECIPES", "SWAV_IMAGENET_STD",
+    "IMAGENET_MEAN", "IMAGENET_STD", "SWAV_IMAGENET_STD",
     "BatchAugment", "MultiViewBatchAugment", "MultiViewTransform", "RandomPILGaussianBlur", "ViewRecipe",
     "as_float_images", "brightness_contrast", "gaussian_blur", "imagenet_eval_transform",
     "imagenet_multiview_transform", "imagenet_probe_transform", "imagenet_train_dataset",

@@ -1,34 +1,15 @@
-"""Each method's own augmentations: PIL pipelines for ImageNet, batched tensor ops for grey 28 px images.
+"""Augmentations from view recipes: PIL pipelines for ImageNet, batched tensor ops for grey 28 px images.
 
-A :class:`ViewRecipe` describes how one view is drawn; each method is a list of recipes,
-one per view. The ImageNet recipes follow the official code:
-
-* VICReg (facebookresearch/vicreg ``augmentations.py``, BYOL's asymmetric pair): 224 px,
-  bicubic RandomResizedCrop scale (0.08, 1), flip, ColorJitter(0.4, 0.4, 0.2, 0.1) with p 0.8,
-  grayscale p 0.2, Gaussian blur sigma U(0.1, 2) with p 1.0 / 0.1, solarize p 0.0 / 0.2.
-* SwAV (facebookresearch/swav ``multicropdataset.py``, ``--nmb_crops 2 6 --size_crops 224 96
-  --min_scale_crops 0.14 0.05 --max_scale_crops 1. 0.14``): colour distortion s = 1, i.e.
-  ColorJitter(0.8, 0.8, 0.8, 0.2) with p 0.8, grayscale p 0.2, blur p 0.5; SwAV's std is
-  (0.228, 0.224, 0.225).
-* SimSiam (facebookresearch/simsiam, MoCo v2): 224 px, scale (0.2, 1),
-  ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale p 0.2, blur sigma U(0.1, 2) p 0.5, flip.
-
-All three apply crop, flip, jitter, grayscale, blur, solarize in that order (SimSiam flips
-last, which gives the same distribution: flipping commutes with the other steps).
-
-Fashion-MNIST (grey, 28 px) uses the same recipes with three changes, see :data:`MINI_RECIPES`:
-saturation, hue and grayscale are dropped (they are identities on grey images); crops are
-28 px, SwAV's are 2 x 28 px (scale 0.14-1) + 4 x 16 px (scale 0.05-0.14; 16 px keeps roughly
-SwAV's small/large side ratio 96/224 while leaving a small CNN a few feature-map pixels, and
-4 rather than 6 small crops keeps a CPU epoch short); and the blur sigma is U(0.1, 1.0) px,
-since SimCLR sizes its blur kernel at 10 % of the image side and 2 px on a 28 px garment
-erases most of it. These run on whole batches at once (:class:`BatchAugment`), since
-per-image PIL transforms are far too slow for a CPU epoch.
+Each method declares its views (a list of :class:`e2mc.data.recipes.ViewRecipe`, one per view) in
+its module under ``e2mc/methods/``, for ImageNet (``imagenet_views``, the official code's recipes)
+and for Fashion-MNIST (``mini_views``, see :func:`e2mc.data.recipes.grey_recipe`). All recipes
+apply crop, flip, jitter, grayscale, blur, solarize in that order. The grey ones run on whole
+batches at once (:class:`BatchAugment`), since per-image PIL transforms are far too slow for a
+CPU epoch.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -41,69 +22,16 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
 from e2mc.data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-SWAV_IMAGENET_STD = (0.228, 0.224, 0.225)  # as in SwAV's and the E2MC authors' code
-METHODS = ("vicreg", "swav", "simsiam")
-SOLARIZE_THRESHOLD = 128  # PIL's ImageOps.solarize default, on 0..255 pixel values
+from e2mc.data.recipes import (IMAGENET_MEAN, IMAGENET_STD, SOLARIZE_THRESHOLD, SWAV_IMAGENET_STD,  # noqa: F401
+                                ViewRecipe)
 
 
-@dataclass(frozen=True)
-class ViewRecipe:
-    """How one augmented view is drawn.
 
-    size: output side in pixels. scale, ratio: RandomResizedCrop's area fraction and aspect
-    ratio ranges. jitter: ColorJitter (brightness, contrast, saturation, hue), applied with
-    probability jitter_p. blur_sigma: range of the Gaussian blur's standard deviation in
-    output pixels, applied with probability blur_p. solarize_p: probability of inverting
-    pixels >= 128/255. mean, std: per-channel normalisation applied last.
-    """
+def _views(method: str, scale: str) -> tuple[ViewRecipe, ...]:
+    from e2mc.methods import get_method  # the methods import this package's recipes
 
-    size: int
-    scale: tuple[float, float]
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    interpolation: str = "bilinear"
-    flip_p: float = 0.5
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_p: float = 0.0
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-
-
-_VICREG = ViewRecipe(224, (0.08, 1.0), interpolation="bicubic", jitter=(0.4, 0.4, 0.2, 0.1))
-_SWAV_LARGE = ViewRecipe(224, (0.14, 1.0), jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5, std=SWAV_IMAGENET_STD)
-_SIMSIAM = ViewRecipe(224, (0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), blur_p=0.5)
-
-IMAGENET_RECIPES: dict[str, tuple[ViewRecipe, ...]] = {
-    "vicreg": (replace(_VICREG, blur_p=1.0, solarize_p=0.0), replace(_VICREG, blur_p=0.1, solarize_p=0.2)),
-    "swav": (_SWAV_LARGE,) * 2 + (replace(_SWAV_LARGE, size=96, scale=(0.05, 0.14)),) * 6,
-    "simsiam": (_SIMSIAM,) * 2,
-}
-
-
-def _grey(recipe: ViewRecipe, size: int, scale: tuple[float, float] | None = None) -> ViewRecipe:
-    """The grey 28 px version of an ImageNet recipe (see the module docstring)."""
-    brightness, contrast, _, _ = recipe.jitter
-    return replace(recipe, size=size, scale=scale or recipe.scale, interpolation="bilinear",
-                   jitter=(brightness, contrast, 0.0, 0.0), grayscale_p=0.0, blur_sigma=(0.1, 1.0),
-                   mean=(FASHION_MNIST_MEAN,), std=(FASHION_MNIST_STD,))
-
-
-MINI_RECIPES: dict[str, tuple[ViewRecipe, ...]] = {
-    "vicreg": tuple(_grey(r, 28) for r in IMAGENET_RECIPES["vicreg"]),
-    "swav": (_grey(_SWAV_LARGE, 28),) * 2 + (_grey(_SWAV_LARGE, 16, (0.05, 0.14)),) * 4,
-    "simsiam": (_grey(_SIMSIAM, 28),) * 2,
-}
-
-
-def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    spec = get_method(method)
+    return spec.imagenet_views if scale == "imagenet" else spec.mini_views
 
 
 # ----------------------------------------------------------------------------- ImageNet (PIL)
@@ -164,8 +92,7 @@ class MultiViewTransform:
 def imagenet_multiview_transform(method: str) -> MultiViewTransform:
     """PIL image -> list of normalised views: 2 x (3, 224, 224) for VICReg and SimSiam,
     2 x (3, 224, 224) + 6 x (3, 96, 96) for SwAV."""
-    _check_method(method)
-    return MultiViewTransform([pil_view_transform(r) for r in IMAGENET_RECIPES[method]])
+    return MultiViewTransform([pil_view_transform(r) for r in _views(method, "imagenet")])
 
 
 def imagenet_train_dataset(root, method: str) -> torchvision.datasets.ImageFolder:
@@ -307,7 +234,7 @@ class BatchAugment(nn.Module):
         _, _, saturation, hue = recipe.jitter
         if saturation or hue or recipe.grayscale_p:
             raise ValueError("BatchAugment works on grey images, where saturation, hue and grayscale "
-                             "are identities; set them to 0 in the recipe (see MINI_RECIPES)")
+                             "are identities; set them to 0 in the recipe (see e2mc.data.recipes.grey_recipe)")
         if recipe.interpolation != "bilinear":
             raise ValueError(f"BatchAugment resamples bilinearly; set interpolation='bilinear', "
                              f"got {recipe.interpolation!r}")
@@ -363,7 +290,6 @@ class MultiViewBatchAugment(nn.Module):
 
 
 def make_mini_augment(method: str) -> MultiViewBatchAugment:
-    """The Fashion-MNIST augmentation of a method: 2 x 28 px views for VICReg and SimSiam,
-    2 x 28 px + 4 x 16 px for SwAV (see MINI_RECIPES)."""
-    _check_method(method)
-    return MultiViewBatchAugment(MINI_RECIPES[method])
+    """The Fashion-MNIST augmentation of a method: its ``mini_views`` (e.g. 2 x 28 px for VICReg,
+    2 x 28 px + 4 x 16 px for SwAV) on whole batches."""
+    return MultiViewBatchAugment(_views(method, "mini"))

@@ -10,8 +10,8 @@ from e2mc.evaluation.linear import (PAPER_IMAGE_PROBE, ProbeResult, ProbeSetting
                                     train_linear_on_images, train_linear_probe)
 from e2mc.evaluation.runner import (PROTOCOLS, EvaluationData, EvaluationPlan, LoadedCheckpoint, ResultContext,
                                     diagnose_checkpoint, diagnose_network, epoch_checkpoints, evaluate_checkpoint,
-                                    evaluate_network, evaluation_data, fashion_mnist_data, imagenet_data, infer_arm,
-                                    load_checkpoint, make_epoch_probe_hook, sweep)
+                                    evaluate_network, evaluation_data, fashion_mnist_data, imagenet_data,
+                                    load_checkpoint, make_epoch_probe_hook, plan_from_config, sweep)
 from e2mc.evaluation.sources import (MINI_PROBE_RECIPE, DatasetImages, ImageSource, TensorImages, dataset_targets,
                                      extract_features)
 from e2mc.evaluation.transfer import TRANSFER_DATASETS, transfer_dataset, transfer_sources, transfer_transforms
@@ -22,7 +22,7 @@ __all__ = [
     "train_linear_probe",
     "PROTOCOLS", "EvaluationData", "EvaluationPlan", "LoadedCheckpoint", "ResultContext", "diagnose_checkpoint",
     "diagnose_network", "epoch_checkpoints", "evaluate_checkpoint", "evaluate_network", "evaluation_data",
-    "fashion_mnist_data", "imagenet_data", "infer_arm", "load_checkpoint", "make_epoch_probe_hook", "sweep",
+    "fashion_mnist_data", "imagenet_data", "load_checkpoint", "make_epoch_probe_hook", "plan_from_config", "sweep",
     "MINI_PROBE_RECIPE", "DatasetImages", "ImageSource", "TensorImages", "dataset_targets", "extract_features",
     "TRANSFER_DATASETS", "transfer_dataset", "transfer_sources", "transfer_transforms",
 ]

@@ -9,13 +9,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from e2mc.checkpoints import CheckpointError
-from e2mc.evaluation.runner import PROTOCOLS, EvaluationPlan
+from e2mc.config import LABEL_FRACTIONS, PROTOCOLS, ConfigError
+from e2mc.evaluation.runner import EvaluationPlan
+from e2mc.methods import method_names
 from e2mc.evaluation.transfer import TRANSFER_DATASETS
 
-METHOD_CHOICES = ("vicreg", "swav", "simsiam")
 DATASET_CHOICES = ("fashion_mnist", "imagenet")
 
 
@@ -38,49 +40,79 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=8, help="DataLoader workers (ImageNet, transfer datasets)")
 
 
-def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=["linear_probe"],
-                   help="linear_probe (frozen features), finetune (whole network, SwAV protocol), transfer")
-    p.add_argument("--label-fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0], metavar="F")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S")
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _add_plan_arguments(p: argparse.ArgumentParser, seeds: list[int]) -> None:
+    p.add_argument("overrides", nargs="*", metavar="eval.key=value",
+                   help="evaluation settings of the configuration's eval section, e.g. eval.probe.on=images "
+                        "eval.probe.epochs=5 eval.finetune.head_lr=0.2 (the options below are shortcuts for these)")
+    p.add_argument("--protocols", nargs="+", choices=PROTOCOLS,
+                   help="linear_probe (frozen backbone), finetune (whole network, SwAV protocol), transfer")
+    p.add_argument("--label-fractions", nargs="+", type=float, metavar="F",
+                   help=f"default {' '.join(f'{f:g}' for f in LABEL_FRACTIONS)}")
+    p.add_argument("--seeds", nargs="+", type=int, default=seeds, metavar="S")
     p.add_argument("--subset-dir", help="ImageNet: folder with SimCLR's 1percent.txt / 10percent.txt "
                                         "(default: --data-root; fetched if absent)")
     p.add_argument("--transfer", action="append", type=_transfer_pair, default=[], metavar="NAME=ROOT",
                    help=f"transfer dataset and its local folder; NAME in {', '.join(TRANSFER_DATASETS)} (repeatable)")
-    p.add_argument("--probe-on", choices=("features", "images"), default="features",
-                   help="features: fast probe on cached standardised features; images: the paper's protocol "
-                        "(augmented images through the frozen backbone every epoch)")
-    p.add_argument("--probe-epochs", type=int)
+    p.add_argument("--probe-on", choices=("features", "images"),
+                   help="features: fast probe on cached standardised features (the mini default); images: the "
+                        "authors' protocol, augmented images through the frozen backbone (the ImageNet default)")
+    p.add_argument("--probe-epochs", type=_positive_int)
     p.add_argument("--probe-lr", type=float)
     p.add_argument("--probe-weight-decay", type=float)
     p.add_argument("--probe-weight-decays", nargs="+", type=float, metavar="WD",
                    help="choose the probe's weight decay from this grid on a held-out part of the labelled set")
-    p.add_argument("--probe-batch-size", type=int)
-    p.add_argument("--finetune-epochs", type=int)
+    p.add_argument("--probe-batch-size", type=_positive_int)
+    p.add_argument("--probe-val-fraction", type=float,
+                   help="hold out this fraction of the labelled set to choose the probe's epoch (top1_val_selected)")
+    p.add_argument("--finetune-epochs", type=_positive_int)
     p.add_argument("--finetune-backbone-lr", type=float)
     p.add_argument("--finetune-head-lr", type=float)
     p.add_argument("--finetune-schedule", choices=("step", "cosine"))
-    p.add_argument("--batch-size", type=int, default=512, help="images per forward pass when encoding")
+    p.add_argument("--batch-size", type=_positive_int, default=512, help="images per forward pass when encoding")
 
 
 def plan_from_args(args: argparse.Namespace) -> EvaluationPlan:
-    probe = {key: value for key, value in (
-        ("epochs", args.probe_epochs), ("lr", args.probe_lr), ("weight_decay", args.probe_weight_decay),
-        ("weight_decays", tuple(args.probe_weight_decays or ())), ("batch_size", args.probe_batch_size))
-        if value not in (None, ())}
-    tune = {key: value for key, value in (
-        ("epochs", args.finetune_epochs), ("backbone_lr", args.finetune_backbone_lr),
-        ("head_lr", args.finetune_head_lr), ("schedule", args.finetune_schedule)) if value is not None}
-    return EvaluationPlan(tuple(args.protocols), tuple(args.label_fractions), tuple(args.seeds),
-                          probe_on=args.probe_on, probe_overrides=probe, finetune_overrides=tune,
-                          transfer=tuple(args.transfer), extraction_batch_size=args.batch_size)
+    """The plan of the command line: its shortcut options become ``eval.*`` overrides, then the
+    explicit overrides apply, and the eval section of that configuration is the plan."""
+    from e2mc.config import load_config
+    from e2mc.evaluation.runner import plan_from_config
+
+    def listing(values) -> str:
+        return "[" + ", ".join(str(v) for v in values) + "]"
+
+    shortcuts = {
+        "eval.protocols": args.protocols and listing(args.protocols),
+        "eval.label_fractions": args.label_fractions and listing(args.label_fractions),
+        "eval.seeds": listing(args.seeds),
+        "eval.probe.on": args.probe_on, "eval.probe.epochs": args.probe_epochs, "eval.probe.lr": args.probe_lr,
+        "eval.probe.weight_decay": args.probe_weight_decay,
+        "eval.probe.weight_decays": args.probe_weight_decays and listing(args.probe_weight_decays),
+        "eval.probe.batch_size": args.probe_batch_size, "eval.probe.val_fraction": args.probe_val_fraction,
+        "eval.finetune.epochs": args.finetune_epochs, "eval.finetune.backbone_lr": args.finetune_backbone_lr,
+        "eval.finetune.head_lr": args.finetune_head_lr, "eval.finetune.schedule": args.finetune_schedule,
+    }
+    overrides = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
+    overrides += [f"eval.transfer.datasets.{name}={root}" for name, root in args.transfer]
+    for item in args.overrides:
+        if not item.startswith("eval."):
+            raise ConfigError(f"{item!r}: evaluation takes only eval.* settings (e.g. eval.probe.epochs=5); the "
+                              "model's own configuration comes from its checkpoint")
+    cfg = load_config(None, overrides + list(args.overrides))
+    return dataclasses.replace(plan_from_config(cfg.eval, None), extraction_batch_size=args.batch_size)
 
 
 def _run(command):
     def run(args: argparse.Namespace) -> int:
         try:
             command(args)
-        except (FileNotFoundError, ValueError, CheckpointError) as e:
+        except (FileNotFoundError, ValueError, CheckpointError, PermissionError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0
@@ -99,10 +131,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _sweep(args: argparse.Namespace) -> None:
     from e2mc.evaluation.runner import sweep
 
-    paths = sweep(args.run, args.results_dir, plan_from_args(args), dataset=args.dataset, data_root=args.data_root,
+    paths = sweep(args.run_dir, args.results_dir, plan_from_args(args), dataset=args.dataset, data_root=args.data_root,
                   subset_dir=args.subset_dir, device=args.device, workers=args.workers,
                   skip_existing=not args.overwrite)
-    print(f"[e2mc] {len(paths)} result file(s) for {args.run}")
+    print(f"[e2mc] {len(paths)} result file(s) for {args.run_dir}")
 
 
 def _diagnose(args: argparse.Namespace) -> None:
@@ -115,7 +147,7 @@ def _diagnose(args: argparse.Namespace) -> None:
 
 def _add_identity_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="one of our checkpoint.pt files, or an official release")
-    p.add_argument("--method", choices=METHOD_CHOICES, help="required for official releases (read on a ResNet-50)")
+    p.add_argument("--method", choices=method_names(), help="required for official releases (read on a ResNet-50)")
     p.add_argument("--arm", help="experiment arm recorded in the results (default: inferred from the configuration)")
     p.add_argument("--epoch", type=int, help="epochs of continued pre-training recorded (default: from the file)")
 
@@ -126,16 +158,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help=text, description=text)
     _add_identity_arguments(p)
     _add_data_arguments(p)
-    _add_plan_arguments(p)
+    _add_plan_arguments(p, seeds=[0, 1, 2])
     p.add_argument("--results-dir", required=True, help="where the result JSON files go")
     p.set_defaults(run=_run(_evaluate))
 
     text = "evaluate every checkpoint-epochNNN.pt of a training run (accuracy after each epoch, Fig. 6)"
     p = sub.add_parser("sweep", help=text, description=text)
-    p.add_argument("--run", required=True, help="the run's output_dir (trained with train.keep_epoch_checkpoints=true)")
+    # dest run_dir: "run" is the namespace attribute that holds each subcommand's handler
+    p.add_argument("--run", dest="run_dir", required=True,
+                   help="the run's output_dir (trained with train.keep_epoch_checkpoints=true)")
     _add_data_arguments(p)
-    _add_plan_arguments(p)
-    p.set_defaults(label_fractions=[0.01], seeds=[0])
+    _add_plan_arguments(p, seeds=[0])
+    p.set_defaults(seeds=[0])
     p.add_argument("--results-dir", help="default: the run's eval.results_dir, else <run>/eval")
     p.add_argument("--overwrite", action="store_true", help="re-run evaluations whose result file exists")
     p.set_defaults(run=_run(_sweep))

@@ -3,7 +3,10 @@
 Both train a linear layer (weights N(0, 0.01), bias 0, as the reference ``RegLog``) with SGD,
 momentum 0.9 and a cosine learning rate per epoch (``CosineAnnealingLR`` to 0), and measure the
 test split after every epoch. Accuracies are percentages. A probe's result reports the best epoch
-(the reference protocol's "best validation top-1") and the last one.
+(the reference protocol's "best validation top-1", which is chosen on the test split) and the last one.
+With ``ProbeSettings.val_fraction > 0`` it also holds out a class-balanced validation part of the
+labelled set, measures it after every epoch too, and reports the test accuracy at the epoch of best
+validation accuracy (``top1_val_selected``): an epoch choice that never looks at the test labels.
 
 * :func:`train_linear_probe` works on cached features (extract once, see
   :func:`e2mc.evaluation.sources.extract_features`), standardised with the training set's mean and
@@ -15,6 +18,7 @@ test split after every epoch. Accuracies are percentages. A probe's result repor
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -36,6 +40,14 @@ class ProbeSettings:
     features with the labelled set's statistics. weight_decays: if non-empty, the weight decay is
     chosen from this grid by top-1 on a class-balanced held-out ``holdout_fraction`` of the
     labelled set (the test split is never used for the choice); ``weight_decay`` is then ignored.
+    val_fraction: if > 0, a class-balanced ``val_fraction`` of the labelled set (seeded by
+    :func:`validation_seed` of the probe seed, disjoint from the test split) is held out as a
+    validation set: the probe trains (and standardises, and searches ``weight_decays``) on the rest
+    only, measures validation and test accuracy after every epoch, and reports
+    ``top1_val_selected``, the test top-1 at the epoch of best validation top-1. The default 0 keeps
+    the reference protocol (train on every labelled image, no validation metric), so results stay
+    comparable with those written before this setting existed; callers opt in (e.g. 0.1). Each
+    class needs at least one image on each side of the split, else the probe raises ValueError.
     """
 
     epochs: int = 100
@@ -47,6 +59,7 @@ class ProbeSettings:
     standardize: bool = True
     weight_decays: tuple[float, ...] = ()
     holdout_fraction: float = 0.2
+    val_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -55,6 +68,9 @@ class ProbeSettings:
             raise ValueError(f"probe lr must be > 0, got {self.lr}")
         if not 0 < self.holdout_fraction < 1:
             raise ValueError(f"holdout_fraction must lie in (0, 1), got {self.holdout_fraction}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in [0, 1) (0: no validation split), got {self.val_fraction}")
+        self.val_fraction = float(self.val_fraction)
         self.weight_decays = tuple(float(w) for w in self.weight_decays)
 
     def to_dict(self) -> dict:
@@ -71,24 +87,80 @@ class ProbeResult:
 
     ``metrics()`` gives top1_best / top5_best (top-5 at the epoch of best top-1), top1_last /
     top5_last, best_epoch (1-based), and top1 / top5 equal to the best-epoch values (the reported
-    number of the reference protocol)."""
+    number of the reference protocol). With a validation split (``val_top1`` non-empty) it adds
+    top1_val_selected / top5_val_selected, the test accuracies at the epoch of best validation top-1
+    (the earliest of ties), and val_selected_epoch (1-based).
+
+    ``validation_indices`` / ``training_indices``: with a validation split, the held-out and the
+    trained-on part of the labelled set (cached features: row positions in ``train_x``; images:
+    indices into ``train_source``); None without one."""
 
     top1: list[float]
     top5: list[float]
     train_loss: list[float]
     weight_decay: float
     selection: dict[str, float] = field(default_factory=dict)  # weight decay -> held-out top-1
+    val_top1: list[float] = field(default_factory=list)  # validation top-1 per epoch (empty: no split)
+    validation_indices: torch.Tensor | None = None
+    training_indices: torch.Tensor | None = None
+
+    def val_selected_epoch(self) -> int | None:
+        """0-based epoch of best validation top-1 (the earliest of ties); None without a validation split."""
+        if not self.val_top1:
+            return None
+        return max(range(len(self.val_top1)), key=lambda e: (self.val_top1[e], -e))
 
     def metrics(self) -> dict[str, float]:
         best = max(range(len(self.top1)), key=lambda e: (self.top1[e], -e))  # earliest best epoch
-        return {"top1": self.top1[best], "top5": self.top5[best],
-                "top1_best": self.top1[best], "top5_best": self.top5[best],
-                "top1_last": self.top1[-1], "top5_last": self.top5[-1],
-                "best_epoch": best + 1, "weight_decay": self.weight_decay}
+        metrics = {"top1": self.top1[best], "top5": self.top5[best],
+                   "top1_best": self.top1[best], "top5_best": self.top5[best],
+                   "top1_last": self.top1[-1], "top5_last": self.top5[-1],
+                   "best_epoch": best + 1, "weight_decay": self.weight_decay}
+        chosen = self.val_selected_epoch()
+        if chosen is not None:
+            metrics.update(top1_val_selected=self.top1[chosen], top5_val_selected=self.top5[chosen],
+                           val_selected_epoch=chosen + 1)
+        return metrics
 
-    def history(self) -> dict[str, list[float] | dict[str, float]]:
-        return {"top1_per_epoch": self.top1, "top5_per_epoch": self.top5, "train_loss_per_epoch": self.train_loss,
-                "weight_decay_selection": self.selection}
+    def history(self) -> dict[str, list[float] | dict[str, float] | int]:
+        history = {"top1_per_epoch": self.top1, "top5_per_epoch": self.top5, "train_loss_per_epoch": self.train_loss,
+                   "weight_decay_selection": self.selection}
+        if self.val_top1:
+            history["val_top1_per_epoch"] = self.val_top1
+            history["n_val"] = len(self.validation_indices) if self.validation_indices is not None else None
+        return history
+
+
+def validation_seed(seed: int) -> int:
+    """Seed of a probe's validation split, derived from the probe seed: reproducible, and a stream of
+    its own (the label subset, the initialisation and the weight-decay hold-out use ``seed`` itself)."""
+    digest = hashlib.sha256(f"e2mc-probe-validation:{int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def holdout_split(labels: torch.Tensor, fraction: float, seed: int,
+                  every_class_both_sides: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split positions ``0..N-1`` of a labelled set into (kept, held out), class-balanced.
+
+    The held-out part is :func:`e2mc.data.balanced_subset` of ``labels`` (round(fraction * n_c)
+    images of each class c, at least one, seeded by ``seed``); the kept part is the rest. Both are
+    sorted int64 tensors on the CPU. With ``every_class_both_sides`` every class present must keep at
+    least one image on each side, else ValueError (e.g. a class with a single labelled image).
+    """
+    labels = torch.as_tensor(labels).long().cpu()
+    held_out = balanced_subset(labels, fraction, seed)
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[held_out] = False
+    if every_class_both_sides:
+        counts = torch.bincount(labels)
+        kept = torch.bincount(labels[keep], minlength=len(counts))
+        short = [c for c in range(len(counts)) if counts[c] > 0 and (kept[c] == 0 or kept[c] == counts[c])]
+        if short:
+            raise ValueError(
+                f"cannot hold out a class-balanced {fraction:g} of the labelled set with at least one image of "
+                f"each class on each side: class(es) {short} have {[int(counts[c]) for c in short]} image(s); "
+                "use more labels or a val_fraction of 0")
+    return torch.nonzero(keep).flatten(), held_out
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
@@ -147,12 +219,13 @@ def _accuracy(layer: nn.Linear, x: torch.Tensor, y: torch.Tensor, chunk: int = 8
 
 
 def _fit_cached(x: torch.Tensor, y: torch.Tensor, eval_x: torch.Tensor, eval_y: torch.Tensor, num_classes: int,
-                settings: ProbeSettings, weight_decay: float, seed: int) -> ProbeResult:
+                settings: ProbeSettings, weight_decay: float, seed: int,
+                val: tuple[torch.Tensor, torch.Tensor] | None = None) -> ProbeResult:
     generator = torch.Generator().manual_seed(int(seed))
     layer = new_linear(x.shape[1], num_classes, generator).to(x.device)
     optimizer = torch.optim.SGD(layer.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=weight_decay, nesterov=settings.nesterov)
-    top1, top5, losses = [], [], []
+    top1, top5, losses, val_top1 = [], [], [], []
     for epoch in range(settings.epochs):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(settings.lr, epoch, settings.epochs)
@@ -169,7 +242,9 @@ def _fit_cached(x: torch.Tensor, y: torch.Tensor, eval_x: torch.Tensor, eval_y: 
         accuracy = _accuracy(layer, eval_x, eval_y)
         top1.append(accuracy[0])
         top5.append(accuracy[1])
-    return ProbeResult(top1, top5, losses, weight_decay)
+        if val is not None:
+            val_top1.append(_accuracy(layer, *val)[0])
+    return ProbeResult(top1, top5, losses, weight_decay, val_top1=val_top1)
 
 
 def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
@@ -182,7 +257,8 @@ def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: tor
         test_x, test_y: test features (M, F) and labels (M,).
         num_classes: number of classes C.
         settings: :class:`ProbeSettings` (defaults when None).
-        seed: seeds the initialisation, the batch order and the held-out split.
+        seed: seeds the initialisation, the batch order and the held-out split (the validation split,
+            when ``settings.val_fraction > 0``, by :func:`validation_seed` of it).
         device: where to train (default: where ``train_x`` is).
     """
     settings = settings or ProbeSettings()
@@ -191,24 +267,32 @@ def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: tor
     device = torch.device(device) if device is not None else train_x.device
     train_x, test_x = train_x.to(device, torch.float32), test_x.to(device, torch.float32)
     train_y, test_y = train_y.to(device).long(), test_y.to(device).long()
-    if settings.standardize:
+    val, fit_rows, val_rows = None, None, None
+    if settings.val_fraction > 0:
+        fit_rows, val_rows = holdout_split(train_y.cpu(), settings.val_fraction, validation_seed(seed))
+        val = train_x[val_rows.to(device)], train_y[val_rows.to(device)]
+        train_x, train_y = train_x[fit_rows.to(device)], train_y[fit_rows.to(device)]
+    if settings.standardize:  # with the statistics of the part trained on
         mean = train_x.mean(dim=0)
         std = train_x.std(dim=0) if len(train_x) > 1 else torch.ones_like(mean)
         std = std.clamp_min(1e-6)  # constant features (dead units) stay 0 instead of dividing by 0
         train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+        if val is not None:
+            val = (val[0] - mean) / std, val[1]
 
     with _one_thread_for_small_products(device, settings.batch_size, train_x.shape[1], num_classes):
-        return _select_and_fit(train_x, train_y, test_x, test_y, num_classes, settings, seed)
+        result = _select_and_fit(train_x, train_y, test_x, test_y, num_classes, settings, seed, val)
+    result.validation_indices, result.training_indices = val_rows, fit_rows
+    return result
 
 
-def _select_and_fit(train_x, train_y, test_x, test_y, num_classes, settings, seed) -> ProbeResult:
+def _select_and_fit(train_x, train_y, test_x, test_y, num_classes, settings, seed, val=None) -> ProbeResult:
     device = train_x.device
     weight_decay, selection = settings.weight_decay, {}
     if settings.weight_decays:
-        held_out = balanced_subset(train_y.cpu(), settings.holdout_fraction, seed).to(device)
-        keep = torch.ones(len(train_y), dtype=torch.bool, device=device)
-        keep[held_out] = False
-        if not keep.any():
+        keep, held_out = (i.to(device) for i in holdout_split(train_y.cpu(), settings.holdout_fraction, seed,
+                                                               every_class_both_sides=False))
+        if len(keep) == 0:
             raise ValueError("the labelled set is too small to hold out a part for choosing the weight decay; "
                              "give one weight_decay instead of a grid")
         for candidate in settings.weight_decays:
@@ -216,7 +300,7 @@ def _select_and_fit(train_x, train_y, test_x, test_y, num_classes, settings, see
                                 settings, candidate, seed)
             selection[repr(candidate)] = trial.top1[-1]
         weight_decay = max(settings.weight_decays, key=lambda w: selection[repr(w)])  # first of the ties
-    result = _fit_cached(train_x, train_y, test_x, test_y, num_classes, settings, weight_decay, seed)
+    result = _fit_cached(train_x, train_y, test_x, test_y, num_classes, settings, weight_decay, seed, val)
     result.selection = selection
     return result
 
@@ -230,6 +314,9 @@ def train_linear_on_images(network: nn.Module, train_source: ImageSource, train_
     Each epoch draws new training augmentations (``train_source.batches(train=True)``) and sends them
     through the backbone in eval mode without gradients; the test split (deterministic transform)
     is encoded once. No feature standardisation (the reference has none). Runs on the network's device.
+    With ``settings.val_fraction > 0`` a class-balanced part of ``train_indices`` (seeded by
+    :func:`validation_seed`) is held out, encoded once with the evaluation transform, and measured
+    after every epoch; the classifier trains on the other images only.
     """
     if settings.weight_decays:
         raise ValueError("the image protocol uses one weight decay; weight_decays is for train_linear_probe")
@@ -238,13 +325,22 @@ def train_linear_on_images(network: nn.Module, train_source: ImageSource, train_
     test_x, test_y = extract_features(network, test_source, test_indices, extraction_batch_size)
     test_x, test_y = test_x.to(device), test_y.to(device)
     _check_labels(test_x, test_y, num_classes, "test set")
+    val, val_indices = None, None
+    if settings.val_fraction > 0:
+        train_indices = torch.as_tensor(train_indices, dtype=torch.long).cpu()
+        fit_rows, val_rows = holdout_split(train_source.labels[train_indices], settings.val_fraction,
+                                           validation_seed(seed))
+        train_indices, val_indices = train_indices[fit_rows], train_indices[val_rows]
+        val_x, val_y = extract_features(network, train_source, val_indices, extraction_batch_size)
+        val = val_x.to(device), val_y.to(device)
+        _check_labels(*val, num_classes, "validation set")
     generator = torch.Generator().manual_seed(int(seed))
     layer = new_linear(test_x.shape[1], num_classes, generator).to(device)
     optimizer = torch.optim.SGD(layer.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay, nesterov=settings.nesterov)
     was_training = backbone.training
     backbone.eval()
-    top1, top5, losses = [], [], []
+    top1, top5, losses, val_top1 = [], [], [], []
     try:
         for epoch in range(settings.epochs):
             for group in optimizer.param_groups:
@@ -263,6 +359,9 @@ def train_linear_on_images(network: nn.Module, train_source: ImageSource, train_
             accuracy = _accuracy(layer, test_x, test_y)
             top1.append(accuracy[0])
             top5.append(accuracy[1])
+            if val is not None:
+                val_top1.append(_accuracy(layer, *val)[0])
     finally:
         backbone.train(was_training)
-    return ProbeResult(top1, top5, losses, settings.weight_decay)
+    return ProbeResult(top1, top5, losses, settings.weight_decay, val_top1=val_top1,
+                       validation_indices=val_indices, training_indices=train_indices if val is not None else None)

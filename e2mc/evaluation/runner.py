@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -21,10 +22,12 @@ import torch
 from torch import nn
 
 from e2mc import checkpoints, data
-from e2mc.config import Config, config_from_dict
-from e2mc.arms import infer_arm
-from e2mc.diagnostics import (METHOD_TRANSFORM, dimension_pairs, pair_coordinates, rankme,
-                              transformed_statistics)
+from e2mc.build import CHECKPOINT_FORMAT, build_network, check_finite_weights, load_initial_weights, resolve_device
+from e2mc.config import LABEL_FRACTIONS, PROTOCOLS, Config, EvalConfig, config_from_dict
+from e2mc.criteria import criterion_record
+from e2mc.diagnostics import dimension_pairs, pair_coordinates, rankme, transformed_statistics
+from e2mc.methods import build_model, get_method, method_names
+from e2mc.naming import infer_arm
 from e2mc.evaluation.finetune import FinetuneSettings, finetune, swav_finetune_settings
 from e2mc.evaluation.linear import (PAPER_IMAGE_PROBE, ProbeSettings, train_linear_on_images,
                                     train_linear_probe)
@@ -32,9 +35,8 @@ from e2mc.evaluation.sources import (DatasetImages, ImageSource, TensorImages, e
                                      network_device)
 from e2mc.evaluation.transfer import num_classes_of, transfer_sources
 from e2mc.provenance import utc_now
-from e2mc.results import config_hash, criterion_record, existing_result, result_filename, write_result
+from e2mc.results import config_hash, existing_result, result_filename, write_result
 
-PROTOCOLS = ("linear_probe", "finetune", "transfer")
 EPOCH_CHECKPOINT = re.compile(r"checkpoint-epoch(\d+)\.pt")
 
 
@@ -93,8 +95,6 @@ def load_checkpoint(path: str | Path, method: str | None = None, device: str | t
     (``train.channels_last``; channels_last for releases), so evaluating a saved epoch gives what the
     per-epoch hook measured in training.
     """
-    from e2mc.train import CHECKPOINT_FORMAT, build_network, resolve_device
-
     path = Path(path)
     device = resolve_device(device) if isinstance(device, str) else device
     state = checkpoints.load(path)
@@ -117,17 +117,16 @@ def load_checkpoint(path: str | Path, method: str | None = None, device: str | t
         channels_last = cfg.train.channels_last  # evaluate in the layout the run trained in
     else:
         if method is None:
-            raise ValueError(f"{path} is not one of our training checkpoints; give --method vicreg|swav|simsiam "
-                             "to read it as an official release")
-        from e2mc.models import build_model
-
+            raise ValueError(f"{path} is not one of our training checkpoints; give --method (one of "
+                             f"{', '.join(method_names())}) to read it as an official release")
         network = build_model(method, "resnet50")
-        report = checkpoints.load_official(state, method, network)
+        report = checkpoints.load_official(state, method, network, source=str(path))
         if report.epoch is not None:
             extra["release_epochs"] = report.epoch
         context = ResultContext(method, arm or "base", 0 if epoch is None else epoch, None, str(path), extra)
         loaded = LoadedCheckpoint(network, context, "imagenet", None)
         channels_last = True
+    check_finite_weights(loaded.network, str(path))
     loaded.network.to(device).eval()
     if channels_last:
         loaded.network.to(memory_format=torch.channels_last)
@@ -229,10 +228,10 @@ class EvaluationPlan:
     e2mc.evaluation.transfer). extraction_batch_size: images per forward pass when encoding."""
 
     protocols: tuple[str, ...] = ("linear_probe",)
-    label_fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
+    label_fractions: tuple[float, ...] = LABEL_FRACTIONS
     seeds: tuple[int, ...] = (0, 1, 2)
     probe: ProbeSettings | None = None
-    probe_on: str = "features"
+    probe_on: str | None = None
     probe_overrides: dict = field(default_factory=dict)
     finetune: FinetuneSettings | None = None
     finetune_overrides: dict = field(default_factory=dict)
@@ -249,8 +248,8 @@ class EvaluationPlan:
         if bad or not self.label_fractions or not self.seeds:
             raise ValueError(f"label fractions must lie in (0, 1] (e.g. 0.01 0.1 1.0) and seeds be given; "
                              f"got {list(self.label_fractions)} and {list(self.seeds)}")
-        if self.probe_on not in ("features", "images"):
-            raise ValueError(f"probe_on must be 'features' or 'images', got {self.probe_on!r}")
+        if self.probe_on not in (None, "features", "images"):
+            raise ValueError(f"probe_on must be 'features' or 'images' (or None: by dataset), got {self.probe_on!r}")
         if "transfer" in self.protocols and not self.transfer:
             raise ValueError("the transfer protocol needs at least one dataset: --transfer NAME=ROOT, e.g. cifar10=/data")
 
@@ -258,6 +257,13 @@ class EvaluationPlan:
     def uses_own_data(self) -> bool:
         """Whether the plan evaluates on the pre-training dataset (linear probe or fine-tuning), not only transfer."""
         return "linear_probe" in self.protocols or "finetune" in self.protocols
+
+    def for_dataset(self, dataset: str) -> "EvaluationPlan":
+        """The plan with ``probe_on`` decided where it was left open: the authors' protocol on images for
+        ImageNet, the fast cached-features probe elsewhere (Fashion-MNIST, transfer datasets)."""
+        if self.probe_on is not None:
+            return self
+        return replace(self, probe_on="images" if dataset == "imagenet" else "features")
 
     def probe_settings(self) -> ProbeSettings:
         base = self.probe if self.probe is not None else (PAPER_IMAGE_PROBE if self.probe_on == "images"
@@ -267,6 +273,20 @@ class EvaluationPlan:
     def finetune_settings(self, fraction: float) -> FinetuneSettings:
         base = self.finetune if self.finetune is not None else swav_finetune_settings(fraction)
         return replace(base, **self.finetune_overrides)
+
+
+def plan_from_config(section: EvalConfig, dataset: str | None) -> EvaluationPlan:
+    """The evaluation a configuration's ``eval`` section describes, for a model trained on ``dataset``.
+
+    Unset probe and fine-tuning settings keep their protocols' defaults. ``eval.probe.on`` unset means
+    the authors' protocol on images for ImageNet and the fast cached-features probe for Fashion-MNIST
+    (decided when the evaluation data are known if ``dataset`` is None)."""
+    probe_on = section.probe.on or (None if dataset is None else "images" if dataset == "imagenet" else "features")
+    probe = {k: v for k, v in dataclasses.asdict(section.probe).items() if k != "on" and v is not None}
+    tune = {k: v for k, v in dataclasses.asdict(section.finetune).items() if v is not None}
+    return EvaluationPlan(tuple(section.protocols), tuple(section.label_fractions), tuple(section.seeds),
+                          probe_on=probe_on, probe_overrides=probe, finetune_overrides=tune,
+                          transfer=tuple(section.transfer.datasets.items()))
 
 
 def _probe_on_features(network: nn.Module, evaluation: EvaluationData, jobs: list[tuple[float, int]],
@@ -315,6 +335,7 @@ def _run_kind(network, context, kind, source, plan, results_dir, skip_existing, 
                                     lambda fraction, seed: data.balanced_subset(train.labels, fraction, seed))
     else:
         evaluation = source
+    plan = plan.for_dataset(evaluation.name)
     jobs, paths = [], []
     for fraction in plan.label_fractions:
         for seed in plan.seeds:
@@ -416,23 +437,21 @@ def sweep(run_dir: str | Path, results_dir: str | Path | None = None, plan: Eval
 
 def make_epoch_probe_hook(cfg: Config, plan: EvaluationPlan | None = None, workers: int = 8
                           ) -> Callable[[int, nn.Module, Path], None]:
-    """An ``epoch_end_hook`` for :func:`e2mc.train.train`: linear probes after every epoch.
+    """An ``epoch_end_hook`` for :func:`e2mc.train.train`: the evaluations of ``cfg.eval`` after every epoch.
 
-    ``hook(epochs_done, network, output_dir)`` probes the in-memory network with
-    ``cfg.eval.label_fractions`` x ``cfg.eval.seeds`` (unless ``plan`` is given) and writes the
+    ``hook(epochs_done, network, output_dir)`` evaluates the in-memory network as the configuration's
+    ``eval`` section says (:func:`plan_from_config`, unless ``plan`` is given) and writes the
     results (epoch = epochs_done) to ``cfg.eval.results_dir`` or ``<output_dir>/eval``. On its first
     call it also evaluates the starting model as epoch 0 if that is not on disk yet
     (``checkpoint-epoch000.pt`` when kept, else ``train.init``). Global RNG states are restored
     afterwards, so a run with the hook trains exactly as one without it.
     """
-    plan = plan or EvaluationPlan(("linear_probe",), tuple(cfg.eval.label_fractions), tuple(cfg.eval.seeds))
+    plan = plan or plan_from_config(cfg.eval, cfg.data.dataset)
     config = cfg.to_dict()
     arm = infer_arm(config)
     state: dict[str, Any] = {"data": None, "start_checked": False}
 
     def hook(epochs_done: int, network: nn.Module, output_dir: Path) -> None:
-        from e2mc.train import load_initial_weights
-
         output_dir = Path(output_dir)
         results_dir = default_results_dir(config, output_dir)
         device = network_device(network)
@@ -487,7 +506,7 @@ def diagnose_network(network: nn.Module, source: ImageSource, method: str, n_ima
     for t in transforms:
         metrics[f"marginal_entropy_{t}"] = stats[t]["marginal_entropy"]
         metrics[f"covariance_penalty_{t}"] = stats[t]["covariance_penalty"]
-    own = METHOD_TRANSFORM[method]
+    own = get_method(method).transform
     own_stats = stats[own] if own in stats else transformed_statistics(embedding, (own,))[own]
     metrics.update(marginal_entropy=own_stats["marginal_entropy"], covariance_penalty=own_stats["covariance_penalty"],
                    rankme_embedding=rankme(embedding), rankme_features=rankme(features),

@@ -1,0 +1,88 @@
+"""From a configuration to the objects a run or an evaluation needs: device, network, objective,
+added criterion, and the weights a run starts from.
+
+Training (:mod:`e2mc.train`) and evaluation (:mod:`e2mc.evaluation`) both build networks here, so
+neither imports the other.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from e2mc import checkpoints
+from e2mc.config import Config
+from e2mc.criteria import get_criterion
+from e2mc.methods import get_method
+from e2mc.provenance import repo_relative
+
+CHECKPOINT_FORMAT = "e2mc-train-v1"  # the ``format`` entry of every training checkpoint we write
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> the local rank's GPU when one is visible, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device=cuda but no GPU is visible; use train.device=cpu or auto")
+        # One GPU per local rank. SLURM may already show each task only its own GPU(s)
+        # (--gpus-per-task, --gpu-bind), so the index is taken among the visible ones.
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def build_network(cfg: Config) -> nn.Module:
+    """The method's network as configured in ``cfg.model`` (the one place configs become models)."""
+    try:
+        return get_method(cfg.method).build_network(cfg.model.backbone, backbone_widths=cfg.model.widths,
+                                                    **cfg.model.heads)
+    except TypeError as e:
+        raise ValueError(f"model.heads does not fit {cfg.method}: {e}") from None
+
+
+def build_objective(cfg: Config) -> nn.Module:
+    """The method's own loss, configured by ``cfg.loss.params``."""
+    return get_method(cfg.method).build_objective(**cfg.loss.params)
+
+
+def build_added_criterion(cfg: Config) -> nn.Module | None:
+    """E2MC, an alternative criterion, or None for the original loss alone."""
+    return get_criterion(cfg.criterion.name).build(cfg.criterion)
+
+
+def check_finite_weights(network: nn.Module, source: str) -> None:
+    """Refuse weights holding NaN or inf: training from them fails at its first step, and evaluating
+    them gives chance accuracy that would enter the tables."""
+    bad = [name for name, tensor in network.state_dict().items()
+           if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        listing = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise checkpoints.CheckpointError(f"{source} holds non-finite weights ({len(bad)} tensors: {listing}); "
+                                          "it is not a usable model: use an earlier checkpoint")
+
+
+def load_initial_weights(path: str | Path, method: str, network: nn.Module,
+                         restore_optimizer: bool | None = None) -> tuple[str, dict | None]:
+    """Load ``path``, one of our checkpoints or an official release of ``method``, into ``network``.
+
+    Returns a description and, when the optimizer state is to be restored, the release's
+    per-parameter optimizer state keyed by our parameter names. ``restore_optimizer`` None follows
+    the E2MC authors (``Method.restore_release_optimizer``: VICReg's LARS state is restored, SimSiam's
+    SGD state is not); True or False forces it.
+    """
+    state = checkpoints.load(path)
+    if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
+        if state["method"] != method:
+            raise ValueError(f"{path} holds a {state['method']} network but method={method}; "
+                             "choose the matching config")
+        network.load_state_dict(state["model"])
+        check_finite_weights(network, str(path))
+        return f"started from {repo_relative(path)} (epoch {state['epoch']})", None
+    report = checkpoints.load_official(state, method, network, source=repo_relative(path))
+    check_finite_weights(network, str(path))
+    if restore_optimizer is None:
+        restore_optimizer = get_method(method).restore_release_optimizer
+    return report.summary(), report.optimizer_state_by_name if restore_optimizer else None

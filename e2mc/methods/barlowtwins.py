@@ -1,0 +1,73 @@
+"""Barlow Twins (Zbontar, Jing, Misra, LeCun & Deny, ICML 2021; facebookresearch/barlowtwins).
+
+Not one of the paper's methods: E2MC is added here as to VICReg, on the 8192-d projector output
+(before the affine-free batch norm the loss reads) with the sigmoid, lambda_ent 10, lambda_cov 1.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from e2mc.data.recipes import grey_recipe
+from e2mc.methods.base import CriterionViews, Method, Release, register
+from e2mc.methods.vicreg import IMAGENET_VIEWS
+from e2mc.models import check_dims
+from e2mc.objectives.barlowtwins import BarlowTwinsLoss
+
+
+class BarlowTwinsNet(nn.Module):
+    """Backbone, Barlow Twins' projector, and the affine-free batch norm of its output (``bn``).
+
+    ``projector``: (Linear without bias - BatchNorm1d - ReLU) for every size but the last, then a
+    Linear without bias, sizes ``feature_dim-8192-8192-8192`` by default, as ``main.py`` of
+    facebookresearch/barlowtwins (whose module names these are, so its checkpoints load as they are).
+
+    ``forward(x)``: x (N, C, H, W) -> {"features": (N, feature_dim), "embedding": (N, D) the projector
+    output, "normalized": (N, D) its batch norm (batch statistics in training, as the loss needs)}.
+    """
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, projector: Sequence[int] = (8192, 8192, 8192)) -> None:
+        super().__init__()
+        sizes = [feature_dim, *projector]
+        if len(sizes) < 2:
+            raise ValueError("projector needs at least one size, e.g. projector=(8192, 8192, 8192)")
+        check_dims(**{f"sizes[{i}]": s for i, s in enumerate(sizes)})
+        layers: list[nn.Module] = []
+        for width_in, width_out in zip(sizes[:-2], sizes[1:-1]):
+            layers += [nn.Linear(width_in, width_out, bias=False), nn.BatchNorm1d(width_out), nn.ReLU(inplace=True)]
+        layers.append(nn.Linear(sizes[-2], sizes[-1], bias=False))
+        self.backbone = backbone
+        self.projector = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm1d(sizes[-1], affine=False)
+        self.feature_dim = feature_dim
+        self.embedding_dim = sizes[-1]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(x)
+        embedding = self.projector(features)
+        return {"features": features, "embedding": embedding, "normalized": self.bn(embedding)}
+
+
+class BarlowTwins(Method):
+    name, label = "barlowtwins", "Barlow Twins"
+    network_class, objective_class = BarlowTwinsNet, BarlowTwinsLoss
+    transform, paper_coefficients = "sigmoid", (10.0, 1.0)  # not in the paper: VICReg's setting
+    in_paper = False
+    # facebookresearch/barlowtwins main.py Transform: BYOL's asymmetric pair, as VICReg's.
+    imagenet_views = IMAGENET_VIEWS
+    mini_views = tuple(grey_recipe(r, 28) for r in IMAGENET_VIEWS)
+    releases = (
+        Release("resnet50.pth", "https://dl.fbaipublicfiles.com/barlowtwins/ljng/resnet50.pth",
+                "backbone only (torchvision ResNet-50 keys, no fc); the projector starts from random weights"),
+        Release("checkpoint.pth", "https://dl.fbaipublicfiles.com/barlowtwins/ljng/checkpoint.pth",
+                "backbone, projector and bn (keys module.*, under 'model'), LARS state, epoch"),
+    )
+
+    def loss(self, outputs, batch, objective, network):
+        terms = objective(outputs[0]["normalized"], outputs[1]["normalized"])
+        return terms, CriterionViews(outputs[0]["embedding"], outputs[1]["embedding"])
+
+
+register(BarlowTwins())

@@ -1,0 +1,176 @@
+"""Names, labels and styles: the experiment arms, and how methods, arms and transforms appear in
+figures and tables.
+
+An arm is a set of configuration overrides applied to a method's config (:data:`ARMS`). The SLURM
+scripts, the submitit launcher and the mini reproduction take arms by these names, and every result
+file records the arm that :func:`infer_arm` reads back from the run's configuration. Figures and
+tables (:mod:`e2mc.plots`, :mod:`e2mc.tables`) take every label, colour and marker from here, so an
+arm looks the same everywhere; the colours are the seaborn "colorblind" palette.
+"""
+from __future__ import annotations
+
+import math
+import re
+import zlib
+
+from e2mc.criteria import get_criterion
+from e2mc.methods import get_method, method_names
+
+# Overrides on top of a method's config, whose criterion section holds that method's E2MC transform
+# and coefficients.
+ARMS: dict[str, tuple[str, ...]] = {
+    "original": ("criterion.name=none",),
+    "e2mc": ("criterion.name=e2mc",),
+    "entropy_only": ("criterion.name=e2mc", "criterion.cov_coeff=0"),
+    "covariance_only": ("criterion.name=e2mc", "criterion.ent_coeff=0"),
+    "e2mc_sigmoid": ("criterion.name=e2mc", "criterion.transform=sigmoid"),
+    "e2mc_gaussian_cdf": ("criterion.name=e2mc", "criterion.transform=gaussian_cdf"),
+    "uniformity": ("criterion.name=uniformity",),
+    "mmcr": ("criterion.name=mmcr",),
+    "vc": ("criterion.name=vc",),                                    # normalised embeddings, gamma 1/sqrt(D)
+    "vc_raw": ("criterion.name=vc", "criterion.params={normalize: false}"),  # raw embeddings, gamma 1
+}
+
+
+def arm_overrides(arm: str) -> list[str]:
+    """The configuration overrides of ``arm``; raises ValueError naming the arms for an unknown one."""
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; choose one of {', '.join(ARMS)}")
+    return list(ARMS[arm])
+
+
+def infer_arm(config: dict | None) -> str:
+    """The experiment arm of a training configuration.
+
+    No configuration (an official release) or a run from scratch (no ``train.init``: the mini
+    stand-in for a release) -> "base"; otherwise the criterion names it
+    (:meth:`e2mc.criteria.AddedCriterion.arm`): "original" for the original loss alone, an
+    alternative's name (uniformity, mmcr, vc, vc_raw), and for E2MC "e2mc" or "entropy_only" /
+    "covariance_only" followed by what differs from the paper's setting for the method
+    (``e2mc_sigmoid``, ``e2mc_cov5``). Two configurations that differ in the criterion thus never
+    share an arm name, so a coefficient sweep tabulates as its own rows.
+    """
+    if not config or not config["train"].get("init"):
+        return "base"
+    criterion = config["criterion"]
+    return get_criterion(criterion["name"]).arm(criterion, config["method"])
+
+
+_E2MC_ARM = re.compile(r"(e2mc|entropy_only|covariance_only)(?:_(sigmoid|gaussian_cdf))?(?:_ent([^_]+))?(?:_cov([^_]+))?")
+
+
+def split_e2mc_arm(arm: str) -> tuple[str, str | None, float | None, float | None] | None:
+    """``(kind, transform, ent_coeff, cov_coeff)`` of an E2MC arm named by :func:`infer_arm`, each
+    None where the arm keeps the paper's setting (``"e2mc_sigmoid_cov5"`` -> ``("e2mc", "sigmoid",
+    None, 5.0)``); None for an arm that is not an E2MC variant."""
+    match = _E2MC_ARM.fullmatch(arm)
+    if match is None:
+        return None
+    kind, transform, ent, cov = match.groups()
+    try:
+        return kind, transform, None if ent is None else float(ent), None if cov is None else float(cov)
+    except ValueError:  # "_ent" followed by something that is not a number
+        return None
+
+
+# --- labels -------------------------------------------------------------------------------------
+
+TRANSFORM_LABELS = {"sigmoid": "sigmoid", "gaussian_cdf": "Gaussian CDF"}
+TRANSFORM_SYMBOLS = {"sigmoid": "s", "gaussian_cdf": "Φ"}
+ARM_LABELS = {
+    "base": "base checkpoint",
+    "original": "original loss",
+    "e2mc": "E2MC",
+    "entropy_only": "entropy only",
+    "covariance_only": "covariance only",
+    "e2mc_sigmoid": "E2MC (sigmoid)",
+    "e2mc_gaussian_cdf": "E2MC (Gaussian CDF)",
+    "uniformity": "uniformity",
+    "mmcr": "MMCR",
+    "vc": "variance-covariance",
+}
+DYNAMICS_KEYS = ("marginal_entropy", "covariance_penalty")
+DYNAMICS_HEADERS = {"marginal_entropy": "marginal entropy (nats)", "covariance_penalty": "covariance penalty"}
+
+
+def method_label(method: str) -> str:
+    """"VICReg" for "vicreg"; a name the registry does not know is shown as it is."""
+    try:
+        return get_method(method).label
+    except ValueError:
+        return method
+
+
+def criterion_label(name) -> str:
+    """"E2MC", "MMCR", ..., "original loss only" for a run without an added criterion."""
+    if name is None or (isinstance(name, float) and math.isnan(name)):
+        name = "none"
+    try:
+        return get_criterion(str(name)).label
+    except ValueError:
+        return str(name)
+
+
+def method_order() -> tuple[str, ...]:
+    """Methods in the order of figures and tables: the registry's."""
+    return method_names()
+
+
+def arm_label(arm: str) -> str:
+    """The arm's name in figures and tables; an E2MC variant without a fixed label is described by
+    what it changes (``e2mc_cov5`` -> "E2MC (λ_cov 5)"), any other arm keeps its name."""
+    if arm in ARM_LABELS:
+        return ARM_LABELS[arm]
+    variant = split_e2mc_arm(arm)
+    if variant is None:
+        return arm
+    kind, transform, ent, cov = variant
+    changes = ([TRANSFORM_LABELS[transform]] if transform else []) + \
+        ([f"λ_ent {ent:g}"] if ent is not None else []) + ([f"λ_cov {cov:g}"] if cov is not None else [])
+    return f"{ARM_LABELS[kind]} ({', '.join(changes)})"
+
+
+def fraction_label(label_fraction) -> str:
+    """0.01 -> "1%"; a missing fraction (transfer) -> "all"."""
+    if label_fraction is None or (isinstance(label_fraction, float) and math.isnan(label_fraction)):
+        return "all"
+    return f"{100 * float(label_fraction):g}%"
+
+
+# --- styles -------------------------------------------------------------------------------------
+
+# Arm -> colour (seaborn "colorblind"); the reference arms are grey (base) and blue (original loss).
+ARM_COLORS = {
+    "base": "#949494",
+    "original": "#0173B2",
+    "e2mc": "#D55E00",
+    "entropy_only": "#DE8F05",
+    "covariance_only": "#029E73",
+    "e2mc_sigmoid": "#CC78BC",
+    "e2mc_gaussian_cdf": "#CA9161",
+    "uniformity": "#56B4E9",
+    "mmcr": "#FBAFE4",
+    "vc": "#000000",
+}
+ARM_MARKERS = {"base": "s", "original": "o", "e2mc": "D", "entropy_only": "^", "covariance_only": "v",
+               "e2mc_sigmoid": "<", "e2mc_gaussian_cdf": ">", "uniformity": "P", "mmcr": "X", "vc": "*"}
+ARM_ORDER = tuple(ARM_COLORS)
+# An arm without a fixed style (a coefficient variant, a user's own) gets one of these, chosen by its
+# name: dark hues that none of the named arms above uses, each with a marker of its own.
+_FALLBACK_COLORS = ("#3C3C3C", "#6A3D9A", "#8C0800", "#006374", "#808000", "#001C7F")
+_FALLBACK_MARKERS = ("h", "p", "d", "8", "H", "o")
+
+
+def _fallback_index(arm: str) -> int:
+    return zlib.crc32(arm.encode()) % len(_FALLBACK_COLORS)
+
+
+def arm_color(arm: str) -> str:
+    """The arm's colour; an arm without an assigned one gets a fixed colour, unlike any named arm's,
+    derived from its name."""
+    return ARM_COLORS.get(arm) or _FALLBACK_COLORS[_fallback_index(arm)]
+
+
+def arm_marker(arm: str) -> str:
+    """The arm's matplotlib marker, fixed like its colour."""
+    return ARM_MARKERS.get(arm) or _FALLBACK_MARKERS[_fallback_index(arm)]

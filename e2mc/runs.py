@@ -1,0 +1,61 @@
+"""The one way a training run starts: from a configuration to a trained run folder, with its hooks.
+
+Every launcher goes through :func:`run_training`: the command line (``python -m e2mc continue`` and
+``pretrain``, which the sbatch scripts in ``slurm/`` call), ``python -m e2mc submit`` (submitit, every
+cluster kind) and the mini reproduction. So whichever way a run starts, it sizes its threads from its
+allocation, evaluates after every epoch when ``eval.every_epoch`` is set, and lives in the folder
+:func:`run_folder` names.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from e2mc.config import Config
+
+
+def run_folder(root: str | Path, method: str, label: str, seed: int) -> Path:
+    """``<root>/<method>/<label>/seed<seed>``: where every launcher puts a run (``label`` is the arm,
+    plus the values of any other grid axes)."""
+    return Path(root) / method / label / f"seed{seed}"
+
+
+def allocated_cpus() -> int:
+    """CPUs this process may use: SLURM's per-task allocation, else the CPU affinity mask."""
+    for variable in ("SLURM_CPUS_PER_TASK",):
+        if os.environ.get(variable, "").isdigit():
+            return max(1, int(os.environ[variable]))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def pin_threads() -> int:
+    """Size torch's intra-op thread pool to the allocation (``OMP_NUM_THREADS`` wins when set), so
+    that a 1-CPU task does not run 2 threads fighting for one core. Returns the thread count."""
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    count = int(threads) if threads.isdigit() and int(threads) > 0 else allocated_cpus()
+    torch.set_num_threads(count)
+    return count
+
+
+def epoch_hooks(cfg: Config) -> list:
+    """The hooks a run's configuration asks for: evaluation after every epoch (``eval.every_epoch``)."""
+    if not cfg.eval.every_epoch:
+        return []
+    from e2mc.evaluation import make_epoch_probe_hook  # evaluation sits above training; only here do they meet
+
+    return [make_epoch_probe_hook(cfg)]
+
+
+def run_training(cfg: Config, extra_hooks: list | None = None) -> dict[str, Any]:
+    """Train ``cfg`` in its run folder (resuming if it holds a checkpoint), with the hooks its
+    configuration asks for; returns the run summary (see :func:`e2mc.train.train`)."""
+    from e2mc.train import train
+
+    pin_threads()
+    return train(cfg, epoch_end_hooks=[*epoch_hooks(cfg), *(extra_hooks or [])])

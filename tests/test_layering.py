@@ -1,0 +1,83 @@
+"""Imports run one way: objectives, methods and the configuration below the training loop, the loop
+below evaluation and the launchers; figures and tables side by side. Read from the source with ast,
+so lazy imports inside functions count too."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "e2mc"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every e2mc module the file imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("e2mc")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("e2mc"):
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}  # from e2mc import plots
+    return found
+
+
+GRAPH = {module_name(p): imported_modules(p) for p in PACKAGE.rglob("*.py")}
+
+
+def reaches(start: str, target: str) -> list[str] | None:
+    """An import path from ``start`` to ``target`` (a module or a package's submodule), or None."""
+    stack, seen = [[start]], {start}
+    while stack:
+        path = stack.pop()
+        for name in GRAPH.get(path[-1], ()):
+            if name == target or name.startswith(target + "."):
+                return path + [name]
+            if name in GRAPH and name not in seen:
+                seen.add(name)
+                stack.append(path + [name])
+    return None
+
+
+# Below the training loop: what a run is built from. Evaluation sits beside training, above these.
+BELOW_TRAINING = ["e2mc.criterion", "e2mc.distributed", "e2mc.objectives", "e2mc.models", "e2mc.methods",
+                  "e2mc.criteria", "e2mc.config", "e2mc.optim", "e2mc.batches", "e2mc.diagnostics",
+                  "e2mc.checkpoints", "e2mc.build", "e2mc.naming", "e2mc.results", "e2mc.data", "e2mc.provenance",
+                  "e2mc.frames", "e2mc.plots", "e2mc.tables"]
+EVALUATION = sorted(m for m in GRAPH if m.startswith("e2mc.evaluation"))
+
+
+def test_the_graph_sees_the_package():
+    assert {"e2mc.train", "e2mc.runs", "e2mc.methods.vicreg", "e2mc.evaluation.runner"} <= set(GRAPH)
+    assert reaches("e2mc.runs", "e2mc.train") is not None  # the check can find a real import
+
+
+@pytest.mark.parametrize("module", BELOW_TRAINING + EVALUATION)
+def test_nothing_below_or_beside_the_loop_imports_it(module):
+    assert reaches(module, "e2mc.train") is None, f"{module} imports the training loop: {reaches(module, 'e2mc.train')}"
+
+
+@pytest.mark.parametrize("module", BELOW_TRAINING)
+def test_the_bottom_layers_do_not_import_evaluation_or_launchers(module):
+    for upper in ("e2mc.evaluation", "e2mc.runs", "e2mc.reproduce", "e2mc.launcher", "e2mc.cluster"):
+        assert reaches(module, upper) is None, f"{module} reaches {upper}: {reaches(module, upper)}"
+
+
+def test_the_training_loop_does_not_import_evaluation():
+    assert reaches("e2mc.train", "e2mc.evaluation") is None
+
+
+def test_plots_and_tables_do_not_import_each_other():
+    assert reaches("e2mc.plots", "e2mc.tables") is None
+    assert reaches("e2mc.tables", "e2mc.plots") is None
+
+
+def test_objectives_and_the_criterion_know_no_method():
+    for module in [m for m in GRAPH if m.startswith("e2mc.objectives")] + ["e2mc.criterion"]:
+        assert reaches(module, "e2mc.methods") is None and reaches(module, "e2mc.config") is None, module

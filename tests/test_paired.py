@@ -1,0 +1,101 @@
+"""Paired comparison of two arms: per-seed differences, their t-interval, pairing by seed."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from e2mc.tables import MissingResultsError, Table, paired_comparison, paired_difference
+
+
+def test_paired_half_width_against_scipy():
+    a, b = [70.5, 71.0, 69.3], [70.0, 70.0, 69.0]  # differences 0.5, 1.0, 0.3
+    mean, half_width, n = paired_difference(a, b)
+    d = np.array([0.5, 1.0, 0.3])
+    # by hand: mean 0.6, sample sd sqrt(((-.1)^2 + .4^2 + (-.3)^2) / 2) = sqrt(0.13), sem sqrt(0.13 / 3)
+    assert n == 3 and mean == pytest.approx(0.6)
+    assert d.std(ddof=1) == pytest.approx(math.sqrt(0.13))
+    low, high = stats.t.interval(0.95, 2, loc=d.mean(), scale=math.sqrt(0.13 / 3))
+    assert half_width == pytest.approx((high - low) / 2)
+    assert half_width == pytest.approx(4.302652729911275 * math.sqrt(0.13 / 3))  # t_{0.975, 2}
+    low90, high90 = stats.t.interval(0.9, 2, loc=0.6, scale=math.sqrt(0.13 / 3))
+    assert paired_difference(a, b, confidence=0.9)[1] == pytest.approx((high90 - low90) / 2)
+
+
+def test_paired_difference_edge_cases():
+    mean, half_width, n = paired_difference([3.0], [1.0])
+    assert (mean, n) == (2.0, 1) and math.isnan(half_width)
+    with pytest.raises(ValueError, match="same length"):
+        paired_difference([1.0, 2.0], [1.0])
+
+
+def results_frame(values, fraction=0.01, dataset="fashion_mnist", method="vicreg"):
+    """One linear-probe row per (arm, seed, top1) in ``values``, at epoch 10."""
+    return pd.DataFrame([{"kind": "linear_probe", "method": method, "arm": arm, "epoch": 10, "seed": seed,
+                          "label_fraction": fraction, "dataset": dataset, "top1": top1,
+                          "file": f"{arm}_s{seed}_f{fraction}.json"} for arm, seed, top1 in values])
+
+
+E2MC = [("e2mc", 0, 70.5), ("e2mc", 1, 71.0), ("e2mc", 2, 69.3)]
+ORIGINAL = [("original", 0, 70.0), ("original", 1, 70.0), ("original", 2, 69.0)]
+
+
+def test_table_holds_the_paired_difference():
+    table = paired_comparison(results_frame(E2MC + ORIGINAL))
+    assert isinstance(table, Table) and table.name == "paired_comparison"
+    (row,) = table.numbers.to_dict("records")
+    expected = paired_difference([70.5, 71.0, 69.3], [70.0, 70.0, 69.0])
+    assert (row["mean"], row["ci"], row["n"]) == pytest.approx(expected)
+    assert row["excludes_zero"] == (0.6 > expected[1]) and row["dropped_seeds"] == 0
+    assert table.rows == [["VICReg", "1%", "10", f"+0.60 ± {expected[1]:.2f}", "3",
+                           "yes" if row["excludes_zero"] else "no"]]
+    assert "no seed dropped" in table.caption
+    assert "| VICReg | 1% |" in table.to_markdown() and r"\pm" in table.to_latex()
+
+
+def test_pairs_by_seed_not_by_order():
+    rows = E2MC + ORIGINAL
+    shuffled = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    reordered = [rows[i] for i in (2, 0, 1, 3, 5, 4)]  # e2mc seeds 2, 0, 1 beside original seeds 0, 2, 1
+    expected = paired_difference([70.5, 71.0, 69.3], [70.0, 70.0, 69.0])
+    for frame in (results_frame(shuffled), results_frame(reordered)):
+        row = paired_comparison(frame).numbers.iloc[0]
+        assert (row["mean"], row["ci"], row["n"]) == pytest.approx(expected)
+    # pairing by position instead would give other differences (0.5 - 0 etc.): make sure they differ
+    assert paired_difference([69.3, 70.5, 71.0], [70.0, 69.0, 70.0])[1] != pytest.approx(expected[1])
+
+
+def test_a_seed_in_only_one_arm_is_dropped_and_counted():
+    frame = results_frame(E2MC + [("e2mc", 3, 99.0)] + ORIGINAL[:2] + [("original", 4, 0.0)])
+    table = paired_comparison(frame)
+    row = table.numbers.iloc[0]
+    expected = paired_difference([70.5, 71.0], [70.0, 70.0])  # seeds 0 and 1 only
+    assert (row["mean"], row["ci"], row["n"]) == pytest.approx(expected)
+    assert row["dropped_seeds"] == 3  # e2mc seeds 2 and 3, original seed 4
+    assert "3 seeds present in only one arm dropped" in table.caption and "seeds 2, 3, 4" in table.caption
+
+
+def test_rows_per_method_and_label_fraction_at_the_final_epoch():
+    frame = pd.concat([
+        results_frame(E2MC + ORIGINAL, fraction=0.01),
+        results_frame([("e2mc", s, 80.0 + s) for s in range(3)] + [("original", s, 81.0 + s) for s in range(3)],
+                      fraction=0.1),
+        results_frame([("e2mc", 0, 50.0), ("original", 0, 40.0)], method="simsiam"),
+        # an earlier epoch of the same arms is ignored
+        results_frame([("e2mc", 0, 0.0), ("original", 0, 100.0)]).assign(epoch=3),
+    ], ignore_index=True)
+    table = paired_comparison(frame)
+    assert [r[:2] for r in table.rows] == [["VICReg", "1%"], ["VICReg", "10%"], ["SimSiam", "1%"]]
+    ten = table.numbers[np.isclose(table.numbers["label_fraction"], 0.1)].iloc[0]
+    assert ten["mean"] == pytest.approx(-1.0) and ten["ci"] == pytest.approx(0.0) and ten["n"] == 3
+    simsiam = table.rows[2]
+    assert simsiam[3] == "+10.00" and simsiam[4] == "1" and simsiam[5] == "—"  # one pair: no interval
+    assert table.numbers["epoch"].tolist() == [10, 10, 10]
+
+
+def test_no_pair_at_all_is_missing_results():
+    with pytest.raises(MissingResultsError):
+        paired_comparison(results_frame(E2MC + [("original", 7, 1.0)]))
+    with pytest.raises(MissingResultsError):
+        paired_comparison(results_frame(E2MC))
