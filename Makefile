@@ -10,7 +10,7 @@ RESULTS    ?= results/mini
 JOBS       ?= 2
 METHODS    := vicreg swav simsiam barlowtwins
 
-.PHONY: install test reproduce reproduce-full pretrain-mini pretrain-mini-converged notebooks bench data clean-venv
+.PHONY: install test reproduce reproduce-full pretrain-mini pretrain-mini-converged notebooks bench data gpu-check clean-venv
 
 install: $(STAMP)
 
@@ -61,6 +61,11 @@ notebooks: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/criterion.py
 	$(PY) benchmarks/train_step.py
+
+# The GPU check (issue 14): CUDA tests, then both benchmarks on CUDA (at most 8 minutes on one GPU);
+# exits 2 without CUDA. Writes results/benchmarks/train_step-cuda.json and criterion-cuda.json.
+gpu-check: $(STAMP)
+	E2MC_PYTHON=$${E2MC_PYTHON:-$(PY)} bash scripts/gpu_check.sh
 
 clean-venv:
 	rm -rf $(VENV)

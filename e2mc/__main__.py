@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     from e2mc import reproduce
 
     reproduce.add_commands(sub)  # reproduce, export-base, notebooks
+    from e2mc import migrations
+
+    migrations.add_commands(sub)  # migrate
     from e2mc import launcher
 
     text = "submit a grid of training runs (method x arm x configuration values x seed) as a submitit job array"

@@ -17,6 +17,7 @@ import os
 import pickle
 import random
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,7 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
             f"checkpoint not found: {path} (resolved {path.resolve()}); check the path, or download the "
             "release into it first"
         )
+    _check_expanded_size(path)
     try:
         with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -104,6 +106,26 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
             f"could not read {path}: {error}. The file is truncated, corrupt or not written by torch.save; "
             "download or copy it again"
         ) from error
+
+
+def _check_expanded_size(path: Path) -> None:
+    """Refuse a checkpoint whose archive expands far beyond its size on disk before reading it.
+
+    ``torch.save`` stores its zip entries uncompressed, so a genuine checkpoint expands to about its own
+    size; a compressed entry that would inflate a small file into a huge tensor is refused here, before
+    any of it is allocated. Files in the legacy (non-zip) format are left to the safe loader."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            expanded = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as error:
+        raise CheckpointError(f"could not read {path}: {error}; the file is truncated or corrupt") from None
+    allowed = 2 * path.stat().st_size + (1 << 20)
+    if expanded > allowed:
+        raise CheckpointError(f"refused to load {path}: its archive expands to {expanded} bytes from "
+                              f"{path.stat().st_size} on disk, which torch.save never writes; the file is "
+                              "corrupt or crafted. Download or copy it again")
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:

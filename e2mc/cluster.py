@@ -76,17 +76,25 @@ def slurm_job(environ: Mapping[str, str] | None = None) -> SlurmJob | None:
 # --- distributed environment --------------------------------------------------------------------
 
 def export_torch_distributed() -> dict[str, str] | None:
-    """Export torch.distributed's env:// variables from SLURM's, when this is one of several srun tasks.
+    """Export torch.distributed's env:// variables from SLURM's, when this is one of several srun tasks
+    (or of several tasks of submitit's local executor).
 
-    Does nothing (returns None) outside SLURM, in the batch shell, for a single task, or when RANK and
-    WORLD_SIZE are already set (torchrun inside an allocation). Otherwise returns what was exported.
+    Does nothing (returns None) outside SLURM and submitit, in the batch shell, for a single task, or
+    when RANK and WORLD_SIZE are already set (torchrun inside an allocation). Otherwise returns what was exported.
     CUDA_VISIBLE_DEVICES is left alone: e2mc.train picks ``cuda:LOCAL_RANK`` among the visible GPUs.
     """
-    job = slurm_job()
-    if job is None or not job.in_step or job.num_tasks <= 1:
-        return None
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return None
+    local_tasks = int(os.environ.get("SUBMITIT_LOCAL_NTASKS", "0") or 0)
+    if os.environ.get("SUBMITIT_EXECUTOR") == "local":
+        # submitit's local executor starts one process per task, like srun: join them in one group
+        # (independent tasks would each train the same run in the same folder).
+        if local_tasks <= 1:
+            return None
+    else:
+        job = slurm_job()
+        if job is None or not job.in_step or job.num_tasks <= 1:
+            return None
     from submitit.helpers import TorchDistributedEnvironment
 
     os.environ.setdefault("SUBMITIT_EXECUTOR", "slurm")  # how submitit.JobEnvironment recognises SLURM
@@ -117,12 +125,18 @@ def job_fields(job_id: str, run: Callable[..., subprocess.CompletedProcess] = su
             if (m := re.search(rf"(?:^|\s){key}=(\S*)", result.stdout))}
 
 
-def requeue_decision(signal_name: str, fields: Mapping[str, str]) -> tuple[bool, str]:
+def requeue_decision(signal_name: str, fields: Mapping[str, str], restart_count: int | None = None
+                     ) -> tuple[bool, str]:
     """Whether a run stopped by ``signal_name`` should be requeued, given ``scontrol show job`` ``fields``.
 
     A warning signal always; SIGTERM only when SLURM ends the job for its time limit or a preemption
-    (``scancel`` also sends SIGTERM, and a requeue would undo the user's cancel).
+    (``scancel`` also sends SIGTERM, and a requeue would undo the user's cancel). When SLURM counts more
+    restarts than this run started with (``restart_count``, its SLURM_RESTART_COUNT), SLURM has already
+    requeued the job (``scontrol requeue``, preemption in requeue mode): nothing to do, it resumes.
     """
+    restarts = fields.get("Restarts", "")
+    if restart_count is not None and restarts.isdigit() and int(restarts) > restart_count:
+        return False, f"SLURM already requeued the job (restart {restarts}); it resumes from the checkpoint"
     if fields.get("Requeue") == "0":
         return False, "the job is not requeueable (submitted with --no-requeue, or JobRequeue=0)"
     if signal_name in WARNING_SIGNALS:
@@ -153,8 +167,10 @@ def requeue_after_stop(summary: Mapping, environ: Mapping[str, str] | None = Non
         return RequeueOutcome(False, f"rank {job.global_rank}: rank 0 requeues")
     command = requeue_command(job)
     try:
-        requeue, why = requeue_decision(summary["signal"], job_fields(job.requeue_id, run))
+        requeue, why = requeue_decision(summary["signal"], job_fields(job.requeue_id, run), job.restart_count)
         if not requeue:
+            if why.startswith("SLURM already requeued"):
+                return RequeueOutcome(False, why)
             return RequeueOutcome(False, f"{why}; resubmit the same job to resume")
         result = run(command, capture_output=True, text=True, timeout=60)
         if result.returncode != 0:

@@ -117,6 +117,9 @@ class TransferConfig:
     """Transfer: linear evaluation on other datasets, each read from a local folder."""
 
     datasets: dict = field(default_factory=dict)  # name -> local root, e.g. {cifar10: /data/cifar}
+    protocol: str | None = None       # reglog (the authors': RegLog head on the last feature map, trained on
+                                      # augmented images) or pooled (a linear layer on pooled features);
+                                      # null: reglog when the probe runs on images, pooled on cached features
 
 
 @dataclass
@@ -333,6 +336,8 @@ def validate(cfg: Config) -> None:
     for name, root in cfg.eval.transfer.datasets.items():
         if not isinstance(root, str) or not root:
             raise ConfigError(f"eval.transfer.datasets.{name} must be the dataset's local folder, got {root!r}")
+    if cfg.eval.transfer.protocol is not None:
+        choice(cfg.eval.transfer.protocol, ("reglog", "pooled"), "eval.transfer.protocol")
     if "transfer" in cfg.eval.protocols and not cfg.eval.transfer.datasets:
         raise ConfigError("eval.protocols has transfer but eval.transfer.datasets is empty; e.g. "
                           "eval.transfer.datasets={cifar10: /data/cifar}")

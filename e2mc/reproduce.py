@@ -228,6 +228,25 @@ def entries(part: str) -> list[tuple[str, str, int]]:
             + [(a.method, a.name, s) for s in SEEDS for a in rest])
 
 
+def pending(part: str, results_dir: Path, runs_dir: Path, checkpoints: Path = CHECKPOINTS,
+            epoch_fractions: tuple[float, ...] = EPOCH_FRACTIONS) -> list[tuple[str, str, int]]:
+    """The entries of ``part`` whose results are not in ``results_dir`` yet (what a run would do)."""
+    todo = []
+    for method, arm_name, seed in entries(part):
+        if arm_name == "base":
+            probes = [result_filename("linear_probe", method, "base", "fashion_mnist", 0, f, s, "*")
+                      for f in LABEL_FRACTIONS for s in SEEDS]
+            done = (any((results_dir / "diagnostics").glob(f"diagnostics_{method}_base_*"))
+                    and all(any((results_dir / "linear_probe").glob(p)) for p in probes))
+        else:
+            arm = next(a for a in GRID if (a.method, a.name) == (method, arm_name))
+            cfg = entry_config(arm, seed, results_dir, runs_dir, None, checkpoints, epoch_fractions)
+            done = finished_entry(results_dir, cfg, arm_name) is not None
+        if not done:
+            todo.append((method, arm_name, seed))
+    return todo
+
+
 def run_one(method: str, arm_name: str, seed: int, results_dir: Path, runs_dir: Path,
             data_root: str | None = None, checkpoints: Path = CHECKPOINTS,
             epoch_fractions: tuple[float, ...] = EPOCH_FRACTIONS) -> str:
@@ -314,20 +333,32 @@ def compare(reference_dir: Path, rerun_dir: Path) -> str:
 NOTEBOOKS = ("fig2_marginals", "fig6_epochs", "tables")
 
 
+def execute_notebook(notebook: Path, output: Path, parameters: dict) -> None:
+    """Run one notebook with papermill, its kernel talking over local IPC sockets in a private
+    temporary folder: nothing listens on TCP, so the kernel has no unencrypted transport to warn about."""
+    import papermill
+    from jupyter_client import AsyncKernelManager
+
+    with tempfile.TemporaryDirectory(prefix="e2mc-kernel-") as sockets:
+        class IPCKernelManager(AsyncKernelManager):
+            def __init__(self, **kwargs):
+                super().__init__(transport="ipc", ip=str(Path(sockets) / "kernel"), **kwargs)
+
+        papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
+                                   cwd=str(REPO_ROOT), progress_bar=False, kernel_manager_class=IPCKernelManager)
+
+
 def run_notebooks(results_dir: Path, executed_dir: Path | None = None, readme: Path | None = None) -> None:
     """Execute every notebook with papermill on ``results_dir``; figures go to figures/<results name>/.
     With ``readme``, its table blocks are then refreshed from the tables written
     (:func:`e2mc.tables.sync_readme_tables`)."""
-    import papermill
-
     from e2mc import plots, tables
 
     executed_dir = executed_dir or Path(tempfile.mkdtemp(prefix="e2mc-notebooks-"))
     for name in NOTEBOOKS:
         print(f"[notebooks] {name} on {results_dir}", flush=True)
-        papermill.execute_notebook(str(REPO_ROOT / "notebooks" / f"{name}.ipynb"), str(executed_dir / f"{name}.ipynb"),
-                                   parameters={"results_dir": str(results_dir)}, kernel_name="python3",
-                                   cwd=str(REPO_ROOT), progress_bar=False)
+        execute_notebook(REPO_ROOT / "notebooks" / f"{name}.ipynb", executed_dir / f"{name}.ipynb",
+                         {"results_dir": str(results_dir)})
     print(f"[notebooks] executed copies in {executed_dir}", flush=True)
     if readme is not None:
         _, tables_dir = plots.resolve_io_dirs(results_dir)
@@ -340,6 +371,13 @@ def run_notebooks(results_dir: Path, executed_dir: Path | None = None, readme: P
 
 def _reproduce_command(args) -> int:
     results, runs = Path(args.results), Path(args.runs)
+    if args.dry_run:
+        todo = pending(args.part, results, runs, Path(args.checkpoints), tuple(args.epoch_fractions))
+        for method, arm, seed in todo:
+            print(f"{method}:{arm}:{seed}")
+        print(f"[reproduce] {len(todo)} of {len(entries(args.part))} entries of the {args.part} grid to run "
+              f"into {results} (--dry-run: nothing run)")
+        return 0
     if args.entry:
         method, arm, seed = _parse_entry(args.entry)
         outcome = run_one(method, arm, int(seed), results, runs, args.data_root, Path(args.checkpoints),
@@ -402,6 +440,7 @@ def add_commands(sub) -> None:
                         "0.01 0.1 1 probes all three, about 30 s more per epoch on 2 cores); the others of "
                         "0.01 0.1 1 are probed after the last epoch only")
     p.add_argument("--entry", default=None, help="run one METHOD:ARM:SEED entry in this process")
+    p.add_argument("--dry-run", action="store_true", help="list the entries whose results are missing; run nothing")
     p.set_defaults(run=_reproduce_command)
     text = "copy the model of a finished pre-training run to a base checkpoint with its provenance"
     p = sub.add_parser("export-base", help=text, description=text)

@@ -8,6 +8,7 @@ allocation, evaluates after every epoch when ``eval.every_epoch`` is set, and li
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -34,13 +35,22 @@ def allocated_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def pin_threads() -> int:
-    """Size torch's intra-op thread pool to the allocation (``OMP_NUM_THREADS`` wins when set), so
-    that a 1-CPU task does not run 2 threads fighting for one core. Returns the thread count."""
+def allocated_threads() -> int:
+    """Threads a run should use: ``OMP_NUM_THREADS`` when set, else :func:`allocated_cpus`."""
     threads = os.environ.get("OMP_NUM_THREADS", "")
-    count = int(threads) if threads.isdigit() and int(threads) > 0 else allocated_cpus()
-    torch.set_num_threads(count)
-    return count
+    return int(threads) if threads.isdigit() and int(threads) > 0 else allocated_cpus()
+
+
+@contextlib.contextmanager
+def pinned_threads():
+    """Size torch's intra-op thread pool to the allocation while a run trains (a 1-CPU task must not
+    run 2 threads fighting for one core), and restore it afterwards (a caller's setting stays)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(allocated_threads())
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
 
 
 def epoch_hooks(cfg: Config) -> list:
@@ -57,5 +67,5 @@ def run_training(cfg: Config, extra_hooks: list | None = None) -> dict[str, Any]
     configuration asks for; returns the run summary (see :func:`e2mc.train.train`)."""
     from e2mc.train import train
 
-    pin_threads()
-    return train(cfg, epoch_end_hooks=[*epoch_hooks(cfg), *(extra_hooks or [])])
+    with pinned_threads():
+        return train(cfg, epoch_end_hooks=[*epoch_hooks(cfg), *(extra_hooks or [])])

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import gc
 import json
 import os
 import signal
@@ -156,12 +157,24 @@ def default_output_dir(cfg: Config) -> Path:
 
 # --- setup -------------------------------------------------------------------------------------
 
-def init_distributed(device: torch.device) -> None:
-    """Join the process group described by the environment (torchrun, or SLURM through e2mc.cluster)."""
+def init_distributed(device: torch.device) -> bool:
+    """Join the process group described by the environment (torchrun, or SLURM through e2mc.cluster);
+    True when this call created it."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return True
+    return False
+
+
+def end_distributed() -> None:
+    """Leave the process group cleanly: every rank past its last collective, DDP's buffers freed, then
+    the group destroyed, so that interpreter shutdown never races the backend's threads (gloo's last
+    all-reduce needing the GIL during finalisation aborted processes)."""
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 class MultiViewNetwork(nn.Module):
@@ -217,6 +230,7 @@ class Run:
 
     cfg: Config
     device: torch.device
+    owns_process_group: bool            # train() created the process group and ends it
     output_dir: Path
     method: Method
     network: nn.Module                  # the bare network (checkpoints, hooks)
@@ -249,7 +263,7 @@ def setup(cfg: Config) -> Run:
     """Build the run: device and process group, the method's network, objective, added criterion,
     optimizer and data stream. Loads no weights (see :func:`start`)."""
     device = resolve_device(cfg.train.device)
-    init_distributed(device)
+    owns_group = init_distributed(device)
     output_dir = Path(cfg.train.output_dir) if cfg.train.output_dir else default_output_dir(cfg)
     if cfg.train.output_dir is None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(output_dir)))
@@ -271,7 +285,7 @@ def setup(cfg: Config) -> Run:
     if is_distributed():
         forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
     section = cfg.to_dict()["criterion"]
-    return Run(cfg, device, output_dir, method, network, forward, objective, added, criterion.inputs, optimizer,
+    return Run(cfg, device, owns_group, output_dir, method, network, forward, objective, added, criterion.inputs, optimizer,
                stream, MetricsLog(output_dir / "metrics.jsonl", rank() == 0), base_lr,
                criterion.measured_transform(section, cfg.method))
 
@@ -526,7 +540,11 @@ def train(cfg: Config, epoch_end_hooks: list[EpochHook] | None = None) -> dict[s
             if run.main_process:
                 for hook in epoch_end_hooks or []:
                     hook(run.epoch, run.network, run.output_dir)
-        return finish(run, status, stop)
+        summary = finish(run, status, stop)
+    if run.owns_process_group:  # not on an exception: a barrier could wait for ranks stuck elsewhere
+        del run
+        end_distributed()
+    return summary
 
 
 def _progress(total: int, initial: int, epoch: int, enabled: bool):

@@ -7,9 +7,11 @@ Use the session fixture in a test module with::
 (``tests/`` is on ``sys.path`` under pytest's default import mode), or make it global with
 ``pytest_plugins = ["slurm_cluster"]`` in ``tests/conftest.py``.
 
-The fixture starts the cluster (installing Slurm with apt-get on first use) and leaves it running for
-later test modules; ``scripts/local_slurm.sh stop`` is for humans. A machine that cannot host the cluster
-(not root, no apt-get) skips the tests; any other failure to start fails them.
+The fixture starts the cluster (installing Slurm with apt-get on first use, which stays installed), keeps
+it for the whole test session and stops at the session's end the daemons it started (a cluster that
+was already up is left as it was). ``E2MC_LOCAL_SLURM=0`` opts out: the SLURM tests are skipped. A
+machine that cannot host the cluster (not root, no apt-get) skips them too; any other failure to start
+fails them.
 
 No accounting daemon runs, so job states come from ``scontrol show job``; slurm.conf keeps finished
 jobs in the controller for ``MinJobAge=3600`` s, long enough for any test to read their final state.
@@ -86,9 +88,16 @@ def _start_cluster() -> SlurmCluster:
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster() -> SlurmCluster:
-    """Start (or reuse) the local one-node cluster; skip where it cannot exist, fail where it breaks."""
-    return _start_cluster()
+def slurm_cluster():
+    """Start (or reuse) the local one-node cluster; skip where it cannot exist or E2MC_LOCAL_SLURM=0,
+    fail where it breaks; stop it after the session if this fixture started it."""
+    if os.environ.get("E2MC_LOCAL_SLURM", "1") == "0":
+        pytest.skip("E2MC_LOCAL_SLURM=0: the local SLURM cluster is not started")
+    was_up = _run(["bash", str(CLUSTER_SCRIPT), "status"]).returncode == 0
+    cluster = _start_cluster()
+    yield cluster
+    if not was_up:
+        _run(["bash", str(CLUSTER_SCRIPT), "stop"], timeout_s=120)
 
 
 def _clean_environment(env: Mapping[str, str] | None) -> dict[str, str]:

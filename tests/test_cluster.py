@@ -167,7 +167,7 @@ def test_continue_arguments_are_stable_across_requeues():
                "E2MC_CONFIG": "configs/mini/vicreg.yaml", "E2MC_ARM": "entropy_only", "E2MC_OUTPUT": "/scratch/r",
                "E2MC_OVERRIDES": "train.epochs=2 'model.heads={expander: [64, 64]}'"}
     expected = ["continue", "--config", "configs/mini/vicreg.yaml", "criterion.name=e2mc", "criterion.cov_coeff=0",
-                "train.seed=1", "train.output_dir=/scratch/r/entropy_only/seed1", "train.epochs=2",
+                "train.seed=1", "train.output_dir=/scratch/r/vicreg/entropy_only/seed1", "train.epochs=2",
                 "model.heads={expander: [64, 64]}"]
     assert cluster.continue_arguments("vicreg", environ) == expected
     requeued = {**environ, "SLURM_JOB_ID": "97", "SLURM_RESTART_COUNT": "1"}
@@ -272,7 +272,7 @@ def test_interrupted_job_hands_its_signal_to_the_handler_installed_before(monkey
     received = []
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: received.append(signum))
     try:
-        monkeypatch.setattr("e2mc.train.train", lambda cfg: {"status": "interrupted", "signal": "SIGUSR2"})
+        monkeypatch.setattr("e2mc.train.train", lambda cfg, **kw: {"status": "interrupted", "signal": "SIGUSR2"})
         job = launcher.TrainingJob(launcher.expand_grid("configs/mini/vicreg.yaml", {"arm": ["e2mc"]})[0])
         assert job()["status"] == "interrupted"
         assert received == [signal.SIGUSR2]
@@ -310,3 +310,28 @@ def test_shipped_grid_files_expand(name, runs):
     config = str(ROOT / spec["config"].replace("configs/imagenet/", "configs/mini/"))
     specs = launcher.expand_grid(config, spec["grid"], spec.get("overrides", []), spec["output_root"])
     assert len(specs) == runs == len({s.output_dir for s in specs})
+
+
+def test_submit_local_with_every_epoch_writes_the_per_epoch_probes(tmp_path, capsys):
+    """Regression: submit ran train() without the hooks that continue and reproduce attach, so
+    eval.every_epoch=true trained but wrote no probe files. Every launcher now starts runs through
+    e2mc.runs.run_training; here submitit's local executor, with its default two tasks per node
+    reported through results() (--wait used to fail "use results()" on such jobs)."""
+    from e2mc import results
+    from e2mc.__main__ import main
+
+    data = write_fake_fashion_mnist(tmp_path / "data", n_train=128, n_test=32)
+    init = tmp_path / "init"
+    tiny = [f"data.root={data}", "data.batch_size=32", "model.heads={expander: [32, 32]}"]
+    train(load_config(ROOT / "configs/mini/pretrain/vicreg.yaml",
+                      [*tiny, "train.epochs=0", f"train.output_dir={init}"]))
+    code = main(["submit", "--cluster", "local", "--wait", "--gpus-per-node", "0",
+                 "--cpus-per-task", "1", "--config", str(ROOT / "configs/mini/vicreg.yaml"), "--grid", "arm=e2mc",
+                 "--output-root", str(tmp_path / "runs"), "--log-dir", str(tmp_path / "submitit"), *tiny,
+                 "train.epochs=2", f"train.init={init / 'checkpoint.pt'}", "eval.every_epoch=true",
+                 "eval.label_fractions=[0.1]", f"eval.results_dir={tmp_path / 'probes'}"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    table = results.load(tmp_path / "probes")
+    assert sorted(table["epoch"]) == [0, 1, 2]  # the starting point, then after each epoch
+    assert set(table["arm"]) == {"e2mc"} and set(table["label_fraction"]) == {0.1}

@@ -13,6 +13,7 @@ import torch
 import torchvision
 from PIL import Image
 
+from e2mc.config import LABEL_FRACTIONS
 from e2mc import checkpoints, results
 from e2mc.config import load_config
 from e2mc.data import normalize_fashion_mnist
@@ -164,8 +165,9 @@ def test_continue_command_probes_every_epoch_when_asked(tiny, tmp_path):
     code = main(["continue", "--config", str(ROOT / "configs/mini/vicreg.yaml"), *overrides,
                  f"train.output_dir={tmp_path / 'run'}", "eval.every_epoch=true", f"eval.results_dir={tmp_path / 'eval'}"])
     assert code == 0
-    table = results.load(tmp_path / "eval")  # the defaults: 1 % of the labels, seed 0, epochs 0 and 1
-    assert sorted(zip(table["epoch"], table["label_fraction"], table["seed"])) == [(0, 0.01, 0), (1, 0.01, 0)]
+    table = results.load(tmp_path / "eval")  # the defaults: every label fraction, seed 0, epochs 0 and 1
+    assert sorted(zip(table["epoch"], table["label_fraction"], table["seed"])) == \
+        [(e, f, 0) for e in (0, 1) for f in LABEL_FRACTIONS]
     assert set(table["extra"].map(lambda e: e["settings"]["epochs"])) == {100}
 
 

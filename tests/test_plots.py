@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from e2mc import naming
+from e2mc import frames, naming
 from e2mc import plots, tables
 from e2mc.results import ResultFileError, validate
 
@@ -91,7 +91,7 @@ def test_fixture_is_the_output_of_its_script_and_follows_the_schema(tmp_path, re
 @pytest.mark.parametrize("values,confidence", [([1.0, 2.0], 0.95), ([60.1, 61.7, 59.9, 60.4], 0.95),
                                                ([3.0, 3.5, 2.0, 4.0, 3.3], 0.9)])
 def test_mean_ci_matches_scipy_t_interval(values, confidence):
-    mean, half_width, n = tables.mean_ci(values, confidence)
+    mean, half_width, n = frames.mean_ci(values, confidence)
     ref_mean, ref_half_width = expected(values, confidence)
     assert n == len(values)
     assert mean == pytest.approx(ref_mean, rel=1e-12)
@@ -99,15 +99,15 @@ def test_mean_ci_matches_scipy_t_interval(values, confidence):
 
 
 def test_mean_ci_edge_cases():
-    mean, half_width, n = tables.mean_ci([72.5])
+    mean, half_width, n = frames.mean_ci([72.5])
     assert (mean, n) == (72.5, 1) and math.isnan(half_width)
-    assert tables.mean_ci([2.0, 2.0, 2.0])[1] == 0.0
+    assert frames.mean_ci([2.0, 2.0, 2.0])[1] == 0.0
     with pytest.raises(ValueError, match="NaN"):
-        tables.mean_ci([1.0, float("nan")])
+        frames.mean_ci([1.0, float("nan")])
     with pytest.raises(ValueError, match="at least one"):
-        tables.mean_ci([])
+        frames.mean_ci([])
     with pytest.raises(ValueError, match="confidence"):
-        tables.mean_ci([1.0, 2.0], confidence=95)
+        frames.mean_ci([1.0, 2.0], confidence=95)
 
 
 def test_summarize_keeps_null_keys_as_their_own_group():

@@ -158,7 +158,7 @@ def jobs(slurm_cluster, tmp_path_factory):  # noqa: F811  (fixture argument)
                  "--job-name=e2mc-test-ddp", f"--output={root}/ddp-%A_%a.out"])
 
     # Preempt two jobs as soon as each trains (both would be over before their tests ran).
-    job, run = f"{submitted['preempt']}_0", root / "preempt" / "e2mc" / "seed0"
+    job, run = f"{submitted['preempt']}_0", root / "preempt" / "swav" / "e2mc" / "seed0"
     wait_for_first_step(run, job, root / f"preempt-{job}.out")
     # To the batch shell only, which passes it on to the training step (slurm/common.sh).
     subprocess.run(["scancel", "--signal=USR2", "--batch", job], check=True, timeout=30)
@@ -171,7 +171,7 @@ def jobs(slurm_cluster, tmp_path_factory):  # noqa: F811  (fixture argument)
 
 def test_preempted_job_requeues_itself_and_ends_like_an_uninterrupted_run(jobs):
     root, job = jobs["root"], f"{jobs['preempt']}_0"
-    run, log = root / "preempt" / "e2mc" / "seed0", root / f"preempt-{jobs['preempt']}_0.out"
+    run, log = root / "preempt" / "swav" / "e2mc" / "seed0", root / f"preempt-{jobs['preempt']}_0.out"
     # The uninterrupted reference, run here while the job waits to restart; one thread, as in the job
     # (slurm/common.sh sets OMP_NUM_THREADS to the task's CPUs), since float sums depend on the split.
     reference = root / "preempt_reference"
@@ -197,7 +197,7 @@ def test_array_of_two_seeds_writes_two_runs(jobs):
     for seed in (0, 1):
         job, log = f"{array}_{seed}", root / f"array-{array}_{seed}.out"
         finished(job, log)
-        run = root / "array" / "e2mc" / f"seed{seed}"
+        run = root / "array" / "vicreg" / "e2mc" / f"seed{seed}"
         summary = json.loads((run / "summary.json").read_text())
         assert (summary["status"], summary["epoch"], summary["config"]["train"]["seed"]) == ("finished", 1, seed)
         assert summary["config"]["train"]["log_every"] == 2  # the script's own argument reached the run
@@ -212,7 +212,7 @@ def test_eval_script_probes_the_checkpoint_of_each_seed(jobs):
     for task in (0, 1):
         finished(f"{array}_{task}", root / f"eval-{array}_{task}.out")
     results = [json.loads(p.read_text()) for p in sorted((root / "results" / "vicreg").glob("*.json"))]
-    runs = {str(root / "array" / "e2mc" / f"seed{seed}" / "checkpoint.pt"): seed for seed in (0, 1)}
+    runs = {str(root / "array" / "vicreg" / "e2mc" / f"seed{seed}" / "checkpoint.pt"): seed for seed in (0, 1)}
     assert sorted(r["checkpoint"] for r in results) == sorted(runs)
     for r in results:
         assert (r["kind"], r["method"], r["arm"], r["label_fraction"], r["epoch"]) == \
@@ -224,7 +224,7 @@ def test_eval_script_probes_the_checkpoint_of_each_seed(jobs):
 def test_two_task_ddp_run_ends_with_both_ranks_agreeing(jobs):
     root, job = jobs["root"], f"{jobs['ddp']}_0"
     finished(job, root / f"ddp-{jobs['ddp']}_0.out")
-    run = root / "ddp" / "e2mc" / "seed0"
+    run = root / "ddp" / "simsiam" / "e2mc" / "seed0"
     probes = [torch.load(run / f"probe-rank{r}.pt") for r in (0, 1)]
     assert [(p["world_size"], p["rank"], p["slurm_procid"]) for p in probes] == [(2, 0, "0"), (2, 1, "1")]
     assert_same_weights(probes[0]["parameters"], probes[1]["parameters"])

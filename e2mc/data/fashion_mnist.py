@@ -12,6 +12,7 @@ Where the files are looked for, in order:
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,10 @@ def read_idx(path: str | Path) -> np.ndarray:
     with open(path, "rb") as f:
         raw = f.read()
     if raw[:2] == b"\x1f\x8b":  # gzip magic
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as error:
+            raise ValueError(f"{path} is a truncated or corrupt gzip file ({error}); download or copy it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()}); "
                          "expected e.g. train-images-idx3-ubyte[.gz] from Fashion-MNIST")
@@ -75,23 +79,26 @@ def _missing_files(folder: Path) -> list[str]:
 
 
 def _candidates(root: Path | None) -> list[Path]:
-    places = []
+    # An explicit root is the only place looked in: silently reading another copy would train on data
+    # the user did not name.
     if root is not None:
-        places += [root, root / "FashionMNIST" / "raw"]
-    places += [DEBIAN_FASHION_MNIST, DEFAULT_DOWNLOAD_ROOT / "FashionMNIST" / "raw"]
-    return list(dict.fromkeys(places))  # drop repeats, keep order
+        return [root, root / "FashionMNIST" / "raw"]
+    return [DEBIAN_FASHION_MNIST, DEFAULT_DOWNLOAD_ROOT / "FashionMNIST" / "raw"]
 
 
 def find_fashion_mnist(root: str | Path | None = None, download: bool = True) -> Path:
     """The folder holding the four Fashion-MNIST IDX files (each plain or ``.gz``).
 
-    Looks in ``root``, ``root/FashionMNIST/raw``, :data:`DEBIAN_FASHION_MNIST` and
-    ``DEFAULT_DOWNLOAD_ROOT/FashionMNIST/raw``, in that order; if none holds all four
-    files and ``download`` is true, asks torchvision to download them into
-    ``<root or DEFAULT_DOWNLOAD_ROOT>/FashionMNIST/raw``. Raises FileNotFoundError naming
-    every place tried and the three ways to fix it.
+    With ``root`` given, looks in ``root`` and ``root/FashionMNIST/raw`` only (never in another
+    copy); without it, in :data:`DEBIAN_FASHION_MNIST` and ``DEFAULT_DOWNLOAD_ROOT/FashionMNIST/raw``.
+    If none holds all four files and ``download`` is true, asks torchvision to download them into
+    ``<root or DEFAULT_DOWNLOAD_ROOT>/FashionMNIST/raw``. Raises FileNotFoundError naming every
+    place tried and the ways to fix it.
     """
     root = Path(root).expanduser() if root is not None else None
+    if root is not None and root.exists() and not root.is_dir():
+        raise FileNotFoundError(f"data.root={root} is a file; give the folder that holds the four Fashion-MNIST "
+                                "IDX files (train-images-idx3-ubyte[.gz], ...)")
     tried = []
     for folder in _candidates(root):
         if not folder.is_dir():
@@ -119,8 +126,9 @@ def find_fashion_mnist(root: str | Path | None = None, download: bool = True) ->
     else:
         tried.append("torchvision download: not attempted (download=False)")
 
+    where = f"data.root={root} does not hold Fashion-MNIST" if root is not None else "Fashion-MNIST not found"
     raise FileNotFoundError(
-        "Fashion-MNIST not found. Looked in:\n  - " + "\n  - ".join(tried) + "\n"
+        where + ". Looked in:\n  - " + "\n  - ".join(tried) + "\n"
         "Fix it in one of three ways:\n"
         "  1. pass the folder holding train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
         "t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz] as the config key data.root "

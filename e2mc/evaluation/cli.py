@@ -60,6 +60,9 @@ def _add_plan_arguments(p: argparse.ArgumentParser, seeds: list[int]) -> None:
                                         "(default: --data-root; fetched if absent)")
     p.add_argument("--transfer", action="append", type=_transfer_pair, default=[], metavar="NAME=ROOT",
                    help=f"transfer dataset and its local folder; NAME in {', '.join(TRANSFER_DATASETS)} (repeatable)")
+    p.add_argument("--transfer-protocol", choices=("reglog", "pooled"),
+                   help="reglog: the authors' iNat18 head on the last feature map (84 epochs, steps 24/48/72; the "
+                        "default on images); pooled: the linear probe on pooled features")
     p.add_argument("--probe-on", choices=("features", "images"),
                    help="features: fast probe on cached standardised features (the mini default); images: the "
                         "authors' protocol, augmented images through the frozen backbone (the ImageNet default)")
@@ -91,6 +94,7 @@ def plan_from_args(args: argparse.Namespace) -> EvaluationPlan:
         "eval.protocols": args.protocols and listing(args.protocols),
         "eval.label_fractions": args.label_fractions and listing(args.label_fractions),
         "eval.seeds": listing(args.seeds),
+        "eval.transfer.protocol": args.transfer_protocol,
         "eval.probe.on": args.probe_on, "eval.probe.epochs": args.probe_epochs, "eval.probe.lr": args.probe_lr,
         "eval.probe.weight_decay": args.probe_weight_decay,
         "eval.probe.weight_decays": args.probe_weight_decays and listing(args.probe_weight_decays),

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from e2mc.evaluation.linear import ProbeResult, cosine_lr, new_linear, topk_correct
+from e2mc.evaluation.linear import ProbeResult, cosine_lr, topk_correct
 from e2mc.evaluation.sources import ImageSource, backbone_of, like_network, network_device
 
 
@@ -103,7 +103,12 @@ def finetune(network: nn.Module, train_source: ImageSource, train_indices: torch
     feature_dim = getattr(network, "feature_dim", None)
     if feature_dim is None:
         raise ValueError("finetune needs a network with a feature_dim attribute (built by e2mc.models.build_model)")
-    model = Classifier(backbone, new_linear(feature_dim, num_classes, generator).to(device))
+    # PyTorch's default Linear initialisation, as the authors' eval_semisup.py (their checkpoint keys do
+    # not match the head, so it keeps its default init), drawn from the seed
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        head = nn.Linear(feature_dim, num_classes)
+    model = Classifier(backbone, head.to(device))
     optimizer = torch.optim.SGD([{"params": model.backbone.parameters(), "lr": settings.backbone_lr},
                                  {"params": model.head.parameters(), "lr": settings.head_lr}],
                                 momentum=settings.momentum, weight_decay=settings.weight_decay)

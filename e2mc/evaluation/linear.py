@@ -14,19 +14,30 @@ validation accuracy (``top1_val_selected``): an epoch choice that never looks at
   classifiers). A weight-decay grid may be searched on a held-out part of the labelled set.
 * :func:`train_linear_on_images` is the ImageNet protocol of the authors' ``eval_linear.py``: every
   epoch sends freshly augmented images (RandomResizedCrop + flip) through the frozen backbone.
+  Its ``head`` chooses what is trained on the frozen backbone: ``"linear"``, a linear layer on the
+  pooled features, or ``"reglog"``, the authors' transfer head :class:`RegLog` on the backbone's last
+  spatial feature map (:func:`spatial_trunk`), with :data:`AUTHORS_TRANSFER_PROBE` its settings.
+
+The learning rate follows ``ProbeSettings.schedule``: ``"cosine"`` (the default above) or ``"step"``
+(``MultiStepLR``: multiplied by ``gamma`` at every epoch of ``milestones``), set per epoch by
+:func:`epoch_lr`.
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 from e2mc.data import balanced_subset
+from e2mc.models import ConvNet
 from e2mc.evaluation.sources import ImageSource, backbone_of, extract_features, like_network, network_device
 
 
@@ -34,8 +45,11 @@ from e2mc.evaluation.sources import ImageSource, backbone_of, extract_features, 
 class ProbeSettings:
     """Hyper-parameters of a linear probe.
 
-    epochs: passes over the labelled set. batch_size: images per step. lr: initial learning rate
-    (cosine-annealed to 0 over ``epochs``). momentum, weight_decay, nesterov: of SGD (weight decay
+    epochs: passes over the labelled set. batch_size: images per step. lr: initial learning rate.
+    schedule: ``"cosine"`` (annealed to 0 over ``epochs``, CosineAnnealingLR stepped per epoch) or
+    ``"step"`` (``lr * gamma ** k`` after the k-th epoch of ``milestones``, MultiStepLR stepped per
+    epoch); milestones (strictly increasing epochs >= 1) and gamma (> 0) are read by the step schedule
+    only (see :func:`epoch_lr`). momentum, weight_decay, nesterov: of SGD (weight decay
     on weights and bias, as the reference). standardize: cached-feature path only, standardise
     features with the labelled set's statistics. weight_decays: if non-empty, the weight decay is
     chosen from this grid by top-1 on a class-balanced held-out ``holdout_fraction`` of the
@@ -60,6 +74,9 @@ class ProbeSettings:
     weight_decays: tuple[float, ...] = ()
     holdout_fraction: float = 0.2
     val_fraction: float = 0.0
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -72,13 +89,30 @@ class ProbeSettings:
             raise ValueError(f"val_fraction must lie in [0, 1) (0: no validation split), got {self.val_fraction}")
         self.val_fraction = float(self.val_fraction)
         self.weight_decays = tuple(float(w) for w in self.weight_decays)
+        if self.schedule not in ("cosine", "step"):
+            raise ValueError(f"probe schedule must be 'cosine' or 'step', got {self.schedule!r}")
+        milestones = tuple(self.milestones)
+        if any(isinstance(m, bool) or int(m) != m or m < 1 for m in milestones) or \
+                any(b <= a for a, b in zip(milestones, milestones[1:])):
+            raise ValueError(f"probe milestones must be strictly increasing epochs >= 1, got {list(milestones)}")
+        self.milestones = tuple(int(m) for m in milestones)
+        if not (isinstance(self.gamma, (int, float)) and math.isfinite(self.gamma) and self.gamma > 0):
+            raise ValueError(f"probe gamma must be a finite number > 0, got {self.gamma!r}")
+        self.gamma = float(self.gamma)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "weight_decays": list(self.weight_decays)}
+        return {**asdict(self), "weight_decays": list(self.weight_decays), "milestones": list(self.milestones)}
 
 
 # The paper's image protocol: SwAV's eval_linear defaults (lr 0.3 for 256 images, wd 1e-6), raw features.
 PAPER_IMAGE_PROBE = ProbeSettings(epochs=100, batch_size=256, lr=0.3, weight_decay=1e-6, standardize=False)
+
+# The authors' transfer protocol (deepc94/e2mc trainer_probe_transfer.sh with eval_linear.py, which is
+# facebookresearch/swav's RegLog with global_pooling=false, use_bn=true): SGD momentum 0.9 without
+# Nesterov, lr 0.01, weight decay 1e-4, MultiStepLR milestones 24, 48, 72 with gamma 0.1, 84 epochs,
+# batch 256, on the :class:`RegLog` head (``train_linear_on_images(..., head="reglog")``).
+AUTHORS_TRANSFER_PROBE = ProbeSettings(epochs=84, batch_size=256, lr=0.01, weight_decay=1e-4, standardize=False,
+                                       schedule="step", milestones=(24, 48, 72), gamma=0.1)
 
 
 @dataclass
@@ -175,6 +209,15 @@ def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
     return base_lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
 
 
+def epoch_lr(settings: ProbeSettings, epoch: int) -> float:
+    """Learning rate of (0-based) ``epoch`` under ``settings.schedule``: :func:`cosine_lr`, or for
+    ``"step"`` ``lr * gamma ** (number of milestones <= epoch)``, which is what
+    ``MultiStepLR(milestones, gamma)`` gives after ``epoch`` calls of ``step()``."""
+    if settings.schedule == "step":
+        return settings.lr * settings.gamma ** bisect.bisect_right(settings.milestones, epoch)
+    return cosine_lr(settings.lr, epoch, settings.epochs)
+
+
 def new_linear(in_features: int, num_classes: int, generator: torch.Generator) -> nn.Linear:
     """A linear classifier initialised as the reference: weights N(0, 0.01), bias 0."""
     layer = nn.Linear(in_features, num_classes)
@@ -200,8 +243,9 @@ def _one_thread_for_small_products(device: torch.device, batch: int, features: i
         torch.set_num_threads(threads)
 
 
-def _check_labels(x: torch.Tensor, y: torch.Tensor, num_classes: int, name: str) -> None:
-    if x.dim() != 2 or y.dim() != 1 or len(x) != len(y):
+def _check_labels(x: torch.Tensor, y: torch.Tensor, num_classes: int, name: str, any_shape: bool = False) -> None:
+    """Features (N, F) (with ``any_shape``: (N, ...), e.g. pooled maps) and labels (N,) in [0, num_classes)."""
+    if (x.dim() < 2 if any_shape else x.dim() != 2) or y.dim() != 1 or len(x) != len(y):
         raise ValueError(f"{name}: expected features (N, F) and labels (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
     if len(y) == 0:
         raise ValueError(f"{name}: no samples")
@@ -228,7 +272,7 @@ def _fit_cached(x: torch.Tensor, y: torch.Tensor, eval_x: torch.Tensor, eval_y: 
     top1, top5, losses, val_top1 = [], [], [], []
     for epoch in range(settings.epochs):
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(settings.lr, epoch, settings.epochs)
+            group["lr"] = epoch_lr(settings, epoch)
         order = torch.randperm(len(x), generator=generator).to(x.device)
         total = 0.0
         for start in range(0, len(x), settings.batch_size):
@@ -305,11 +349,114 @@ def _select_and_fit(train_x, train_y, test_x, test_y, num_classes, settings, see
     return result
 
 
+# ----------------------------------------------------------------------------- the authors' transfer head
+
+def spatial_trunk(network: nn.Module) -> nn.Module:
+    """The part of ``network``'s backbone that ends at its last spatial feature map (N, C, H, W).
+
+    torchvision ResNets (``build_backbone("resnet50" | "resnet18")``, ``fc`` = Identity): conv1, bn1,
+    relu, maxpool, layer1 to layer4, without avgpool ((N, 2048, 7, 7) for ResNet-50 at 224 px). The mini
+    :class:`e2mc.models.ConvNet`: its ``blocks``, without ``pool`` ((N, 256, 3, 3) at 28 px). The
+    modules are the backbone's own (shared, not copied). Raises ValueError for any other backbone.
+    """
+    backbone = backbone_of(network)
+    if isinstance(backbone, torchvision.models.ResNet):
+        return nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool,
+                             backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)
+    if isinstance(backbone, ConvNet):
+        return backbone.blocks
+    raise ValueError(f"no spatial feature map known for a {type(backbone).__name__} backbone: the RegLog transfer "
+                     "head reads the last feature map of a torchvision ResNet (layer4) or of the mini ConvNet "
+                     "(blocks); use the pooled transfer protocol for other backbones")
+
+
+@torch.no_grad()
+def feature_map(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The last spatial feature map of ``network``'s backbone for ``images`` (see :func:`spatial_trunk`),
+    computed in whatever mode the backbone is in, without gradients."""
+    trunk = spatial_trunk(network)
+    return trunk(like_network(images, trunk))
+
+
+class RegLog(nn.Module):
+    """The authors' transfer head (SwAV's ``RegLog`` with global_pooling=false, use_bn=true) on a feature
+    map (N, C, H, W): AvgPool2d(kernel_size=6, stride=1) -> BatchNorm2d(C) -> flatten -> Linear.
+
+    On ResNet-50's 7 x 7 map at 224 px the pooled map is 2 x 2, so the linear layer has C * 4 = 8192
+    inputs. The linear layer is initialised as :func:`new_linear` (weights N(0, 0.01) from
+    ``generator``, bias 0), the BatchNorm as PyTorch's default (weight 1, bias 0); both are trained.
+    The kernel is clamped to the map, ``min(kernel_size, H)`` x ``min(kernel_size, W)``, so that the
+    head also runs on maps smaller than 6 (the mini ConvNet's 3 x 3 at 28 px: a 1 x 1 pooled map, i.e.
+    global average pooling); for maps of at least 6 it is the reference head exactly.
+
+    ``forward(x) = classify(av_pool(x))``: the pooling has no parameters, so the image trainer applies
+    it once per image on the frozen side and trains :meth:`classify`.
+    """
+
+    def __init__(self, channels: int, map_size: int | tuple[int, int], num_classes: int,
+                 generator: torch.Generator | None = None, kernel_size: int = 6) -> None:
+        super().__init__()
+        height, width = (map_size, map_size) if isinstance(map_size, int) else map_size
+        if min(channels, height, width, num_classes, kernel_size) < 1:
+            raise ValueError(f"RegLog needs positive channels, map size, classes and kernel, got {channels}, "
+                             f"{(height, width)}, {num_classes}, {kernel_size}")
+        self.kernel_size = (min(kernel_size, height), min(kernel_size, width))
+        self.pooled_size = (height - self.kernel_size[0] + 1, width - self.kernel_size[1] + 1)
+        self.av_pool = nn.AvgPool2d(self.kernel_size, stride=1)
+        self.bn = nn.BatchNorm2d(channels)
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.linear = new_linear(channels * self.pooled_size[0] * self.pooled_size[1], num_classes, generator)
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits of an already pooled map (N, C, s_h, s_w)."""
+        return self.linear(torch.flatten(self.bn(pooled), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.av_pool(x))
+
+
+IMAGE_PROBE_HEADS = ("linear", "reglog")
+
+
+def _image_head(network: nn.Module, head: str, test_source: ImageSource, test_indices: torch.Tensor | None,
+                num_classes: int, generator: torch.Generator, device: torch.device
+                ) -> tuple[nn.Module, Callable[[int], nn.Module]]:
+    """(encoder, make_classifier) of an image probe whose backbone is in eval mode. The encoder maps
+    images to the frozen input of the trained part (run without gradients, its output cached for the
+    test and validation images); ``make_classifier(dim)`` builds the trained part, ``dim`` being the
+    encoder's output width."""
+    if head == "linear":
+        return backbone_of(network), lambda dim: new_linear(dim, num_classes, generator).to(device)
+    trunk = spatial_trunk(network)
+    first = torch.as_tensor(test_indices if test_indices is not None else torch.arange(len(test_source)))[:1]
+    batches = test_source.batches(first, 1, device)
+    try:
+        images, _ = next(iter(batches))
+    finally:
+        if hasattr(batches, "close"):
+            batches.close()  # ends the DataLoader (and its workers) at once
+    with torch.no_grad():  # one image tells the map's shape, which fixes the pooling kernel
+        channels, height, width = trunk(like_network(images, trunk)).shape[1:]
+    reglog = RegLog(channels, (height, width), num_classes, generator).to(device)
+    return nn.Sequential(trunk, reglog.av_pool).eval(), lambda dim: _Classify(reglog)
+
+
+class _Classify(nn.Module):
+    """A :class:`RegLog` without its (parameter-free) pooling: what the image trainer trains."""
+
+    def __init__(self, reglog: RegLog) -> None:
+        super().__init__()
+        self.reglog = reglog
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.reglog.classify(pooled)
+
+
 def train_linear_on_images(network: nn.Module, train_source: ImageSource, train_indices: torch.Tensor,
                            test_source: ImageSource, test_indices: torch.Tensor | None, num_classes: int,
                            settings: ProbeSettings = PAPER_IMAGE_PROBE, seed: int = 0,
-                           extraction_batch_size: int = 256) -> ProbeResult:
-    """The paper's linear evaluation: a linear layer on the frozen backbone, trained on augmented images.
+                           extraction_batch_size: int = 256, head: str = "linear") -> ProbeResult:
+    """The paper's linear evaluation: a classifier on the frozen backbone, trained on augmented images.
 
     Each epoch draws new training augmentations (``train_source.batches(train=True)``) and sends them
     through the backbone in eval mode without gradients; the test split (deterministic transform)
@@ -317,51 +464,73 @@ def train_linear_on_images(network: nn.Module, train_source: ImageSource, train_
     With ``settings.val_fraction > 0`` a class-balanced part of ``train_indices`` (seeded by
     :func:`validation_seed`) is held out, encoded once with the evaluation transform, and measured
     after every epoch; the classifier trains on the other images only.
+
+    ``head``: ``"linear"`` (default), a linear layer on the backbone's pooled features; ``"reglog"``,
+    the authors' transfer protocol: :class:`RegLog` on the last spatial feature map
+    (:func:`spatial_trunk`; its average pooling is applied on the frozen side and cached for the test
+    and validation images, exactly as computing it every epoch), its BatchNorm in train mode while
+    training and in eval mode when measuring (use :data:`AUTHORS_TRANSFER_PROBE` as ``settings``).
+    A training batch whose pooled map holds a single value per channel (one image on a 1 x 1 pooled
+    map, possible only with the clamped kernel of small maps) cannot be batch-normalised and is skipped.
     """
+    if head not in IMAGE_PROBE_HEADS:
+        raise ValueError(f"image probe head must be one of {', '.join(IMAGE_PROBE_HEADS)}, got {head!r}")
     if settings.weight_decays:
         raise ValueError("the image protocol uses one weight decay; weight_decays is for train_linear_probe")
     backbone = backbone_of(network)
     device = network_device(network)
-    test_x, test_y = extract_features(network, test_source, test_indices, extraction_batch_size)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        return _train_on_images(network, train_source, train_indices, test_source, test_indices, num_classes,
+                                settings, seed, extraction_batch_size, head, device)
+    finally:
+        backbone.train(was_training)
+
+
+def _train_on_images(network, train_source, train_indices, test_source, test_indices, num_classes, settings, seed,
+                     extraction_batch_size, head, device) -> ProbeResult:
+    generator = torch.Generator().manual_seed(int(seed))
+    encoder, make_classifier = _image_head(network, head, test_source, test_indices, num_classes, generator, device)
+    test_x, test_y = extract_features(encoder, test_source, test_indices, extraction_batch_size)
     test_x, test_y = test_x.to(device), test_y.to(device)
-    _check_labels(test_x, test_y, num_classes, "test set")
+    _check_labels(test_x, test_y, num_classes, "test set", any_shape=True)
     val, val_indices = None, None
     if settings.val_fraction > 0:
         train_indices = torch.as_tensor(train_indices, dtype=torch.long).cpu()
         fit_rows, val_rows = holdout_split(train_source.labels[train_indices], settings.val_fraction,
                                            validation_seed(seed))
         train_indices, val_indices = train_indices[fit_rows], train_indices[val_rows]
-        val_x, val_y = extract_features(network, train_source, val_indices, extraction_batch_size)
+        val_x, val_y = extract_features(encoder, train_source, val_indices, extraction_batch_size)
         val = val_x.to(device), val_y.to(device)
-        _check_labels(*val, num_classes, "validation set")
-    generator = torch.Generator().manual_seed(int(seed))
-    layer = new_linear(test_x.shape[1], num_classes, generator).to(device)
-    optimizer = torch.optim.SGD(layer.parameters(), lr=settings.lr, momentum=settings.momentum,
+        _check_labels(*val, num_classes, "validation set", any_shape=True)
+    classifier = make_classifier(test_x.shape[1])
+    optimizer = torch.optim.SGD(classifier.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay, nesterov=settings.nesterov)
-    was_training = backbone.training
-    backbone.eval()
+    values_per_channel = math.prod(test_x.shape[2:])  # 1 for pooled features
     top1, top5, losses, val_top1 = [], [], [], []
-    try:
-        for epoch in range(settings.epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(settings.lr, epoch, settings.epochs)
-            total, seen = 0.0, 0
-            for images, labels in train_source.batches(train_indices, settings.batch_size, device, train=True,
-                                                       generator=generator):
-                with torch.no_grad():
-                    features = backbone(like_network(images, backbone)).float()
-                loss = F.cross_entropy(layer(features), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total, seen = total + loss.item() * len(labels), seen + len(labels)
-            losses.append(total / max(seen, 1))
-            accuracy = _accuracy(layer, test_x, test_y)
-            top1.append(accuracy[0])
-            top5.append(accuracy[1])
-            if val is not None:
-                val_top1.append(_accuracy(layer, *val)[0])
-    finally:
-        backbone.train(was_training)
+    for epoch in range(settings.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_lr(settings, epoch)
+        classifier.train()
+        total, seen = 0.0, 0
+        for images, labels in train_source.batches(train_indices, settings.batch_size, device, train=True,
+                                                   generator=generator):
+            if head == "reglog" and len(labels) * values_per_channel < 2:
+                continue  # BatchNorm in train mode needs two values per channel
+            with torch.no_grad():
+                features = encoder(like_network(images, encoder)).float()
+            loss = F.cross_entropy(classifier(features), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, seen = total + loss.item() * len(labels), seen + len(labels)
+        losses.append(total / max(seen, 1))
+        classifier.eval()
+        accuracy = _accuracy(classifier, test_x, test_y)
+        top1.append(accuracy[0])
+        top5.append(accuracy[1])
+        if val is not None:
+            val_top1.append(_accuracy(classifier, *val)[0])
     return ProbeResult(top1, top5, losses, settings.weight_decay, val_top1=val_top1,
                        validation_indices=val_indices, training_indices=train_indices if val is not None else None)

@@ -29,8 +29,8 @@ from e2mc.diagnostics import dimension_pairs, pair_coordinates, rankme, transfor
 from e2mc.methods import build_model, get_method, method_names
 from e2mc.naming import infer_arm
 from e2mc.evaluation.finetune import FinetuneSettings, finetune, swav_finetune_settings
-from e2mc.evaluation.linear import (PAPER_IMAGE_PROBE, ProbeSettings, train_linear_on_images,
-                                    train_linear_probe)
+from e2mc.evaluation.linear import (AUTHORS_TRANSFER_PROBE, PAPER_IMAGE_PROBE, ProbeSettings,
+                                    train_linear_on_images, train_linear_probe)
 from e2mc.evaluation.sources import (DatasetImages, ImageSource, TensorImages, extract_features, input_channels,
                                      network_device)
 from e2mc.evaluation.transfer import num_classes_of, transfer_sources
@@ -38,6 +38,7 @@ from e2mc.provenance import utc_now
 from e2mc.results import config_hash, existing_result, result_filename, write_result
 
 EPOCH_CHECKPOINT = re.compile(r"checkpoint-epoch(\d+)\.pt")
+TRANSFER_PROTOCOLS = ("reglog", "pooled")  # see EvaluationPlan.transfer_protocol
 
 
 # ----------------------------------------------------------------------------- what is evaluated
@@ -60,6 +61,11 @@ class ResultContext:
     @property
     def config_hash(self) -> str | None:
         return config_hash(self.config)
+
+    @property
+    def trained_on(self) -> str:
+        """The dataset the network was (pre-)trained on: its configuration's, ImageNet for a release."""
+        return ((self.config or {}).get("data") or {}).get("dataset") or "imagenet"
 
 
 @dataclass
@@ -225,7 +231,13 @@ class EvaluationPlan:
     ``probe`` is given); probe_overrides: fields replaced in those settings. finetune: settings for
     every fraction, or None for SwAV's per-fraction ones (:func:`swav_finetune_settings`);
     finetune_overrides: fields replaced in those. transfer: (name, root) pairs (see
-    e2mc.evaluation.transfer). extraction_batch_size: images per forward pass when encoding."""
+    e2mc.evaluation.transfer). transfer_protocol: how the transfer datasets are probed: "reglog" (the
+    authors' protocol: :class:`e2mc.evaluation.linear.RegLog` on the backbone's last feature map,
+    trained on augmented images with :data:`AUTHORS_TRANSFER_PROBE`), "pooled" (the probe of
+    ``probe_on`` on the pooled features, as the linear probe), or None: "reglog" when the probe runs
+    on images (``probe_on="images"``), "pooled" when on cached features (``probe_on`` "features" or
+    None, the transfer datasets' default); ``probe_overrides`` apply to either.
+    extraction_batch_size: images per forward pass when encoding."""
 
     protocols: tuple[str, ...] = ("linear_probe",)
     label_fractions: tuple[float, ...] = LABEL_FRACTIONS
@@ -236,6 +248,7 @@ class EvaluationPlan:
     finetune: FinetuneSettings | None = None
     finetune_overrides: dict = field(default_factory=dict)
     transfer: tuple[tuple[str, str], ...] = ()
+    transfer_protocol: str | None = None
     extraction_batch_size: int = 512
 
     def __post_init__(self) -> None:
@@ -252,6 +265,9 @@ class EvaluationPlan:
             raise ValueError(f"probe_on must be 'features' or 'images' (or None: by dataset), got {self.probe_on!r}")
         if "transfer" in self.protocols and not self.transfer:
             raise ValueError("the transfer protocol needs at least one dataset: --transfer NAME=ROOT, e.g. cifar10=/data")
+        if self.transfer_protocol not in (None,) + TRANSFER_PROTOCOLS:
+            raise ValueError(f"transfer_protocol must be one of {', '.join(TRANSFER_PROTOCOLS)} (or None: reglog "
+                             f"when probing on images, pooled on cached features), got {self.transfer_protocol!r}")
 
     @property
     def uses_own_data(self) -> bool:
@@ -259,8 +275,9 @@ class EvaluationPlan:
         return "linear_probe" in self.protocols or "finetune" in self.protocols
 
     def for_dataset(self, dataset: str) -> "EvaluationPlan":
-        """The plan with ``probe_on`` decided where it was left open: the authors' protocol on images for
-        ImageNet, the fast cached-features probe elsewhere (Fashion-MNIST, transfer datasets)."""
+        """The plan with ``probe_on`` decided where it was left open, by the dataset the network was trained
+        on: the authors' protocols on images for ImageNet models (the linear probe, and reglog for transfer),
+        the fast cached-features probe for the mini models."""
         if self.probe_on is not None:
             return self
         return replace(self, probe_on="images" if dataset == "imagenet" else "features")
@@ -269,6 +286,19 @@ class EvaluationPlan:
         base = self.probe if self.probe is not None else (PAPER_IMAGE_PROBE if self.probe_on == "images"
                                                           else ProbeSettings())
         return replace(base, **self.probe_overrides)
+
+    def transfer_protocol_name(self) -> str:
+        """The transfer protocol this plan runs (``transfer_protocol``, or its default by ``probe_on``)."""
+        if self.transfer_protocol is not None:
+            return self.transfer_protocol
+        return "reglog" if self.probe_on == "images" else "pooled"
+
+    def transfer_settings(self) -> ProbeSettings:
+        """Settings of the transfer probe: :data:`AUTHORS_TRANSFER_PROBE` for reglog, those of
+        :meth:`probe_settings` for pooled; ``probe_overrides`` replaced in both."""
+        if self.transfer_protocol_name() == "reglog":
+            return replace(AUTHORS_TRANSFER_PROBE, **self.probe_overrides)
+        return self.probe_settings()
 
     def finetune_settings(self, fraction: float) -> FinetuneSettings:
         base = self.finetune if self.finetune is not None else swav_finetune_settings(fraction)
@@ -280,13 +310,15 @@ def plan_from_config(section: EvalConfig, dataset: str | None) -> EvaluationPlan
 
     Unset probe and fine-tuning settings keep their protocols' defaults. ``eval.probe.on`` unset means
     the authors' protocol on images for ImageNet and the fast cached-features probe for Fashion-MNIST
-    (decided when the evaluation data are known if ``dataset`` is None)."""
+    (decided when the evaluation data are known if ``dataset`` is None). ``eval.transfer.protocol``
+    unset means reglog when the probe runs on images, pooled otherwise (see :class:`EvaluationPlan`)."""
     probe_on = section.probe.on or (None if dataset is None else "images" if dataset == "imagenet" else "features")
     probe = {k: v for k, v in dataclasses.asdict(section.probe).items() if k != "on" and v is not None}
     tune = {k: v for k, v in dataclasses.asdict(section.finetune).items() if v is not None}
     return EvaluationPlan(tuple(section.protocols), tuple(section.label_fractions), tuple(section.seeds),
                           probe_on=probe_on, probe_overrides=probe, finetune_overrides=tune,
-                          transfer=tuple(section.transfer.datasets.items()))
+                          transfer=tuple(section.transfer.datasets.items()),
+                          transfer_protocol=section.transfer.protocol)
 
 
 def _probe_on_features(network: nn.Module, evaluation: EvaluationData, jobs: list[tuple[float, int]],
@@ -335,12 +367,13 @@ def _run_kind(network, context, kind, source, plan, results_dir, skip_existing, 
                                     lambda fraction, seed: data.balanced_subset(train.labels, fraction, seed))
     else:
         evaluation = source
-    plan = plan.for_dataset(evaluation.name)
+    plan = plan.for_dataset(context.trained_on)
+    # The two transfer protocols of one checkpoint are two results: the protocol is part of their file name.
+    named = f"{evaluation.name}-{plan.transfer_protocol_name()}" if kind == "transfer" else evaluation.name
     jobs, paths = [], []
     for fraction in plan.label_fractions:
         for seed in plan.seeds:
-            name = (kind, context.method, context.arm, evaluation.name, context.epoch, fraction, seed,
-                    context.config_hash)
+            name = (kind, context.method, context.arm, named, context.epoch, fraction, seed, context.config_hash)
             found = existing_result(results_dir, *name) if skip_existing else None
             path = found or results_dir / result_filename(*name)
             paths.append(path)
@@ -353,6 +386,12 @@ def _run_kind(network, context, kind, source, plan, results_dir, skip_existing, 
         settings = [plan.finetune_settings(fraction) for fraction, _, _ in jobs]
         outcomes = (finetune(network, evaluation.train, idx, evaluation.test, None, evaluation.num_classes, setting,
                              seed) for (_, seed, _), idx, setting in zip(jobs, indices, settings))
+    elif kind == "transfer" and plan.transfer_protocol_name() == "reglog":
+        settings = [plan.transfer_settings()] * len(jobs)
+        outcomes = (train_linear_on_images(network, evaluation.train, idx, evaluation.test, None,
+                                           evaluation.num_classes, settings[0], seed, plan.extraction_batch_size,
+                                           head="reglog")
+                    for (_, seed, _), idx in zip(jobs, indices))
     elif plan.probe_on == "images":
         settings = [plan.probe_settings()] * len(jobs)
         outcomes = (train_linear_on_images(network, evaluation.train, idx, evaluation.test, None,
@@ -362,6 +401,10 @@ def _run_kind(network, context, kind, source, plan, results_dir, skip_existing, 
         settings = [plan.probe_settings()] * len(jobs)
         outcomes = _probe_on_features(network, evaluation, [(f, s) for f, s, _ in jobs], indices, settings[0],
                                       plan.extraction_batch_size)
+    protocol = {}
+    if kind == "transfer":
+        protocol = {"protocol_name": plan.transfer_protocol_name()}
+    probe_on = None if kind == "finetune" else "images" if protocol.get("protocol_name") == "reglog" else plan.probe_on
     device = network_device(network)
     started, tic = utc_now(), time.time()
     # Each result is written as soon as it exists (the first one's time includes encoding the images).
@@ -369,8 +412,8 @@ def _run_kind(network, context, kind, source, plan, results_dir, skip_existing, 
         write_result(path, kind=kind, method=context.method, arm=context.arm, criterion=context.criterion,
                      epoch=context.epoch, label_fraction=fraction, seed=seed, dataset=evaluation.name,
                      metrics=result.metrics(),
-                     extra={**context.extra, **result.history(), "protocol": kind,
-                            "probe_on": None if kind == "finetune" else plan.probe_on, "settings": setting.to_dict(),
+                     extra={**context.extra, **result.history(), "protocol": kind, **protocol,
+                            "probe_on": probe_on, "settings": setting.to_dict(),
                             "n_train": len(idx), "n_test": len(evaluation.test),
                             "num_classes": evaluation.num_classes, "seconds": time.time() - tic},
                      config=context.config, checkpoint=context.checkpoint, started=started, device=device)
