@@ -27,7 +27,7 @@ test: $(STAMP)
 data:
 	@scripts/get_fashion_mnist.sh
 
-# Re-create the committed base checkpoints (pre-training from scratch; about 35 minutes on 2 cores).
+# Re-create the committed base checkpoints (pre-training from scratch; about 45 minutes on 2 cores).
 pretrain-mini: $(STAMP) data
 	@for m in $(METHODS); do \
 	  $(PY) -m e2mc pretrain --config configs/mini/pretrain/$$m.yaml && \

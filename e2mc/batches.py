@@ -3,7 +3,9 @@
 Both streams yield, per step, the list of views (each a float tensor on the training device) of
 this process's share of the global batch. The order of images depends only on (seed, epoch) and
 the augmentation of a step only on (seed, epoch, step, rank), so a run resumed at step k of an
-epoch sees exactly the batches an uninterrupted run would have seen.
+epoch sees exactly the batches an uninterrupted run would have seen. For :class:`LoaderViews` this
+holds because every image is augmented under its own seed (not the global RNG as it stands after
+the steps before, nor a DataLoader worker's stream, which a resumed epoch would not reproduce).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import itertools
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 def _mix(*numbers: int) -> int:
@@ -56,11 +58,31 @@ class TensorViews:
             yield self.augment(self.images[index], generator)
 
 
+class SeededItems(Dataset):
+    """``dataset[index]`` computed under its own seed: item ``(seed, index)`` runs the dataset's
+    transform with torch's global RNG seeded by ``seed`` (torchvision's transforms and
+    :class:`e2mc.data.augment.RandomPILGaussianBlur` draw from it), then restores that RNG."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        seed, index = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
 class LoaderViews:
     """Views from a map-style dataset returning ``(list of views, label)`` (ImageNet ImageFolder).
 
     Shuffling and sharding use :class:`DistributedSampler` (seeded by ``seed`` and the epoch); a resumed
-    epoch skips the sampler's first ``start_step`` batches without loading them.
+    epoch skips the sampler's first ``start_step`` batches without loading them. The image in slot ``i``
+    of step ``s`` is augmented under the seed ``(seed, epoch, s, rank, i)``, whatever the number of
+    DataLoader workers and wherever the epoch started.
     """
 
     def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
@@ -68,6 +90,7 @@ class LoaderViews:
         if batch_size % world_size:
             raise ValueError(f"batch_size={batch_size} must be divisible by the number of processes ({world_size})")
         self.dataset, self.local_batch, self.workers = dataset, batch_size // world_size, workers
+        self.seed, self.rank = seed, rank
         self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
                                           drop_last=True)
         self.device = torch.device(device)
@@ -75,9 +98,12 @@ class LoaderViews:
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[list[torch.Tensor]]:
         self.sampler.set_epoch(epoch)
-        indices = list(self.sampler)[start_step * self.local_batch:self.steps_per_epoch * self.local_batch]
-        loader = DataLoader(self.dataset, batch_size=self.local_batch, sampler=indices, num_workers=self.workers,
-                            pin_memory=self.device.type == "cuda", drop_last=True,
-                            persistent_workers=False)
+        indices = list(self.sampler)
+        items = [(_mix(self.seed, epoch, step, self.rank, slot), indices[step * self.local_batch + slot])
+                 for step in range(start_step, self.steps_per_epoch) for slot in range(self.local_batch)]
+        # Its own generator, so that creating the loader draws nothing from the global RNG either.
+        loader = DataLoader(SeededItems(self.dataset), batch_size=self.local_batch, sampler=items,
+                            num_workers=self.workers, pin_memory=self.device.type == "cuda", drop_last=True,
+                            persistent_workers=False, generator=torch.Generator().manual_seed(_mix(self.seed, epoch)))
         for views, _ in itertools.islice(loader, self.steps_per_epoch - start_step):
             yield [v.to(self.device, non_blocking=True) for v in views]

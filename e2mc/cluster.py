@@ -213,6 +213,7 @@ def task_assignment(arms: Sequence[str], task_id: int, seeds: Sequence[int] = ()
 def _task(method: str, environ: Mapping[str, str], default_arms: Sequence[str]) -> tuple[str, int, str]:
     """(arm, seed, output_dir) of this job or array task; see :func:`continue_arguments`."""
     arms = _words(environ, "E2MC_ARMS") or _words(environ, "E2MC_ARM") or list(default_arms)
+    arms = [naming.method_arm(arm, method) for arm in arms]
     for arm in arms:
         arm_overrides(arm)
     try:

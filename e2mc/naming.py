@@ -39,6 +39,15 @@ def arm_overrides(arm: str) -> list[str]:
     return list(ARMS[arm])
 
 
+def method_arm(arm: str, method: str) -> str:
+    """``arm`` for ``method``: ``e2mc_other_transform`` becomes the transform ablation of that method
+    (``e2mc_gaussian_cdf`` for VICReg, ``e2mc_sigmoid`` for SwAV); any other name is returned as it is."""
+    if arm != "e2mc_other_transform":
+        return arm
+    other = {"sigmoid": "gaussian_cdf", "gaussian_cdf": "sigmoid"}[get_method(method).transform]
+    return f"e2mc_{other}"
+
+
 def infer_arm(config: dict | None) -> str:
     """The experiment arm of a training configuration.
 

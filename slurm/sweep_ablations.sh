@@ -27,11 +27,6 @@ if [[ ! -f $E2MC_ROOT/slurm/common.sh ]]; then
 fi
 source "$E2MC_ROOT/slurm/common.sh"
 
-method=${E2MC_METHOD:-vicreg}
-case $method in
-    vicreg) other_transform=e2mc_gaussian_cdf ;;
-    swav | simsiam) other_transform=e2mc_sigmoid ;;
-    *) echo "error: E2MC_METHOD must be vicreg, swav or simsiam, got '$method'" >&2; exit 2 ;;
-esac
-e2mc_arguments continue-args "$method" entropy_only covariance_only "$other_transform" -- "$@"
+# e2mc_other_transform: the transform the method does not use (e2mc.naming.method_arm)
+e2mc_arguments continue-args "${E2MC_METHOD:-vicreg}" entropy_only covariance_only e2mc_other_transform -- "$@"
 e2mc_srun -m e2mc "${e2mc_args[@]}"

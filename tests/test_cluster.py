@@ -335,3 +335,18 @@ def test_submit_local_with_every_epoch_writes_the_per_epoch_probes(tmp_path, cap
     table = results.load(tmp_path / "probes")
     assert sorted(table["epoch"]) == [0, 1, 2]  # the starting point, then after each epoch
     assert set(table["arm"]) == {"e2mc"} and set(table["label_fraction"]) == {0.1}
+
+
+@pytest.mark.parametrize(("method", "expected"), [("vicreg", "gaussian_cdf"), ("swav", "sigmoid"),
+                                                  ("barlowtwins", "gaussian_cdf")])
+def test_the_other_transform_arm_follows_the_method(method, expected):
+    """sweep_ablations.sh names the transform ablation once for every method; the registry knows which."""
+    words = cluster.continue_arguments(method, {"E2MC_ARM": "e2mc_other_transform",
+                                                "E2MC_CONFIG": f"configs/mini/{method}.yaml"})
+    assert f"criterion.transform={expected}" in words
+    assert any(w.startswith("train.output_dir=") and w.endswith(f"/{method}/e2mc_{expected}/seed0") for w in words)
+
+
+def test_continue_args_checks_the_configuration():
+    code = cluster.main(["continue-args", "vicreg", "--", "criterion.ent_coeff=-1"])
+    assert code == 2

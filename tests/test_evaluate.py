@@ -344,7 +344,7 @@ def test_transfer_protocol_on_cifar10(cifar10, tiny, tmp_path):
     record = results.read_result(path)
     assert (record["kind"], record["dataset"]) == ("transfer", "cifar10")
     assert (record["extra"]["n_train"], record["extra"]["n_test"], record["extra"]["num_classes"]) == (150, 20, 10)
-    assert path.name.startswith("transfer_vicreg_base_cifar10_e000_f100pct_s0_")
+    assert path.name.startswith("transfer_vicreg_base_cifar10-pooled_e000_f100pct_s0_")  # a mini model: pooled
 
 
 # ----------------------------------------------------------------------------- errors

@@ -231,8 +231,29 @@ def test_reglog_transfer_end_to_end(cifar10, tmp_path, backbone):
 def test_pooled_transfer_records_its_protocol(cifar10, tmp_path):
     root, _ = cifar10
     network = build_model("vicreg", "convnet", expander=(16, 16)).eval()
-    plan = EvaluationPlan(("transfer",), (1.0,), (0,), transfer=(("cifar10", root),), probe_overrides={"epochs": 2})
+    # the cached-features probe (the mini default) transfers with the pooled protocol
+    plan = EvaluationPlan(("transfer",), (1.0,), (0,), transfer=(("cifar10", root),), probe_overrides={"epochs": 2},
+                          probe_on="features")
     (path,) = evaluate_network(network, ResultContext("vicreg", "base", 0), None, plan, tmp_path, workers=0, log=None)
     extra = results.read_result(path)["extra"]
     assert (extra["protocol_name"], extra["probe_on"]) == ("pooled", "features")
+    assert path.name.startswith("transfer_vicreg_base_cifar10-pooled_")  # the protocol is part of the name
     assert extra["settings"]["schedule"] == "cosine"
+
+
+def test_digits_is_a_bundled_stratified_transfer_set():
+    from sklearn.datasets import load_digits
+
+    from e2mc.evaluation import transfer_dataset
+
+    train, test = transfer_dataset("digits", "bundled", "train"), transfer_dataset("digits", "bundled", "test")
+    assert len(train) + len(test) == 1797 and len(test) == 540
+    counts = torch.bincount(torch.tensor(test.targets), minlength=10)
+    per_class = torch.bincount(torch.tensor(load_digits().target), minlength=10)
+    assert ((counts - 0.3 * per_class).abs() <= 1).all()  # 30 % of each class: stratified
+    assert train.targets == transfer_dataset("digits", "elsewhere", "train").targets  # fixed split
+    image, label = test[0]
+    original = load_digits()
+    index = next(i for i in range(1797) if (original.images[i] * (255 / 16)).round().astype("uint8").tobytes()
+                 == image.tobytes() and original.target[i] == label)
+    assert image.size == (8, 8) and original.target[index] == label

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from e2mc.batches import SeededItems
 from e2mc.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, BatchAugment, ViewRecipe, normalize_fashion_mnist
 
 # The grey 28 px counterpart of the linear probe's training transform (RandomResizedCrop + flip, no colour).
@@ -90,7 +91,8 @@ class DatasetImages(ImageSource):
     """Images of a torch Dataset read through a DataLoader.
 
     ``eval_dataset`` applies the evaluation transform, ``train_dataset`` (optional) the same images
-    with the training augmentation; both yield ``(tensor image, label)``."""
+    with the training augmentation; both yield ``(tensor image, label)``. Training batches are shuffled
+    and augmented by ``generator`` (each image's transform runs under a seed drawn from it)."""
 
     def __init__(self, eval_dataset: Dataset, train_dataset: Dataset | None = None, workers: int = 4) -> None:
         if train_dataset is not None and len(train_dataset) != len(eval_dataset):
@@ -107,7 +109,14 @@ class DatasetImages(ImageSource):
         indices = torch.as_tensor(indices, dtype=torch.long)
         if train:
             indices = indices[torch.randperm(len(indices), generator=generator)]
-        loader = DataLoader(Subset(dataset, indices.tolist()), batch_size=batch_size, shuffle=False,
+            # Each image's augmentation is seeded from ``generator`` as well, so that an evaluation's result
+            # depends on its seed only: not on what ran before in the process, nor on the number of workers.
+            seeds = torch.randint(0, 2**62, (len(indices),), generator=generator).tolist()
+            items: Dataset = SeededItems(dataset)
+            sampler = list(zip(seeds, indices.tolist()))
+        else:
+            items, sampler = Subset(dataset, indices.tolist()), None
+        loader = DataLoader(items, batch_size=batch_size, shuffle=False, sampler=sampler,
                             num_workers=self.workers, pin_memory=device.type == "cuda",
                             persistent_workers=False)
         for images, labels in loader:

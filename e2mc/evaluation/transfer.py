@@ -66,6 +66,37 @@ class INaturalistTargets(Dataset):
         return self.dataset[index]
 
 
+class Digits(Dataset):
+    """scikit-learn's bundled handwritten digits (``sklearn.datasets.load_digits``: 1,797 grey 8 x 8
+    images, 10 classes; nothing to download): a second dataset for the mini models' transfer table.
+    The split is fixed, stratified and seeded: 30 % of each class (540 images) is the test split.
+    Yields (PIL image 8 x 8, mode L, pixel values 0..255, class)."""
+
+    TEST_FRACTION = 0.3
+
+    def __init__(self, split: str = "train", transform: Callable | None = None) -> None:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        images = (digits.images * (255 / 16)).round().astype("uint8")  # 0..16 -> 0..255
+        indices = list(range(len(images)))
+        train, test = train_test_split(indices, test_size=self.TEST_FRACTION, stratify=digits.target,
+                                       random_state=0)
+        chosen = sorted(train if split == "train" else test)
+        self.images = images[chosen]
+        self.targets = [int(digits.target[i]) for i in chosen]
+        self.classes = [str(c) for c in range(10)]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = Image.fromarray(self.images[index], mode="L")
+        return (self.transform(image) if self.transform else image), self.targets[index]
+
+
 def _imagefolder(root: str | Path, split: str, transform: Callable | None) -> Dataset:
     folder = Path(root) / split
     if not folder.is_dir():
@@ -82,6 +113,7 @@ class TransferSpec:
     test_split: str
     splits: tuple[str, ...]
     layout: str
+    needs_root: bool = True  # False for a dataset bundled with a library
 
 
 def _torchvision(cls_name: str, split_kwargs: Callable[[str], dict]) -> Callable[[str, str, Callable | None], Dataset]:
@@ -126,6 +158,9 @@ TRANSFER_DATASETS: dict[str, TransferSpec] = {
         lambda root, split, t: INaturalistTargets(root, {"train": "2021_train", "val": "2021_valid"}[split], t),
         "train", "val", ("train", "val"),
         "root/2021_train/<nnnnn_Kingdom_..._species>/<file>.jpg and root/2021_valid/... (torchvision's INaturalist)"),
+    "digits": TransferSpec(lambda root, split, t: Digits(split, t), "train", "test", ("train", "test"),
+                           "bundled with scikit-learn (load_digits); give any root, e.g. digits=bundled",
+                           needs_root=False),
     "imagefolder": TransferSpec(_imagefolder, "train", "val", ("train", "val", "test"),
                                 "root/<split>/<class>/<image> (any ImageFolder tree: root/train/..., root/val/...)"),
 }
@@ -135,7 +170,7 @@ def transfer_dataset(name: str, root: str | Path, split: str, transform: Callabl
     """The ``split`` of transfer dataset ``name`` from its local copy under ``root`` (never downloaded).
 
     ``name``: one of :data:`TRANSFER_DATASETS` (cifar10, cifar100, flowers102, food101, dtd, pets,
-    stl10, inaturalist2018, inaturalist2021, imagefolder). Each sample is (image, class index);
+    stl10, inaturalist2018, inaturalist2021, digits, imagefolder). Each sample is (image, class index);
     ``transform`` is applied to the PIL image. Raises ValueError for an unknown name or split and
     FileNotFoundError, naming the expected layout, when the files are missing or fail torchvision's
     integrity check.
@@ -147,7 +182,7 @@ def transfer_dataset(name: str, root: str | Path, split: str, transform: Callabl
         raise ValueError(f"{name} has splits {', '.join(spec.splits)}, got {split!r}")
     root = Path(root)
     expected = f"expected layout: {spec.layout}. Copy the original files there (nothing is downloaded)."
-    if not root.is_dir():
+    if spec.needs_root and not root.is_dir():
         raise FileNotFoundError(f"{name}: folder {root} does not exist; {expected}")
     try:
         return spec.build(str(root), split, transform)
