@@ -8,7 +8,8 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.e2mc-installed
 RESULTS    ?= results/mini
 JOBS       ?= 2
-METHODS    := vicreg swav simsiam barlowtwins
+# The registered methods (e2mc.methods), read when a recipe needs them (after the venv exists).
+METHODS     = $(shell $(PY) -c 'from e2mc.methods import method_names; print(*method_names())')
 
 .PHONY: install test reproduce reproduce-full pretrain-mini pretrain-mini-converged notebooks bench data gpu-check clean-venv
 

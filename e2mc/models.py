@@ -97,3 +97,17 @@ def check_dims(**dims: int) -> None:
     for name, value in dims.items():
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def projector_mlp(sizes: Sequence[int], hidden_bias: bool = True) -> nn.Sequential:
+    """(Linear - BatchNorm1d - ReLU) between consecutive ``sizes`` but the last pair, then a Linear
+    without bias: VICReg's expander (hidden biases) and Barlow Twins' projector (none). Module indices
+    follow the official repositories (0, 1, 3, 4, 6 for three layers), so releases load as they are."""
+    if len(sizes) < 2:
+        raise ValueError(f"a projector needs at least an input and an output size, got {list(sizes)}")
+    check_dims(**{f"sizes[{i}]": s for i, s in enumerate(sizes)})
+    layers: list[nn.Module] = []
+    for width_in, width_out in zip(sizes[:-2], sizes[1:-1]):
+        layers += [nn.Linear(width_in, width_out, bias=hidden_bias), nn.BatchNorm1d(width_out), nn.ReLU(inplace=True)]
+    layers.append(nn.Linear(sizes[-2], sizes[-1], bias=False))
+    return nn.Sequential(*layers)

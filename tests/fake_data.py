@@ -40,3 +40,23 @@ def write_fake_fashion_mnist(root: Path, n_train: int = 512, n_test: int = 128, 
         write_idx(root / f"{split}-images-idx3-ubyte", np.clip(images, 0, 255).astype(np.uint8), compress=True)
         write_idx(root / f"{split}-labels-idx1-ubyte", labels.astype(np.uint8), compress=True)
     return root
+
+
+def write_fake_dtd(root: Path, textures=("banded", "dotted"), seed: int = 0) -> Path:
+    """DTD as released, under ``root``: dtd/dtd/images/<texture>/<texture>_NNNN.jpg (40 x 50 RGB noise)
+    and labels/{train,val,test}1.txt; per texture two training images, one val, one test. Returns root."""
+    from PIL import Image
+
+    base = Path(root) / "dtd" / "dtd"
+    rng = np.random.default_rng(seed)
+    lines = {"train": [], "val": [], "test": []}
+    for texture in textures:
+        (base / "images" / texture).mkdir(parents=True)
+        for index, split in enumerate(("train", "train", "val", "test")):
+            name = f"{texture}_{index:04d}.jpg"
+            Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(base / "images" / texture / name)
+            lines[split].append(f"{texture}/{name}")
+    (base / "labels").mkdir()
+    for split, entries in lines.items():
+        (base / "labels" / f"{split}1.txt").write_text("\n".join(entries) + "\n")
+    return Path(root)

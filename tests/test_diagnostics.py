@@ -20,13 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 N = 8192  # samples per dimension; the m-spacings bias at this N is about -0.01 nats
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: on a shared 2-core machine a second intra-op thread only waits (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread for small tensors
 
 
 def logistic_noise(n, d, generator):

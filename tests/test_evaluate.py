@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
 
 from e2mc.config import LABEL_FRACTIONS
 from e2mc import checkpoints, results
@@ -22,20 +21,13 @@ from e2mc.evaluation import (EvaluationPlan, FinetuneSettings, ProbeSettings, Te
                              extract_features, fashion_mnist_data, finetune, load_checkpoint, make_epoch_probe_hook,
                              sweep, topk_correct, train_linear_on_images, train_linear_probe, transfer_dataset)
 from e2mc.train import train
-from fake_data import write_fake_fashion_mnist
+from fake_data import write_fake_dtd, write_fake_fashion_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = 10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Probes run thousands of tiny matrix products; on a shared machine a second intra-op thread only
-    adds synchronisation (measured: 20x slower under load). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread for small tensors
 
 
 # ----------------------------------------------------------------------------- probes on synthetic features
@@ -318,18 +310,7 @@ def test_corrupt_or_missing_transfer_data_names_the_layout(cifar10, tmp_path):
 
 
 def test_dtd_image_folder_layout(tmp_path):
-    base = tmp_path / "dtd" / "dtd"
-    rng = np.random.default_rng(0)
-    lines = {"train": [], "val": [], "test": []}
-    for texture in ("banded", "dotted", "zigzagged"):
-        (base / "images" / texture).mkdir(parents=True)
-        for index, split in enumerate(("train", "train", "val", "test")):
-            name = f"{texture}_{index:04d}.jpg"
-            Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(base / "images" / texture / name)
-            lines[split].append(f"{texture}/{name}")
-    (base / "labels").mkdir()
-    for split, entries in lines.items():
-        (base / "labels" / f"{split}1.txt").write_text("\n".join(entries) + "\n")
+    write_fake_dtd(tmp_path, ("banded", "dotted", "zigzagged"))
     train_set = transfer_dataset("dtd", tmp_path, "train")
     assert len(train_set) == 6 and sorted(train_set.classes) == ["banded", "dotted", "zigzagged"]
     image, label = train_set[2]

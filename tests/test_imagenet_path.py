@@ -27,6 +27,7 @@ from e2mc.config import TransferConfig
 from e2mc.data import imagenet_probe_transform, imagenet_train_dataset
 from e2mc.evaluation import DatasetImages, linear
 from e2mc.evaluation.linear import PAPER_IMAGE_PROBE
+from fake_data import write_fake_dtd
 from run_records import comparable_records, segment_starts
 from test_checkpoints import (DataParallelLike, OfficialSimSiam, OfficialSwAV, OfficialVICReg,
                               exclude_bias_and_norm, randomize_)
@@ -68,20 +69,7 @@ def image_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dtd_root(tmp_path_factory):
     """DTD as released: dtd/dtd/images/<texture>/<file>.jpg and labels/{train,val,test}1.txt."""
-    root = tmp_path_factory.mktemp("dtd")
-    base = root / "dtd" / "dtd"
-    rng = np.random.default_rng(1)
-    lines = {"train": [], "val": [], "test": []}
-    for texture in TEXTURES:
-        (base / "images" / texture).mkdir(parents=True)
-        for index, split in enumerate(("train", "train", "val", "test")):
-            name = f"{texture}_{index:04d}.jpg"
-            Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(base / "images" / texture / name)
-            lines[split].append(f"{texture}/{name}")
-    (base / "labels").mkdir()
-    for split, entries in lines.items():
-        (base / "labels" / f"{split}1.txt").write_text("\n".join(entries) + "\n")
-    return root
+    return write_fake_dtd(tmp_path_factory.mktemp("dtd"), TEXTURES, seed=1)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

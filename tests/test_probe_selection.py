@@ -15,12 +15,7 @@ from e2mc.evaluation.linear import holdout_split, validation_seed
 CLASSES = 10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread for small tensors
 
 
 def noisy_teacher(counts, dim, generator, teacher, noise=1.5):

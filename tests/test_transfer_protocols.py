@@ -15,7 +15,9 @@ from e2mc.evaluation.linear import (AUTHORS_TRANSFER_PROBE, RegLog, cosine_lr, e
 from e2mc.evaluation.runner import ResultContext
 from e2mc.methods import build_model
 from e2mc.models import build_backbone
-from test_evaluate import ROOT, cifar10, one_thread  # noqa: F401  (its tiny CIFAR-10 and one-thread fixtures)
+from test_evaluate import ROOT, cifar10  # noqa: F401  (its tiny CIFAR-10 fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomise_batchnorm(module: nn.Module, generator: torch.Generator) -> None:

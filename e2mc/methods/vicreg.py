@@ -12,7 +12,7 @@ from torch import nn
 
 from e2mc.data.recipes import ViewRecipe, grey_recipe
 from e2mc.methods.base import CriterionViews, Method, Release, register
-from e2mc.models import check_dims
+from e2mc.models import projector_mlp
 from e2mc.objectives.vicreg import VICRegLoss
 
 
@@ -31,13 +31,8 @@ class VICRegNet(nn.Module):
         sizes = [feature_dim, *expander]
         if len(sizes) < 2:
             raise ValueError("expander needs at least one size, e.g. expander=(8192, 8192, 8192)")
-        check_dims(**{f"sizes[{i}]": s for i, s in enumerate(sizes)})
-        layers: list[nn.Module] = []
-        for width_in, width_out in zip(sizes[:-2], sizes[1:-1]):
-            layers += [nn.Linear(width_in, width_out), nn.BatchNorm1d(width_out), nn.ReLU(inplace=True)]
-        layers.append(nn.Linear(sizes[-2], sizes[-1], bias=False))
         self.backbone = backbone
-        self.projector = nn.Sequential(*layers)
+        self.projector = projector_mlp(sizes, hidden_bias=True)
         self.feature_dim = feature_dim
         self.embedding_dim = sizes[-1]
 
