@@ -1,5 +1,6 @@
 """The reproduction grid: arms configure what they are named, and an entry writes every result."""
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -54,8 +55,8 @@ def one_epoch_grid(tmp_path, monkeypatch) -> tuple[Path, Path]:
                       [f"data.root={data_root}", "train.epochs=0", f"train.output_dir={pretrain}"]))
     checkpoints = tmp_path / "checkpoints"
     reproduce.export_base_checkpoint(pretrain, reproduce.base_checkpoint(checkpoints, "vicreg"))
-    monkeypatch.setattr(reproduce, "EPOCHS", 1)
-    monkeypatch.setattr(reproduce, "SEEDS", (0,))
+    for name, part in list(reproduce.PARTS.items()):
+        monkeypatch.setitem(reproduce.PARTS, name, dataclasses.replace(part, epochs=1, seeds=(0,)))
     monkeypatch.setattr(reproduce, "DIAGNOSTIC_IMAGES", 100)
     return data_root, checkpoints
 
