@@ -313,6 +313,11 @@ def _check_run_folder(cfg: Config) -> None:
             "pass another --runs folder for this configuration, or move that run away to train it again")
 
 
+# Data-loading workers of the transfer probes: the mini transfer sets are small (the bundled digits:
+# 1,797 images of 8 x 8), which the evaluating process reads faster than worker processes start.
+TRANSFER_WORKERS = 0
+
+
 def _transfer_plan(part: Part, seeds: tuple[int, ...]) -> EvaluationPlan:
     """The transfer probes of ``part`` (every label, on cached pooled features: the mini default)."""
     return EvaluationPlan(("transfer",), (1.0,), seeds, probe_overrides=part.probe_overrides(),
@@ -353,7 +358,7 @@ def run_entry(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root:
                             data_root=data_root, skip_existing=True)
     if part.transfer:
         evaluate_checkpoint(final, results_dir / "transfer", _transfer_plan(part, (seed,)), arm=arm.name,
-                            epoch=part.epochs, skip_existing=True)
+                            epoch=part.epochs, skip_existing=True, workers=TRANSFER_WORKERS)
     if seed == 0 and not any((results_dir / "diagnostics").glob(
             result_filename("diagnostics", cfg.method, arm.name, cfg.data.dataset, part.epochs, None, seed, "*"))):
         diagnose_checkpoint(final, results_dir / "diagnostics", arm=arm.name, epoch=part.epochs, data_root=data_root,
@@ -387,7 +392,7 @@ def evaluate_base(method: str, results_dir: Path, data_root: str | None = None,
                         data_root=data_root, skip_existing=True)
     if part.transfer:
         evaluate_checkpoint(checkpoint, results_dir / "transfer", _transfer_plan(part, part.seeds), arm="base",
-                            epoch=0, skip_existing=True)
+                            epoch=0, skip_existing=True, workers=TRANSFER_WORKERS)
     diagnostics = results_dir / "diagnostics"
     if not any(diagnostics.glob(f"diagnostics_{method}_base_*")):
         diagnose_checkpoint(checkpoint, diagnostics, arm="base", epoch=0, data_root=data_root,

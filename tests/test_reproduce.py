@@ -46,10 +46,10 @@ def test_full_grid_has_three_seeds_of_every_arm_and_each_base():
         reproduce.entries("most")
 
 
-def one_epoch_grid(tmp_path, monkeypatch) -> tuple[Path, Path]:
+def one_epoch_grid(tmp_path, monkeypatch, n_train: int = 512) -> tuple[Path, Path]:
     """Fake Fashion-MNIST and an untrained VICReg base checkpoint; a grid of one epoch and one seed.
     Returns (data root, checkpoints folder)."""
-    data_root = write_fake_fashion_mnist(tmp_path / "fmnist", n_train=512, n_test=200)
+    data_root = write_fake_fashion_mnist(tmp_path / "fmnist", n_train=n_train, n_test=200)
     pretrain = tmp_path / "pretrain"
     train(load_config(ROOT / "configs/mini/pretrain/vicreg.yaml",
                       [f"data.root={data_root}", "train.epochs=0", f"train.output_dir={pretrain}"]))
