@@ -11,7 +11,7 @@ JOBS       ?= 2
 # The registered methods (e2mc.methods), read when a recipe needs them (after the venv exists).
 METHODS     = $(shell $(PY) -c 'from e2mc.methods import method_names; print(*method_names())')
 
-.PHONY: install test reproduce reproduce-full pretrain-mini pretrain-mini-converged notebooks bench data gpu-check clean-venv
+.PHONY: install test reproduce reproduce-full reproduce-converged pretrain-mini pretrain-mini-converged notebooks bench data gpu-check clean-venv
 
 install: $(STAMP)
 
@@ -44,6 +44,15 @@ pretrain-mini-converged: $(STAMP) data
 	  $(PY) -m e2mc pretrain --config configs/mini/pretrain/$$m.yaml train.epochs=$(CONVERGED_EPOCHS) \
 	    train.output_dir=runs/mini-converged/pretrain/$$m train.keep_epoch_checkpoints=true || exit 1; \
 	done
+
+# The converged-base experiment (issue 15, docs/converged.md) into results/mini-converged (runs in
+# runs/mini-converged): exports the bases of `make pretrain-mini-converged` (which must have finished),
+# probes the pre-training plateau, continues 20 epochs (original vs E2MC, 3 seeds), the learning-rate
+# check and the digits transfer probe; then draws its figures and tables into figures/mini-converged.
+# Resumable: rerun after an interruption.
+reproduce-converged: $(STAMP) data
+	$(PY) -m e2mc reproduce --part converged --jobs $(JOBS)
+	$(MAKE) --no-print-directory notebooks RESULTS=results/mini-converged
 
 # Re-measure the quick part of the grid from the committed base checkpoints into $(RESULTS)-quick,
 # compare it with the committed results, then draw every figure and table from $(RESULTS).

@@ -7,6 +7,8 @@
 * :func:`fig6_epochs`: linear-probe top-1 with 1% labels against the epoch of continued pre-training,
   one line per arm (mean over seeds, 95% t-interval band), one panel per method.
 * :func:`training_dynamics`: marginal entropy and covariance penalty against the training epoch.
+* :func:`pretraining_plateau`: linear-probe top-1 against the epoch of pre-training from scratch (is
+  the base converged?), from the ``plateau/`` results of the converged part.
 
 Arms keep the same colour, marker and name in every figure (:mod:`e2mc.naming`); the colours are the seaborn "colorblind" palette. Figures are drawn with the
 Agg backend, so nothing here needs a display.
@@ -277,6 +279,48 @@ def training_dynamics(frame: pd.DataFrame, keys: Sequence[str] = DYNAMICS_KEYS, 
     return fig
 
 
+# --- the pre-training plateau -------------------------------------------------------------------
+
+PLATEAU_METRICS = {"top1_val_selected": "validation-selected epoch", "top1": "best test epoch",
+                   "top1_last": "last probe epoch"}
+
+
+def pretraining_plateau(frame: pd.DataFrame, label_fraction: float = 0.01,
+                        metrics: Sequence[str] = ("top1_val_selected", "top1"), kind: str = "linear_probe",
+                        confidence: float = 0.95) -> Figure:
+    """Linear-probe accuracy with ``label_fraction`` of the labels against the epoch of pre-training
+    from scratch (the ``plateau/`` results: arm "base", epoch = pre-training epoch), one panel per
+    method, one line per metric of ``metrics`` present in the results (mean over seeds, t-interval band
+    when there are several)."""
+    rows = select(frame, kind, label_fraction, arm="base")
+    present = [m for m in metrics if m in rows.columns and rows[m].notna().any()]
+    if not present:
+        raise MissingResultsError(f"the {kind} results in {source_of(frame)} have none of {list(metrics)}; "
+                                  f"{REPRODUCE_HINT}")
+    methods = order_methods(rows["method"].unique())
+    colors = sns.color_palette("colorblind", len(PLATEAU_METRICS))
+    axes_style, context = _style()
+    with axes_style, context:
+        fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.9), squeeze=False,
+                                 layout="constrained")
+        handles = {}
+        for ax, method in zip(axes[0], methods):
+            for metric in present:
+                curve = summarize(rows[rows["method"] == method], ["epoch"], metric, confidence)
+                color = colors[list(PLATEAU_METRICS).index(metric)] if metric in PLATEAU_METRICS else None
+                (line,) = ax.plot(curve["epoch"], curve["mean"], marker="o", markersize=3.5, linewidth=1.4,
+                                  color=color, label=PLATEAU_METRICS.get(metric, metric))
+                ax.fill_between(curve["epoch"], curve["mean"] - curve["ci"].fillna(0),
+                                curve["mean"] + curve["ci"].fillna(0), color=line.get_color(), alpha=0.18,
+                                linewidth=0)
+                handles[metric] = line
+            ax.set(title=method_label(method), xlabel="epoch of pre-training from scratch",
+                   ylabel=f"linear probe top-1 ({label_fraction:.0%} labels)")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        _legend_below(fig, handles)
+    return fig
+
+
 # --- notebook helpers ---------------------------------------------------------------------------
 
 def save_figure(fig: Figure, output_dir: str | Path, name: str, formats: Sequence[str] = ("png", "pdf"),
@@ -334,3 +378,16 @@ def resolve_io_dirs(results_dir: str | Path, output_dir: str | Path | None = Non
     output_dir = Path("figures") / (found / results_dir).resolve().name if output_dir is None else Path(output_dir)
     output_dir = output_dir.expanduser()
     return found / results_dir, output_dir if output_dir.is_absolute() else found / output_dir
+
+
+def load_variants(results_dir: str | Path) -> pd.DataFrame | None:
+    """The results of every ``<results_dir>/variants/<variant>/`` (e.g. ``lr3x``: another learning
+    rate; see e2mc.reproduce.Arm) in one frame with a ``variant`` column; None when there are none."""
+    folder = Path(results_dir) / "variants"
+    frames = [load_results(sub).assign(variant=sub.name) for sub in sorted(folder.iterdir())
+              if sub.is_dir() and any(sub.rglob("*.json"))] if folder.is_dir() else []
+    if not frames:
+        return None
+    frame = pd.concat(frames, ignore_index=True)
+    frame.attrs["results_dir"] = str(folder)
+    return frame

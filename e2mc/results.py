@@ -35,6 +35,10 @@ SCALAR_COLUMNS = ("kind", "method", "arm", "epoch", "label_fraction", "seed", "d
                   "config_hash", "started", "finished")
 
 
+# Folders that loading a results folder leaves out (see load).
+SEPARATE_FOLDERS = ("checkpoints", "plateau", "variants")
+
+
 class ResultFileError(ValueError):
     """One or more result files do not follow the schema; the message names each file and its problems."""
 
@@ -271,7 +275,9 @@ def load(directory: str | os.PathLike, pattern: str = "**/*.json"):
     ``config``. Rows are sorted by file name.
 
     Files under a ``checkpoints/`` folder (base models and their provenance) are not results and are
-    skipped. Every file is checked first; if any is malformed, :class:`ResultFileError` lists each
+    skipped, and so are those under a ``plateau/`` or ``variants/`` folder: results of their own
+    (the pre-training plateau, the grid's variants such as another learning rate; see
+    e2mc.reproduce) that would otherwise mix into the tables of the folder; load them by their path. Every file is checked first; if any is malformed, :class:`ResultFileError` lists each
     offending file with what is wrong, and nothing is returned.
     """
     import pandas as pd
@@ -280,9 +286,9 @@ def load(directory: str | os.PathLike, pattern: str = "**/*.json"):
     if not directory.is_dir():
         raise FileNotFoundError(f"result folder {directory} does not exist; pass the --results-dir the "
                                 "evaluation wrote to")
-    # checkpoints/ holds model files and their provenance, not results
+    # checkpoints/ holds model files and their provenance, not results; plateau/ and variants/ their own results
     paths = sorted(p for p in directory.glob(pattern)
-                   if p.is_file() and "checkpoints" not in p.relative_to(directory).parts[:-1])
+                   if p.is_file() and not set(SEPARATE_FOLDERS) & set(p.relative_to(directory).parts[:-1]))
     if not paths:
         raise FileNotFoundError(f"no result files ({pattern}) under {directory}")
     rows, errors = [], []

@@ -61,7 +61,7 @@ class Table:
         return sum(1 for c in self.header if c in KEY_HEADERS)
 
 
-KEY_HEADERS = {"Method", "Arm", "Criterion", "Transform", "λ_ent", "λ_cov", "Epoch", "Dataset"}
+KEY_HEADERS = {"Method", "Arm", "Criterion", "Transform", "λ_ent", "λ_cov", "Epoch", "Dataset", "LR"}
 
 
 def latex_escape(text: str) -> str:
@@ -343,3 +343,91 @@ def paired_comparison(frame: pd.DataFrame, arm: str = "e2mc", baseline: str = "o
         name = "paired_comparison" + ("" if (arm, baseline) == ("e2mc", "original") else f"_{arm}_vs_{baseline}") \
             + ("" if kind == "linear_probe" else f"_{kind}")
     return Table(name, caption, header, printed, numbers)
+
+
+# --- the converged bases (issue 15) -------------------------------------------------------------
+
+VAL_SELECTED = "top1_val_selected"
+
+
+def metrics_side_by_side(frame: pd.DataFrame, arms: Sequence[str] = MAIN_ARMS,
+                         metrics: Sequence[str] = (VAL_SELECTED, "top1"), kind: str = "linear_probe",
+                         name: str = "main_results_val_selected", title: str = "Main results",
+                         confidence: float = 0.95) -> Table:
+    """:func:`arm_results` of each of ``metrics``, their columns side by side per label fraction (the
+    first metric first): e.g. the validation-selected probe epoch beside the best test epoch."""
+    made = [arm_results(frame, arms, name=name, title=title, metric=m, kind=kind, confidence=confidence)
+            for m in metrics]
+    keys = 3  # Method, Arm, Epoch
+    short = {VAL_SELECTED: "val-selected", "top1": "best epoch", "top1_last": "last epoch"}
+    header = made[0].header[:keys] + [f"{column} {short.get(m, m)}" for column in made[0].header[keys:]
+                                      for m in metrics]
+    by_key = [{tuple(row[:keys]): row[keys:] for row in table.rows} for table in made]
+    rows = []
+    for row in made[0].rows:
+        key = tuple(row[:keys])
+        cells = [by_key[i].get(key, ["—"] * len(row[keys:])) for i in range(len(metrics))]
+        rows.append(list(key) + [cells[i][c] for c in range(len(row) - keys) for i in range(len(metrics))])
+    numbers = pd.concat([t.numbers.assign(metric=m) for t, m in zip(made, metrics)], ignore_index=True)
+    caption = made[0].caption.replace(f" {metrics[0]} ", " " + " and ".join(metrics) + " ", 1)
+    return Table(name, caption, header, rows, numbers)
+
+
+def variant_factor(variant: str) -> float:
+    """The factor of a learning-rate variant ``lr<factor>x`` (e.g. ``lr0.3x`` -> 0.3); 1 for the main grid."""
+    match = re.fullmatch(r"lr([0-9.]+)x", variant or "")
+    return float(match.group(1)) if match else 1.0
+
+
+def learning_rate_check(frame: pd.DataFrame, variants: pd.DataFrame, metric: str = VAL_SELECTED,
+                        kind: str = "linear_probe", confidence: float = 0.95) -> Table:
+    """Final-epoch ``metric`` per method, arm and continued-training learning rate: the rows of
+    ``variants`` (result files of ``variants/lr<factor>x/``, with a ``variant`` column) and, as 1x, the
+    main grid's results of the same methods, arms and seeds (so every learning rate has the same seeds)."""
+    varied = select(variants, kind)
+    require_columns(varied, ["variant", "method", "arm", "seed", "epoch", "label_fraction", metric])
+    main = select(frame, kind, method=sorted(set(varied["method"])), arm=sorted(set(varied["arm"])),
+                  seed=sorted(set(varied["seed"])))
+    rows = pd.concat([final_epoch_rows(main).assign(variant="lr1x")]
+                     + [final_epoch_rows(of) for _, of in varied.groupby("variant")], ignore_index=True)
+    rows["lr_factor"] = [variant_factor(v) for v in rows["variant"]]
+    numbers = summarize(rows, ["method", "arm", "lr_factor", "label_fraction", "epoch"], metric, confidence)
+    fractions = sorted({float(f) for f in numbers["label_fraction"]})
+    cells = {(m, a, lr, float(f)): (mean, ci) for m, a, lr, f, mean, ci in
+             zip(numbers["method"], numbers["arm"], numbers["lr_factor"], numbers["label_fraction"], numbers["mean"],
+                 numbers["ci"])}
+    header = ["Method", "Arm", "LR", "Epoch"] + [fraction_label(f) for f in fractions]
+    printed = []
+    for method in order_methods(numbers["method"]):
+        of_method = numbers[numbers["method"] == method]
+        for arm in order_arms(of_method["arm"], ARM_ORDER):
+            of_arm = of_method[of_method["arm"] == arm]
+            for factor in sorted(of_arm["lr_factor"].unique()):
+                epoch = int(of_arm.loc[of_arm["lr_factor"] == factor, "epoch"].max())
+                printed.append([method_label(method), arm_label(arm), f"{factor:g}×", str(epoch)]
+                               + [format_cell(*cells[method, arm, factor, f]) if (method, arm, factor, f) in cells
+                                  else "—" for f in fractions])
+    seeds = ", ".join(str(int(s)) for s in sorted(set(rows["seed"])))
+    caption = (f"Learning-rate check: {kind.replace('_', ' ')} {metric} at the final epoch of continued "
+               f"pre-training with optim.base_lr times the factor (LR) of the method's mini config, seed(s) {seeds}")
+    return Table(f"learning_rate_check_{metric}", caption, header, printed, numbers)
+
+
+def converged_tables(frame: pd.DataFrame, variants: pd.DataFrame | None = None) -> tuple[list[Table], list[str]]:
+    """The converged part's tables (see e2mc.reproduce.CONVERGED), besides :func:`all_tables`: the main
+    table with the validation-selected probe first and the best-epoch top-1 beside it, the paired
+    E2MC-minus-original comparison on both, the learning-rate check and the transfer table. Tables
+    whose results are missing are skipped with the reason."""
+    makers = [lambda: metrics_side_by_side(frame),
+              lambda: paired_comparison(frame, metric=VAL_SELECTED, name="paired_comparison_val_selected"),
+              lambda: paired_comparison(frame, metric="top1", name="paired_comparison_top1"),
+              lambda: metrics_side_by_side(frame, kind="transfer", name="transfer_val_selected", title="Transfer")]
+    if variants is not None:
+        makers += [lambda metric=metric: learning_rate_check(frame, variants, metric) for metric in (VAL_SELECTED, "top1")]
+    made, skipped = [], []
+    for make in makers:
+        try:
+            made.append(make())
+        except MissingResultsError as error:
+            skipped.append(str(error))
+    return made, skipped

@@ -1,5 +1,6 @@
 """The reproduction grid: arms configure what they are named, and an entry writes every result."""
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -45,17 +46,17 @@ def test_full_grid_has_three_seeds_of_every_arm_and_each_base():
         reproduce.entries("most")
 
 
-def one_epoch_grid(tmp_path, monkeypatch) -> tuple[Path, Path]:
+def one_epoch_grid(tmp_path, monkeypatch, n_train: int = 512) -> tuple[Path, Path]:
     """Fake Fashion-MNIST and an untrained VICReg base checkpoint; a grid of one epoch and one seed.
     Returns (data root, checkpoints folder)."""
-    data_root = write_fake_fashion_mnist(tmp_path / "fmnist", n_train=512, n_test=200)
+    data_root = write_fake_fashion_mnist(tmp_path / "fmnist", n_train=n_train, n_test=200)
     pretrain = tmp_path / "pretrain"
     train(load_config(ROOT / "configs/mini/pretrain/vicreg.yaml",
                       [f"data.root={data_root}", "train.epochs=0", f"train.output_dir={pretrain}"]))
     checkpoints = tmp_path / "checkpoints"
     reproduce.export_base_checkpoint(pretrain, reproduce.base_checkpoint(checkpoints, "vicreg"))
-    monkeypatch.setattr(reproduce, "EPOCHS", 1)
-    monkeypatch.setattr(reproduce, "SEEDS", (0,))
+    for name, part in list(reproduce.PARTS.items()):
+        monkeypatch.setitem(reproduce.PARTS, name, dataclasses.replace(part, epochs=1, seeds=(0,)))
     monkeypatch.setattr(reproduce, "DIAGNOSTIC_IMAGES", 100)
     return data_root, checkpoints
 

@@ -16,7 +16,7 @@ import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import torch
 from torch import nn
@@ -461,15 +461,24 @@ def default_results_dir(config: dict | None, run_dir: str | Path) -> Path:
 
 def sweep(run_dir: str | Path, results_dir: str | Path | None = None, plan: EvaluationPlan | None = None, *,
           dataset: str | None = None, data_root: str | Path | None = None, subset_dir: str | Path | None = None,
-          device: str = "auto", workers: int = 8, skip_existing: bool = True) -> list[Path]:
-    """Evaluate every ``checkpoint-epochNNN.pt`` of a run (the data of Fig. 6), epoch = NNN.
+          device: str = "auto", workers: int = 8, skip_existing: bool = True,
+          epochs: Collection[int] | None = None) -> list[Path]:
+    """Evaluate every ``checkpoint-epochNNN.pt`` of a run (the data of Fig. 6), epoch = NNN; with
+    ``epochs``, only those (each must be kept: FileNotFoundError names those that are not).
 
     ``results_dir`` defaults to :func:`default_results_dir`; evaluations already on disk are skipped
     unless ``skip_existing`` is False. The evaluation data are loaded once."""
     plan = plan or EvaluationPlan()
     written: list[Path] = []
     evaluation = None
-    for epoch, path in epoch_checkpoints(run_dir):
+    kept = epoch_checkpoints(run_dir)
+    if epochs is not None:
+        missing = sorted(set(epochs) - {epoch for epoch, _ in kept})
+        if missing:
+            raise FileNotFoundError(f"{run_dir} keeps no checkpoint-epochNNN.pt for epoch(s) "
+                                    f"{', '.join(map(str, missing))}")
+        kept = [(epoch, path) for epoch, path in kept if epoch in set(epochs)]
+    for epoch, path in kept:
         loaded = load_checkpoint(path, device=device, epoch=epoch)
         target = Path(results_dir) if results_dir is not None else default_results_dir(loaded.context.config, run_dir)
         if evaluation is None and plan.uses_own_data:
@@ -478,23 +487,28 @@ def sweep(run_dir: str | Path, results_dir: str | Path | None = None, plan: Eval
     return written
 
 
-def make_epoch_probe_hook(cfg: Config, plan: EvaluationPlan | None = None, workers: int = 8
-                          ) -> Callable[[int, nn.Module, Path], None]:
+def make_epoch_probe_hook(cfg: Config, plan: EvaluationPlan | None = None, workers: int = 8,
+                          epochs: Collection[int] | None = None) -> Callable[[int, nn.Module, Path], None]:
     """An ``epoch_end_hook`` for :func:`e2mc.train.train`: the evaluations of ``cfg.eval`` after every epoch.
 
     ``hook(epochs_done, network, output_dir)`` evaluates the in-memory network as the configuration's
     ``eval`` section says (:func:`plan_from_config`, unless ``plan`` is given) and writes the
     results (epoch = epochs_done) to ``cfg.eval.results_dir`` or ``<output_dir>/eval``. On its first
     call it also evaluates the starting model as epoch 0 if that is not on disk yet
-    (``checkpoint-epoch000.pt`` when kept, else ``train.init``). Global RNG states are restored
-    afterwards, so a run with the hook trains exactly as one without it.
+    (``checkpoint-epoch000.pt`` when kept, else ``train.init``). With ``epochs`` it evaluates only
+    after those epochs (and the starting model only if 0 is among them). Global RNG states are
+    restored afterwards, so a run with the hook trains exactly as one without it.
     """
     plan = plan or plan_from_config(cfg.eval, cfg.data.dataset)
     config = cfg.to_dict()
     arm = infer_arm(config)
     state: dict[str, Any] = {"data": None, "start_checked": False}
 
+    only = None if epochs is None else {int(e) for e in epochs}
+
     def hook(epochs_done: int, network: nn.Module, output_dir: Path) -> None:
+        if only is not None and epochs_done not in only:
+            return
         output_dir = Path(output_dir)
         results_dir = default_results_dir(config, output_dir)
         device = network_device(network)
@@ -504,8 +518,9 @@ def make_epoch_probe_hook(cfg: Config, plan: EvaluationPlan | None = None, worke
             evaluation = state["data"]
             kept = output_dir / f"checkpoint-epoch{epochs_done:03d}.pt"
             context = ResultContext(cfg.method, arm, epochs_done, config, str(kept) if kept.exists() else None)
-            if not state["start_checked"]:
-                state["start_checked"] = True
+            evaluate_start = not state["start_checked"] and (only is None or 0 in only)
+            state["start_checked"] = True
+            if evaluate_start:
                 start = output_dir / "checkpoint-epoch000.pt"
                 source = start if start.exists() else (Path(cfg.train.init) if cfg.train.init else None)
                 if source is not None:
