@@ -60,6 +60,7 @@ class Arm:
     name: str
     overrides: tuple[str, ...]
     variant: str = ""
+    seeds: tuple[int, ...] | None = None  # a short search runs seed 0 only; None: every seed of the part
 
     @property
     def label(self) -> str:
@@ -78,10 +79,14 @@ def _arms() -> list[Arm]:
     # SimSiam's covariance weight: the paper's 25 costs the mini model its accuracy; is a smaller one better?
     arms += [Arm("simsiam", f"e2mc_cov{cov:g}", ("criterion.name=e2mc", f"criterion.cov_coeff={cov:g}"))
              for cov in SIMSIAM_COV_COEFFS]
+    # Barlow Twins (not in the paper) takes VICReg's setting; a short search, seed 0, checks lambda_ent.
+    arms += [Arm("barlowtwins", f"e2mc_ent{ent:g}", ("criterion.name=e2mc", f"criterion.ent_coeff={ent:g}"), seeds=(0,))
+             for ent in BARLOWTWINS_ENT_SEARCH]
     return arms
 
 
 SIMSIAM_COV_COEFFS = (1.0, 5.0)  # beside the paper's 25 (the e2mc arm) and 0 (entropy_only)
+BARLOWTWINS_ENT_SEARCH = (1.0, 50.0)  # beside VICReg's 10 (the e2mc arm)
 GRID: list[Arm] = _arms()
 MAIN_ARMS = ("original", "e2mc")
 # The part of the grid `make reproduce` re-runs (about 15 minutes on 2 CPU cores); the committed
@@ -458,7 +463,7 @@ def entries(part: str | Part) -> list[tuple[str, str, int]]:
     return ([(m, "base", 0) for m in methods]
             + ([(m, "plateau", 0) for m in methods] if part.plateau_every else [])
             + [(a.method, a.label, s) for s in part.seeds for a in main]
-            + [(a.method, a.label, s) for s in part.seeds for a in rest]
+            + [(a.method, a.label, s) for s in part.seeds for a in rest if a.seeds is None or s in a.seeds]
             + [(a.method, a.label, 0) for a in lr_variants(part) if a.method in methods])
 
 
