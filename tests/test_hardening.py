@@ -297,3 +297,18 @@ def test_a_run_sizes_its_threads_from_the_allocation_and_restores_them(monkeypat
         assert seen == [1, 2]
     finally:
         torch.set_num_threads(before)
+
+
+def test_non_finite_features_are_an_error_not_a_result():
+    from e2mc.evaluation import TensorImages, extract_features
+    from e2mc.methods import build_model
+
+    network = build_model("vicreg", "convnet", backbone_widths=(4, 4, 4, 4), expander=(8,)).eval()
+    with torch.no_grad():  # finite weights whose product overflows float32 after two blocks
+        for module in network.backbone.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.fill_(1e30)
+    assert all(torch.isfinite(t).all() for t in network.state_dict().values() if t.is_floating_point())
+    images = TensorImages(torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8), torch.zeros(6, dtype=torch.long))
+    with pytest.raises(ValueError, match="features are not finite for"):
+        extract_features(network, images)

@@ -161,7 +161,8 @@ def extract_features(network: nn.Module, source: ImageSource, indices: Sequence[
     ``output="features"`` runs the backbone only (N, F); any other name runs the whole network and
     takes that entry of its output dict (e.g. ``"embedding"``). The network is put in eval mode
     (BatchNorm uses its running statistics) and given back in the mode it was in; no gradients.
-    Returns (float32 outputs (N, ·) on the CPU, int64 labels (N,)) in the order of ``indices``.
+    Returns (float32 outputs (N, ·) on the CPU, int64 labels (N,)) in the order of ``indices``; raises
+    ValueError when an output is NaN or infinite.
     """
     module = backbone_of(network) if output == "features" else network
     device = network_device(network)
@@ -181,4 +182,9 @@ def extract_features(network: nn.Module, source: ImageSource, indices: Sequence[
         module.train(was_training)
     if not outputs:
         raise ValueError("no images to extract features from (empty index set)")
-    return torch.cat(outputs), torch.cat(labels)
+    values = torch.cat(outputs)
+    if not torch.isfinite(values).all():  # a probe on them would report chance accuracy as a result
+        bad = int((~torch.isfinite(values)).any(dim=1).sum())
+        raise ValueError(f"the network's {output} are not finite for {bad} of {len(values)} images; the "
+                         "checkpoint is not a usable model (evaluate an earlier one)")
+    return values, torch.cat(labels)
