@@ -312,3 +312,13 @@ def test_non_finite_features_are_an_error_not_a_result():
     images = TensorImages(torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8), torch.zeros(6, dtype=torch.long))
     with pytest.raises(ValueError, match="features are not finite for"):
         extract_features(network, images)
+
+
+def test_a_truncated_release_is_one_line_naming_it(tmp_path, data_root):
+    release = tmp_path / "resnet50_fullckpt.pth"
+    torch.save({"epoch": 1, "model": {"module.backbone.conv1.weight": torch.zeros(64, 1, 3, 3)}}, release)
+    release.write_bytes(release.read_bytes()[:300])
+    completed = e2mc_cli("continue", "--config", "configs/mini/vicreg.yaml", *tiny(data_root, tmp_path / "r"),
+                         f"train.init={release}")
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr
+    assert str(release) in completed.stderr and "truncated" in completed.stderr

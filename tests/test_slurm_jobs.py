@@ -31,7 +31,7 @@ SIGNAL_AFTER_S = 90  # how long a job may take to log its first step before the 
 HEADS = {"vicreg": "{expander: [64, 64]}", "swav": "{hidden_dim: 32, output_dim: 16, n_prototypes: 10}",
          "simsiam": "{dim: 32, pred_dim: 8, hidden_dim: 32}"}
 ONE_CPU = ["--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1"]
-PREEMPTED_EPOCHS = 4
+PREEMPTED_EPOCHS = 8
 
 # Stands in for the interpreter (E2MC_PYTHON="python rank_probe.py"): runs `-m <module> ...` as asked,
 # and on every rank records the parameters that rank holds whenever training saves a checkpoint.
@@ -41,11 +41,11 @@ import e2mc.train
 from e2mc.distributed import rank, world_size
 
 save = e2mc.train.save_checkpoint
-def recording_save(output_dir, cfg, network, *args, **kwargs):
-    save(output_dir, cfg, network, *args, **kwargs)
-    state = {name: p.detach().clone() for name, p in network.named_parameters()}
+def recording_save(run, *args, **kwargs):
+    save(run, *args, **kwargs)
+    state = {name: p.detach().clone() for name, p in run.network.named_parameters()}
     torch.save({"world_size": world_size(), "rank": rank(), "slurm_procid": os.environ["SLURM_PROCID"],
-                "parameters": state}, output_dir / f"probe-rank{rank()}.pt")
+                "parameters": state}, run.output_dir / f"probe-rank{rank()}.pt")
 e2mc.train.save_checkpoint = recording_save
 assert sys.argv[1] == "-m", sys.argv
 sys.argv = sys.argv[2:]
@@ -95,23 +95,10 @@ def assert_same_weights(a, b):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
-@pytest.fixture(scope="module")
-def jobs(slurm_cluster, tmp_path_factory):  # noqa: F811  (fixture argument)
-    if slurm_cluster.cpus < 2:
-        pytest.fail(f"these tests need a node with 2 CPUs, the cluster has {slurm_cluster.cpus}")
-    root = tmp_path_factory.mktemp("slurm_e2mc")
-    data = write_fake_fashion_mnist(root / "data", n_train=1024, n_test=64)
-    inits = {}
-    for method in ("vicreg", "swav", "simsiam"):  # epoch-0 checkpoints stand in for the releases
-        out = root / "init" / method
-        train(load_config(ROOT / f"configs/mini/pretrain/{method}.yaml",
-                          [*tiny(method, data, 0, 64), f"train.output_dir={out}"]))
-        inits[method] = out / "checkpoint.pt"
-    env = {"E2MC_ROOT": str(ROOT), "E2MC_PYTHON": sys.executable}
-    submitted = {"root": root}
-
+def _submit_all(submitted: dict, root: Path, data: Path, inits: dict, env: dict) -> None:
+    """Submit the jobs of this module (sbatch scripts and a submitit array) into ``submitted``."""
     # Preempted first: its restart delay then overlaps with the other jobs. The two preempted runs
-    # are long enough (4 epochs of 16 steps) that the signal lands while they train.
+    # are long enough (8 epochs of 16 steps) that the signal lands while they train.
     preempt = continued("swav", data, inits, epochs=PREEMPTED_EPOCHS, limit=1024)
     submitted["preempt"] = submit(
         ROOT / "slurm/continue_swav.sh",
@@ -156,6 +143,30 @@ def jobs(slurm_cluster, tmp_path_factory):  # noqa: F811  (fixture argument)
              "E2MC_OVERRIDES": quoted(continued("simsiam", data, inits, epochs=1, limit=256))},
         options=["--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1", "--array=0",
                  "--job-name=e2mc-test-ddp", f"--output={root}/ddp-%A_%a.out"])
+
+
+@pytest.fixture(scope="module")
+def jobs(slurm_cluster, tmp_path_factory):  # noqa: F811  (fixture argument)
+    if slurm_cluster.cpus < 2:
+        pytest.fail(f"these tests need a node with 2 CPUs, the cluster has {slurm_cluster.cpus}")
+    root = tmp_path_factory.mktemp("slurm_e2mc")
+    data = write_fake_fashion_mnist(root / "data", n_train=1024, n_test=64)
+    inits = {}
+    for method in ("vicreg", "swav", "simsiam"):  # epoch-0 checkpoints stand in for the releases
+        out = root / "init" / method
+        train(load_config(ROOT / f"configs/mini/pretrain/{method}.yaml",
+                          [*tiny(method, data, 0, 64), f"train.output_dir={out}"]))
+        inits[method] = out / "checkpoint.pt"
+    env = {"E2MC_ROOT": str(ROOT), "E2MC_PYTHON": sys.executable}
+    submitted = {"root": root}
+    # Nothing starts before every job is submitted (submitting takes seconds; a tiny run may be over by
+    # then, and its preemption below would come too late): the partition is down while we submit.
+    partition = slurm_cluster.partition
+    subprocess.run(["scontrol", "update", f"PartitionName={partition}", "State=DOWN"], check=True, timeout=30)
+    try:
+        _submit_all(submitted, root, data, inits, env)
+    finally:
+        subprocess.run(["scontrol", "update", f"PartitionName={partition}", "State=UP"], check=True, timeout=30)
 
     # Preempt two jobs as soon as each trains (both would be over before their tests ran).
     job, run = f"{submitted['preempt']}_0", root / "preempt" / "swav" / "e2mc" / "seed0"
