@@ -52,6 +52,11 @@ def _legend_below(fig: Figure, handles: dict) -> None:
                ncol=min(len(handles), 5), frameon=False)
 
 
+def _panel_per_method(n: int):
+    """A figure with one panel per method, side by side: (figure, axes of shape (1, n))."""
+    return plt.subplots(1, n, figsize=(4.6 * n, 3.9), squeeze=False, layout="constrained")
+
+
 def _style():
     """The one style of every figure: seaborn whitegrid, paper context, slightly larger fonts."""
     return sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.2)
@@ -235,8 +240,7 @@ def fig6_epochs(frame: pd.DataFrame, label_fraction: float = 0.01, metric: str =
     methods = order_methods(curves["method"].unique())
     axes_style, context = _style()
     with axes_style, context:
-        fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.9), squeeze=False,
-                                 layout="constrained")
+        fig, axes = _panel_per_method(len(methods))
         handles = {}
         for ax, method in zip(axes[0], methods):
             of_method = curves[curves["method"] == method]
@@ -301,8 +305,7 @@ def pretraining_plateau(frame: pd.DataFrame, label_fraction: float = 0.01,
     colors = sns.color_palette("colorblind", len(PLATEAU_METRICS))
     axes_style, context = _style()
     with axes_style, context:
-        fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.9), squeeze=False,
-                                 layout="constrained")
+        fig, axes = _panel_per_method(len(methods))
         handles = {}
         for ax, method in zip(axes[0], methods):
             for metric in present:

@@ -49,6 +49,7 @@ from e2mc.criteria import get_criterion
 from e2mc.diagnostics import embedding_stats
 from e2mc.distributed import is_distributed, rank, world_size
 from e2mc.methods import Method, get_method
+from e2mc.naming import infer_arm
 from e2mc.optim import build_optimizer, learning_rate
 from e2mc.provenance import provenance, repo_relative, write_json_atomic
 
@@ -149,8 +150,6 @@ def check_resumable(saved_config: dict, cfg: Config, done_epochs: int, path: Pat
 def default_output_dir(cfg: Config) -> Path:
     """The run folder when ``train.output_dir`` is not set: ``runs/<scale>/<method>/<arm>/seed<seed>``,
     the convention of every launcher (see :func:`e2mc.runs.run_folder`)."""
-    from e2mc.naming import infer_arm
-
     scale = "mini" if cfg.data.dataset == "fashion_mnist" else cfg.data.dataset
     return Path("runs") / scale / cfg.method / infer_arm(cfg.to_dict()) / f"seed{cfg.train.seed}"
 
