@@ -212,12 +212,14 @@ def training_dynamics(frame: pd.DataFrame, keys: Sequence[str] = DYNAMICS_KEYS, 
 def all_tables(frame: pd.DataFrame, metric: str = "top1") -> tuple[list[Table], list[str]]:
     """Every table the results support, and why each other one was left out.
 
-    The main, ablation, alternative-criteria and training-dynamics tables, plus main tables for
+    The main table, E2MC minus the original loss paired by seed, the ablation, alternative-criteria and
+    training-dynamics tables, plus main tables for
     fine-tuning and transfer when there are such results. A table whose arms are not in ``frame``
     yet (a partly run grid) is skipped with the reason rather than failing the others.
     """
-    makers = [lambda: main_results(frame, metric), lambda: ablations(frame, metric),
-              lambda: alternative_criteria(frame, metric), lambda: training_dynamics(frame)]
+    makers = [lambda: main_results(frame, metric), lambda: paired_comparison(frame, metric=metric),
+              lambda: ablations(frame, metric), lambda: alternative_criteria(frame, metric),
+              lambda: training_dynamics(frame)]
     makers += [lambda kind=kind: main_results(frame, metric, kind=kind) for kind in ("finetune", "transfer")
                if (frame["kind"] == kind).any()]
     made, skipped = [], []
