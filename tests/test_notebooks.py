@@ -14,7 +14,7 @@ from test_plots import FIXTURE, assert_pdf, assert_png
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-TABLES = ("main_results", "ablations", "alternative_criteria", "training_dynamics")
+TABLES = ("ablations", "alternative_criteria", "main_results", "paired_comparison", "training_dynamics")
 
 
 def _kernel_runs_this_interpreter() -> bool:
@@ -98,6 +98,7 @@ def test_tables_notebook_writes_the_library_tables(kernel, tmp_path):
     frame = plots.load_results(FIXTURE)
     made = {"main_results": tables.main_results(frame), "ablations": tables.ablations(frame),
             "alternative_criteria": tables.alternative_criteria(frame),
+            "paired_comparison": tables.paired_comparison(frame),
             "training_dynamics": tables.training_dynamics(frame)}
     written = sorted(p.name for p in (tmp_path / "tables").iterdir())
     assert written == sorted([f"{t}.{ext}" for t in TABLES for ext in ("md", "tex")] + ["training_dynamics.png"])
