@@ -96,6 +96,15 @@ def write_table(table: Table, output_dir: str | Path) -> list[Path]:
     return paths
 
 
+def by_method_and_arm(numbers: pd.DataFrame, preferred=ARM_ORDER):
+    """(method, arm, that arm's rows) in the order of the tables: methods by the registry, arms by
+    ``preferred`` then by name."""
+    for method in order_methods(numbers["method"]):
+        of_method = numbers[numbers["method"] == method]
+        for arm in order_arms(of_method["arm"], preferred):
+            yield method, arm, of_method[of_method["arm"] == arm]
+
+
 def _criterion_columns(rows: pd.DataFrame, method: str, arm: str) -> list[str]:
     """Transform and coefficients of an arm, read from its results' criterion fields."""
     first = rows[(rows["method"] == method) & (rows["arm"] == arm)].iloc[0]
@@ -194,14 +203,11 @@ def training_dynamics(frame: pd.DataFrame, keys: Sequence[str] = DYNAMICS_KEYS, 
     numbers = pd.concat(parts, ignore_index=True)
     header = ["Method", "Arm", "Epoch"] + [DYNAMICS_HEADERS.get(k, k.replace("_", " ")) for k in keys]
     printed = []
-    for method in order_methods(numbers["method"]):
-        of_method = numbers[numbers["method"] == method]
-        for arm in order_arms(of_method["arm"], ARM_ORDER):
-            of_arm = of_method[of_method["arm"] == arm]
-            for epoch in sorted(of_arm["epoch"].unique()):
-                cells = of_arm[of_arm["epoch"] == epoch].set_index("key")
-                printed.append([method_label(method), arm_label(arm), str(int(epoch))] +
-                               [format_cell(cells.at[k, "mean"], cells.at[k, "ci"], fmt) for k in keys])
+    for method, arm, of_arm in by_method_and_arm(numbers):
+        for epoch in sorted(of_arm["epoch"].unique()):
+            cells = of_arm[of_arm["epoch"] == epoch].set_index("key")
+            printed.append([method_label(method), arm_label(arm), str(int(epoch))] +
+                           [format_cell(cells.at[k, "mean"], cells.at[k, "ci"], fmt) for k in keys])
     caption = (f"Training dynamics: {', '.join(k.replace('_', ' ') for k in keys)} of the embedding after each "
                f"epoch of continued pre-training, mean ± {confidence:.0%} t-interval half-width over seeds; "
                "measured on training batches after the transform the arm trains with (the method's own for arms "
@@ -400,15 +406,12 @@ def learning_rate_check(frame: pd.DataFrame, variants: pd.DataFrame, metric: str
                  numbers["ci"])}
     header = ["Method", "Arm", "LR", "Epoch"] + [fraction_label(f) for f in fractions]
     printed = []
-    for method in order_methods(numbers["method"]):
-        of_method = numbers[numbers["method"] == method]
-        for arm in order_arms(of_method["arm"], ARM_ORDER):
-            of_arm = of_method[of_method["arm"] == arm]
-            for factor in sorted(of_arm["lr_factor"].unique()):
-                epoch = int(of_arm.loc[of_arm["lr_factor"] == factor, "epoch"].max())
-                printed.append([method_label(method), arm_label(arm), f"{factor:g}×", str(epoch)]
-                               + [format_cell(*cells[method, arm, factor, f]) if (method, arm, factor, f) in cells
-                                  else "—" for f in fractions])
+    for method, arm, of_arm in by_method_and_arm(numbers):
+        for factor in sorted(of_arm["lr_factor"].unique()):
+            epoch = int(of_arm.loc[of_arm["lr_factor"] == factor, "epoch"].max())
+            printed.append([method_label(method), arm_label(arm), f"{factor:g}×", str(epoch)]
+                           + [format_cell(*cells[method, arm, factor, f]) if (method, arm, factor, f) in cells
+                              else "—" for f in fractions])
     seeds = ", ".join(str(int(s)) for s in sorted(set(rows["seed"])))
     caption = (f"Learning-rate check: {kind.replace('_', ' ')} {metric} at the final epoch of continued "
                f"pre-training with optim.base_lr times the factor (LR) of the method's mini config, seed(s) {seeds}")
