@@ -350,3 +350,26 @@ def test_the_other_transform_arm_follows_the_method(method, expected):
 def test_continue_args_checks_the_configuration():
     code = cluster.main(["continue-args", "vicreg", "--", "criterion.ent_coeff=-1"])
     assert code == 2
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "slurm").glob("*.sh")))
+def test_every_job_script_parses_and_checks_its_configuration_first(script):
+    """bash reads every script, and each training script asks e2mc.cluster for its arguments (which
+    loads and checks the configuration) before it starts any step."""
+    path = ROOT / "slurm" / script
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    text = path.read_text()
+    if script != "common.sh":
+        assert text.index("e2mc_arguments") < text.index("e2mc_srun -m e2mc")
+
+
+def test_the_generic_script_continues_any_registered_method(tmp_path):
+    env = {**os.environ, "E2MC_METHOD": "barlowtwins", "E2MC_CONFIG": "configs/mini/barlowtwins.yaml",
+           "E2MC_ROOT": str(ROOT), "E2MC_PYTHON": sys.executable, "E2MC_OUTPUT": str(tmp_path)}
+    # What slurm/continue.sh runs before its step: the arguments of this method's job, checked.
+    listing = subprocess.run([sys.executable, "-m", "e2mc.cluster", "continue-args", "barlowtwins", "--",
+                              "train.epochs=1"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert listing.returncode == 0, listing.stderr
+    words = listing.stdout.splitlines()
+    assert words[:3] == ["continue", "--config", "configs/mini/barlowtwins.yaml"]
+    assert f"train.output_dir={tmp_path}/barlowtwins/e2mc/seed0" in words and words[-1] == "train.epochs=1"
