@@ -293,7 +293,12 @@ def start(run: Run) -> None:
     """Resume from the run folder's checkpoint, or start from ``train.init`` (or random weights), and
     write the segment record; a fresh run saves epoch 0 at once (resumable, and the baseline)."""
     cfg, resume_path = run.cfg, run.output_dir / "checkpoint.pt"
-    if resume_path.exists():
+    resuming = resume_path.exists()
+    if is_distributed():  # rank 0 decides: the others must not see the epoch-0 checkpoint it writes below
+        flag = torch.tensor([int(resuming)], device=run.device)
+        dist.broadcast(flag, 0)
+        resuming = bool(flag.item())
+    if resuming:
         state = checkpoints.load(resume_path)
         if not (isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT):
             raise checkpoints.CheckpointError(f"{resume_path} is not a training checkpoint of e2mc; move it away")
@@ -322,7 +327,7 @@ def start(run: Run) -> None:
               f"{run.origin}", flush=True)
     run.metrics.write({"kind": "segment", "epoch": run.epoch, "step": run.step, "global_step": run.global_step,
                        "origin": run.origin, "provenance": provenance(run.device)})
-    if not resume_path.exists():
+    if not resuming:
         save_checkpoint(run)
 
 
