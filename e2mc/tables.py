@@ -215,6 +215,17 @@ def training_dynamics(frame: pd.DataFrame, keys: Sequence[str] = DYNAMICS_KEYS, 
     return Table("training_dynamics", caption, header, printed, numbers)
 
 
+def make_each(makers) -> tuple[list[Table], list[str]]:
+    """Call every table maker: (the tables made, the reasons of those whose results are missing)."""
+    made, skipped = [], []
+    for make in makers:
+        try:
+            made.append(make())
+        except MissingResultsError as error:
+            skipped.append(str(error))
+    return made, skipped
+
+
 def all_tables(frame: pd.DataFrame, metric: str = "top1") -> tuple[list[Table], list[str]]:
     """Every table the results support, and why each other one was left out.
 
@@ -228,12 +239,7 @@ def all_tables(frame: pd.DataFrame, metric: str = "top1") -> tuple[list[Table], 
               lambda: training_dynamics(frame)]
     makers += [lambda kind=kind: main_results(frame, metric, kind=kind) for kind in ("finetune", "transfer")
                if (frame["kind"] == kind).any()]
-    made, skipped = [], []
-    for make in makers:
-        try:
-            made.append(make())
-        except MissingResultsError as error:
-            skipped.append(str(error))
+    made, skipped = make_each(makers)
     if not made:
         raise MissingResultsError("no table can be made: " + " / ".join(skipped))
     return made, skipped
@@ -429,10 +435,4 @@ def converged_tables(frame: pd.DataFrame, variants: pd.DataFrame | None = None) 
               lambda: metrics_side_by_side(frame, kind="transfer", name="transfer_val_selected", title="Transfer")]
     if variants is not None:
         makers += [lambda metric=metric: learning_rate_check(frame, variants, metric) for metric in (VAL_SELECTED, "top1")]
-    made, skipped = [], []
-    for make in makers:
-        try:
-            made.append(make())
-        except MissingResultsError as error:
-            skipped.append(str(error))
-    return made, skipped
+    return make_each(makers)
