@@ -8,7 +8,6 @@ each file what was changed, by which command, when.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from pathlib import Path

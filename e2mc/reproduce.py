@@ -30,7 +30,7 @@ from pathlib import Path
 from e2mc import checkpoints
 from e2mc.config import LABEL_FRACTIONS, Config, config_from_dict, load_config
 from e2mc.criteria import criterion_record
-from e2mc.evaluation.runner import (EvaluationPlan, diagnose_checkpoint, epoch_checkpoints, evaluate_checkpoint,
+from e2mc.evaluation.runner import (EvaluationPlan, diagnose_checkpoint, evaluate_checkpoint,
                                     make_epoch_probe_hook, plan_from_config, sweep)
 from e2mc.methods import get_method, method_names
 from e2mc.naming import ARMS, infer_arm
