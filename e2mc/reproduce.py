@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -430,11 +431,27 @@ def plateau_pattern(method: str, epoch: int) -> str:
     return result_filename("linear_probe", method, "base", "fashion_mnist", epoch, 0.01, 0, "*")
 
 
+def committed_plateau(part: Part, method: str, results_dir: Path) -> bool:
+    """Whether ``results_dir`` holds a complete plateau sweep of ``method`` made elsewhere: a fresh
+    clone has the committed probes but not the pre-training run they came from. Complete means every
+    epoch :func:`plateau_epochs` would ask for, counted from the run's length the probes record."""
+    any_epoch = plateau_pattern(method, 0).replace("_e000_", "_e*_")
+    files = sorted((results_dir / PLATEAU_DIR / "linear_probe").glob(any_epoch))
+    if not files:
+        return False
+    total = json.loads(files[0].read_text())["config"]["train"]["epochs"]
+    found = {json.loads(f.read_text())["epoch"] for f in files}
+    return found >= {*range(0, total + 1, part.plateau_every), total}
+
+
 def evaluate_plateau(method: str, results_dir: Path, data_root: str | None = None, part: str | Part = "converged"
                      ) -> str:
     """Probe every ``plateau_every``-th kept epoch of the method's pre-training run (1% of the labels,
-    seed 0) into ``<results>/plateau/linear_probe`` (arm "base", epoch = pre-training epoch)."""
+    seed 0) into ``<results>/plateau/linear_probe`` (arm "base", epoch = pre-training epoch). Returns
+    "skipped" when the run is not here but its complete sweep is (:func:`committed_plateau`)."""
     part = get_part(part)
+    if not (Path(part.pretrain_runs) / method).exists() and committed_plateau(part, method, results_dir):
+        return "skipped"
     sweep(Path(part.pretrain_runs) / method, results_dir / PLATEAU_DIR / "linear_probe", _plateau_plan(part),
           data_root=data_root, epochs=plateau_epochs(part, method), skip_existing=True)
     return "done"
@@ -486,8 +503,12 @@ def pending(part: str | Part, results_dir: Path, runs_dir: Path, checkpoints: Pa
                 wanted = plateau_epochs(part, method)
             except FileNotFoundError:
                 wanted = None
-            done = wanted is not None and all(any((results_dir / PLATEAU_DIR / "linear_probe").glob(
-                plateau_pattern(method, e))) for e in wanted)
+            if wanted is None:
+                done = (not (Path(part.pretrain_runs) / method).exists()
+                        and committed_plateau(part, method, results_dir))
+            else:
+                done = all(any((results_dir / PLATEAU_DIR / "linear_probe").glob(plateau_pattern(method, e)))
+                           for e in wanted)
         else:
             arm = find_arm(part, method, label)
             cfg = entry_config(arm, seed, results_dir, runs_dir, None, part=part)

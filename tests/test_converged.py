@@ -2,6 +2,7 @@
 end to end, the plateau sweep, and the tables and figure drawn from them."""
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -165,3 +166,13 @@ def test_plateau_probes_every_fifth_kept_epoch(tmp_path, monkeypatch):
         load(results)
     figure = plots.pretraining_plateau(plateau)
     assert [line.get_label() for line in figure.axes[0].get_lines()] == ["validation-selected epoch", "best test epoch"]
+
+    # A fresh clone holds the committed sweep but not the pre-training run: done, and not re-run;
+    # with one of its epochs missing it is pending again (and fails naming the pretrain command).
+    shutil.rmtree(run)
+    assert ("vicreg", "plateau", 0) not in reproduce.pending(part, results, tmp_path / "runs")
+    assert reproduce.run_one("vicreg", "plateau", 0, results, tmp_path / "runs", str(data_root), part=part) == "skipped"
+    next((results / "plateau" / "linear_probe").glob("*_e010_*")).unlink()
+    assert ("vicreg", "plateau", 0) in reproduce.pending(part, results, tmp_path / "runs")
+    with pytest.raises(FileNotFoundError, match="holds no pre-training run"):
+        reproduce.run_one("vicreg", "plateau", 0, results, tmp_path / "runs", str(data_root), part=part)
