@@ -66,7 +66,7 @@ reproduce-full: $(STAMP) data
 	$(MAKE) --no-print-directory notebooks
 
 notebooks: $(STAMP)
-	$(PY) -m e2mc notebooks --results $(RESULTS) $(if $(filter results/mini,$(RESULTS)),--readme README.md)
+	$(PY) -m e2mc notebooks --results $(RESULTS) $(if $(filter results/mini results/mini-converged,$(RESULTS)),--readme README.md)
 
 bench: $(STAMP)
 	$(PY) benchmarks/criterion.py

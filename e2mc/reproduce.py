@@ -637,7 +637,7 @@ def run_notebooks(results_dir: Path, executed_dir: Path | None = None, readme: P
     print(f"[notebooks] executed copies in {executed_dir}", flush=True)
     if readme is not None:
         _, tables_dir = plots.resolve_io_dirs(results_dir)
-        changed = tables.sync_readme_tables(readme, tables_dir)
+        changed = tables.sync_readme_tables(readme, tables_dir.parent)  # every folder's blocks
         print(f"[notebooks] {readme}: " + (f"updated table(s) {', '.join(changed)}" if changed
                                             else "its tables already match"), flush=True)
 
@@ -733,5 +733,6 @@ def add_commands(sub) -> None:
     p = sub.add_parser("notebooks", help=text, description=text)
     p.add_argument("--results", default="results/mini")
     p.add_argument("--readme", default=None,
-                   help="also refresh the <!-- e2mc:table NAME --> blocks of this Markdown file from the tables")
+                   help="also refresh the <!-- e2mc:table FOLDER/NAME --> blocks of this Markdown file from "
+                        "figures/FOLDER/NAME.md")
     p.set_defaults(run=_notebooks_command)

@@ -247,22 +247,23 @@ def all_tables(frame: pd.DataFrame, metric: str = "top1") -> tuple[list[Table], 
 
 # --- the README ---------------------------------------------------------------------------------
 
-README_BLOCK = re.compile(r"(<!-- e2mc:table (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- e2mc:end -->)", re.S)
+README_BLOCK = re.compile(r"(<!-- e2mc:table (?P<name>[\w-]+/[\w-]+) -->\n)(?P<body>.*?)(<!-- e2mc:end -->)", re.S)
 
 
-def sync_readme_tables(readme: str | Path, tables_dir: str | Path) -> list[str]:
-    """Replace each block ``<!-- e2mc:table NAME -->`` ... ``<!-- e2mc:end -->`` of ``readme`` with
-    ``tables_dir/NAME.md`` (the Markdown that :func:`write_table` wrote), so the numbers the README
-    shows are the ones the notebooks computed. The file is rewritten atomically, and only when a block
-    changed. Returns the names of the changed blocks; a block whose table does not exist is an error."""
+def sync_readme_tables(readme: str | Path, figures_dir: str | Path) -> list[str]:
+    """Replace each block ``<!-- e2mc:table FOLDER/NAME -->`` ... ``<!-- e2mc:end -->`` of ``readme``
+    with ``figures_dir/FOLDER/NAME.md`` (the Markdown that :func:`write_table` wrote for the results
+    folder FOLDER, e.g. ``mini/main_results``), so the numbers the README shows are the ones the
+    notebooks computed. The file is rewritten atomically, and only when a block changed. Returns the
+    names of the changed blocks; a block whose table does not exist is an error."""
     from e2mc.provenance import write_atomic
 
-    readme, tables_dir = Path(readme), Path(tables_dir)
+    readme, figures_dir = Path(readme), Path(figures_dir)
     text = readme.read_text()
     changed: list[str] = []
 
     def fill(match: re.Match) -> str:
-        source = tables_dir / f"{match['name']}.md"
+        source = figures_dir / f"{match['name']}.md"
         if not source.exists():
             raise MissingResultsError(f"{readme} shows table {match['name']!r} but {source} does not exist; "
                                       f"run the notebooks on the results first ({REPRODUCE_HINT})")

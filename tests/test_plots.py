@@ -504,27 +504,27 @@ def test_all_tables_skips_what_a_partial_grid_cannot_fill(frame):
 
 def test_readme_blocks_are_replaced_by_the_written_tables_and_only_when_changed(frame, tmp_path):
     table = tables.main_results(frame)
-    tables.write_table(table, tmp_path / "figures")
+    tables.write_table(table, tmp_path / "figures" / "mini")
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- e2mc:table main_results -->\nold numbers\n<!-- e2mc:end -->\noutro\n")
-    assert tables.sync_readme_tables(readme, tmp_path / "figures") == ["main_results"]
-    assert readme.read_text() == ("intro\n<!-- e2mc:table main_results -->\n" + table.to_markdown()
+    readme.write_text("intro\n<!-- e2mc:table mini/main_results -->\nold numbers\n<!-- e2mc:end -->\noutro\n")
+    assert tables.sync_readme_tables(readme, tmp_path / "figures") == ["mini/main_results"]
+    assert readme.read_text() == ("intro\n<!-- e2mc:table mini/main_results -->\n" + table.to_markdown()
                                   + "<!-- e2mc:end -->\noutro\n")
     before = readme.stat().st_mtime_ns
     assert tables.sync_readme_tables(readme, tmp_path / "figures") == []
     assert readme.stat().st_mtime_ns == before  # nothing rewritten
 
-    readme.write_text("<!-- e2mc:table ablations -->\n<!-- e2mc:end -->\n")
-    with pytest.raises(tables.MissingResultsError, match="ablations.md does not exist"):
+    readme.write_text("<!-- e2mc:table mini-converged/ablations -->\n<!-- e2mc:end -->\n")
+    with pytest.raises(tables.MissingResultsError, match="mini-converged/ablations.md does not exist"):
         tables.sync_readme_tables(readme, tmp_path / "figures")
-    assert readme.read_text() == "<!-- e2mc:table ablations -->\n<!-- e2mc:end -->\n"
+    assert readme.read_text() == "<!-- e2mc:table mini-converged/ablations -->\n<!-- e2mc:end -->\n"
 
 
 def test_the_readme_shows_the_committed_tables():
-    """Whoever redraws figures/mini must refresh the README (make notebooks does): its blocks are the files."""
+    """Whoever redraws figures/<folder> must refresh the README (make notebooks does): its blocks are the files."""
     root = Path(__file__).resolve().parents[1]
     text = (root / "README.md").read_text()
     blocks = list(tables.README_BLOCK.finditer(text))
-    assert {m["name"] for m in blocks} >= {"main_results"}
+    assert {m["name"] for m in blocks} >= {"mini/main_results"}
     for block in blocks:
-        assert block["body"] == (root / "figures" / "mini" / f"{block['name']}.md").read_text(), block["name"]
+        assert block["body"] == (root / "figures" / f"{block['name']}.md").read_text(), block["name"]
