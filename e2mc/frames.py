@@ -60,6 +60,42 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     return mean_ci(x - y, confidence)
 
 
+def paired_differences(rows: pd.DataFrame, arm: str, baseline: str, metric: str, by: Sequence[str],
+                       confidence: float = 0.95) -> pd.DataFrame:
+    """``arm`` minus ``baseline`` on ``metric``, paired on ``seed`` (never on row order), per group of
+    ``by`` (e.g. method and epoch for a curve of differences). One row per group in which some seed has
+    both arms, with ``mean``, ``ci`` (:func:`paired_difference`; NaN with one pair), ``n``, the epochs
+    of either side (``epoch``, ``baseline_epoch``: their largest) and ``dropped_seeds`` (the seeds of
+    the group present in only one arm, a list). Raises :class:`DuplicateResultsError` when one arm has
+    two results of a seed in a group, :class:`MissingResultsError` when a paired value is missing."""
+    require_columns(rows, [*by, "arm", "seed", "epoch", metric])
+    records = []
+    for key, group in rows.groupby(list(by), dropna=False, sort=True):
+        where = dict(zip(by, key))
+        sides = []
+        for which in (arm, baseline):
+            side = group[group["arm"] == which]
+            if side["seed"].duplicated().any():
+                files = side.loc[side["seed"].duplicated(keep=False), "file"].tolist() if "file" in side else []
+                raise DuplicateResultsError(f"{which} {where} has more than one result per seed in "
+                                            f"{source_of(rows)}: {files}; keep one configuration per results folder")
+            sides.append(side.set_index("seed"))
+        common = sorted(set(sides[0].index) & set(sides[1].index))
+        only = sorted(int(s) for s in set(sides[0].index) ^ set(sides[1].index))
+        if not common:
+            continue
+        values = [side.loc[common, metric] for side in sides]
+        for which, side_values in zip((arm, baseline), values):
+            if side_values.isna().any():
+                raise MissingResultsError(f"{metric} is missing from {which} {where} results in {source_of(rows)}")
+        mean, half_width, n = paired_difference(values[0], values[1], confidence)
+        records.append({**where, "mean": mean, "ci": half_width, "n": n,
+                        "epoch": int(sides[0]["epoch"].max()), "baseline_epoch": int(sides[1]["epoch"].max()),
+                        "dropped_seeds": only})
+    columns = [*by, "mean", "ci", "n", "epoch", "baseline_epoch", "dropped_seeds"]
+    return pd.DataFrame(records, columns=list(dict.fromkeys(columns)))
+
+
 def summarize(frame: pd.DataFrame, by: Sequence[str], value: str, confidence: float = 0.95) -> pd.DataFrame:
     """One row per group of ``by`` (missing keys such as a null label fraction form their own group),
     with columns ``mean``, ``ci`` (half-width) and ``n`` of ``frame[value]`` over the group's rows

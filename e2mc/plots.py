@@ -29,8 +29,8 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from e2mc.naming import (ARM_ORDER, DYNAMICS_HEADERS, DYNAMICS_KEYS, TRANSFORM_SYMBOLS,  # noqa: E402
                          arm_color, arm_label, arm_marker, method_label)
-from e2mc.frames import (REPRODUCE_HINT, MissingResultsError, order_arms, order_methods, select,  # noqa: E402
-                         source_of, summarize, training_epochs, with_base)
+from e2mc.frames import (REPRODUCE_HINT, MissingResultsError, order_arms, order_methods, paired_differences,  # noqa: E402
+                         select, source_of, summarize, training_epochs, with_base)
 
 # Corners of the 2-D colour map of Fig. 2, (x, y) = (0, 0), (1, 0), (0, 1), (1, 1): Okabe-Ito blue,
 # vermillion, yellow, and black (told apart with the common colour-vision deficiencies).
@@ -253,6 +253,35 @@ def fig6_epochs(frame: pd.DataFrame, label_fraction: float = 0.01, metric: str =
                     handles[arm] = _arm_curve(ax, curve, arm)
             ax.set(title=method_label(method), xlabel="epoch of continued pre-training",
                    ylabel=f"{metric} ({label_fraction:.0%} labels)")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        _legend_below(fig, handles)
+    return fig
+
+
+def paired_difference_epochs(frame: pd.DataFrame, arm: str = "e2mc", baseline: str = "original",
+                             label_fraction: float = 0.01, metric: str = "top1", kind: str = "linear_probe",
+                             confidence: float = 0.95) -> Figure:
+    """``arm`` minus ``baseline`` on ``metric`` against the epoch of continued pre-training, paired by
+    seed (:func:`e2mc.frames.paired_differences`): one panel per method, the mean difference with its
+    ``confidence`` t-interval band (none with one pair), and zero as a dotted line. Narrower than
+    reading two overlapping Fig. 6 bands, since the seed-to-seed variation both arms share cancels."""
+    rows = select(frame, kind, label_fraction, arm=[arm, baseline])
+    differences = paired_differences(rows, arm, baseline, metric, ["method", "epoch"], confidence)
+    if differences.empty:
+        raise MissingResultsError(f"no seed has {kind} results of both {arm} and {baseline} with "
+                                  f"{label_fraction:.0%} of the labels in {source_of(frame)}; {REPRODUCE_HINT}")
+    methods = order_methods(differences["method"].unique())
+    axes_style, context = _style()
+    with axes_style, context:
+        fig, axes = _panel_per_method(len(methods))
+        handles = {}
+        for ax, method in zip(axes[0], methods):
+            curve = differences[differences["method"] == method].assign(ci=lambda d: d["ci"].fillna(0))
+            handles[arm] = _arm_curve(ax, curve, arm)
+            handles[arm].set_label(f"{arm_label(arm)} − {arm_label(baseline)} (mean of {curve['n'].max()} seeds)")
+            ax.axhline(0.0, color="0.3", linestyle=":", linewidth=1.0)
+            ax.set(title=method_label(method), xlabel="epoch of continued pre-training",
+                   ylabel=f"Δ {metric} ({label_fraction:.0%} labels), points")
             ax.xaxis.get_major_locator().set_params(integer=True)
         _legend_below(fig, handles)
     return fig

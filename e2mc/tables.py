@@ -19,8 +19,8 @@ from typing import Sequence
 import pandas as pd
 
 from e2mc.frames import (REPRODUCE_HINT, DuplicateResultsError, MissingResultsError, final_epoch_rows,  # noqa: F401
-                         order_arms, order_methods, paired_difference, require_columns, select, source_of,
-                         summarize, training_epochs, with_base)
+                         order_arms, order_methods, paired_difference, paired_differences, require_columns, select,
+                         source_of, summarize, training_epochs, with_base)
 from e2mc.naming import (ARM_ORDER, DYNAMICS_HEADERS, DYNAMICS_KEYS, TRANSFORM_LABELS, arm_label, criterion_label,
                          fraction_label, method_label, split_e2mc_arm)
 
@@ -298,43 +298,21 @@ def paired_comparison(frame: pd.DataFrame, arm: str = "e2mc", baseline: str = "o
     arms = [arm, baseline]
     rows = select(with_base(rows) if "base" in arms else rows, kind, arm=arms)
     rows = final_epoch_rows(rows)
-    records, dropped_total, dropped_where = [], 0, []
     several_datasets = rows["dataset"].nunique() > 1
-    for (method, dataset, fraction), group in rows.groupby(["method", "dataset", "label_fraction"], dropna=False,
-                                                            sort=True):
-        sides = []
-        for which in arms:
-            side = group[group["arm"] == which]
-            if side["seed"].duplicated().any():
-                files = side.loc[side["seed"].duplicated(keep=False), "file"].tolist() if "file" in side else []
-                raise DuplicateResultsError(
-                    f"{method} {which} {dataset} {fraction_label(fraction)} has more than one result per seed in "
-                    f"{source_of(frame)}: {files}; keep one configuration per results folder")
-            if side[metric].isna().any():
-                files = side.loc[side[metric].isna(), "file"].tolist() if "file" in side else []
-                raise MissingResultsError(f"{metric} is missing from {method} {which} results in "
-                                          f"{source_of(frame)} {files}")
-            sides.append(side.set_index("seed"))
-        common = sorted(set(sides[0].index) & set(sides[1].index))
-        only = sorted(set(sides[0].index) ^ set(sides[1].index))
-        if only:
-            dropped_total += len(only)
-            dropped_where.append(f"{method_label(method)} {f'{dataset} ' if several_datasets else ''}"
-                                 f"{fraction_label(fraction)}: "
-                                 f"seed{'s' if len(only) > 1 else ''} {', '.join(str(int(s)) for s in only)}")
-        if not common:
-            continue
-        mean, half_width, n = paired_difference(sides[0].loc[common, metric], sides[1].loc[common, metric],
-                                                confidence)
-        records.append({"method": method, "dataset": dataset, "label_fraction": fraction,
-                        "epoch": int(sides[0]["epoch"].iloc[0]), "baseline_epoch": int(sides[1]["epoch"].iloc[0]),
-                        "mean": mean, "ci": half_width, "n": n,
-                        "excludes_zero": None if math.isnan(half_width) else bool(abs(mean) > half_width),
-                        "dropped_seeds": len(only)})
-    if not records:
+    numbers = paired_differences(rows, arm, baseline, metric, ["method", "dataset", "label_fraction"], confidence)
+    if numbers.empty:
         raise MissingResultsError(f"no seed has {kind} results of both {arm} and {baseline} in {source_of(frame)}; "
                                   f"{REPRODUCE_HINT}")
-    numbers = pd.DataFrame(records)
+    dropped_where = []
+    for _, cell in numbers[numbers["dropped_seeds"].map(len) > 0].iterrows():
+        seeds = cell["dropped_seeds"]
+        where = " ".join([method_label(cell["method"])] + ([str(cell["dataset"])] if several_datasets else [])
+                         + [fraction_label(cell["label_fraction"])])
+        dropped_where.append(f"{where}: seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}")
+    dropped_total = int(sum(len(d) for d in numbers["dropped_seeds"]))
+    numbers = numbers.assign(
+        excludes_zero=[None if math.isnan(ci) else bool(abs(m) > ci) for m, ci in zip(numbers["mean"], numbers["ci"])],
+        dropped_seeds=[len(d) for d in numbers["dropped_seeds"]])
     header = ["Method"] + (["Dataset"] if several_datasets else []) + [
         "Labels", "Epoch", f"{arm_label(arm)} − {arm_label(baseline)}", "Seeds", f"{confidence:.0%} CI excludes 0"]
     printed = []

@@ -99,3 +99,32 @@ def test_no_pair_at_all_is_missing_results():
         paired_comparison(results_frame(E2MC + [("original", 7, 1.0)]))
     with pytest.raises(MissingResultsError):
         paired_comparison(results_frame(E2MC))
+
+
+def test_differences_per_epoch_and_their_figure():
+    """Per epoch, E2MC minus original paired on seed (rows shuffled, so order cannot pair them), against
+    scipy's t-interval of the differences computed here by hand; the figure draws those numbers."""
+    from e2mc import plots
+    from e2mc.frames import paired_differences
+
+    rng = np.random.default_rng(0)
+    values = {(arm, seed, epoch): 70 + rng.normal() for arm in ("e2mc", "original") for seed in range(3)
+              for epoch in range(4)}
+    values[("e2mc", 3, 2)] = 99.0  # a seed without its pair: dropped at that epoch only
+    frame = pd.concat([results_frame([(arm, seed, top1)]).assign(epoch=epoch)
+                       for (arm, seed, epoch), top1 in values.items()], ignore_index=True)
+    frame = frame.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    differences = paired_differences(frame, "e2mc", "original", "top1", ["method", "epoch"])
+    assert differences["epoch"].tolist() == [0, 1, 2, 3]
+    for _, row in differences.iterrows():
+        d = np.array([values[("e2mc", s, row["epoch"])] - values[("original", s, row["epoch"])] for s in range(3)])
+        low, high = stats.t.interval(0.95, 2, loc=d.mean(), scale=d.std(ddof=1) / math.sqrt(3))
+        assert row["mean"] == pytest.approx(d.mean()) and row["ci"] == pytest.approx((high - low) / 2)
+        assert row["n"] == 3 and row["dropped_seeds"] == ([3] if row["epoch"] == 2 else [])
+
+    figure = plots.paired_difference_epochs(frame, metric="top1")
+    line = figure.axes[0].get_lines()[0]
+    assert list(line.get_xdata()) == [0, 1, 2, 3]
+    assert np.allclose(line.get_ydata(), differences["mean"])
+    with pytest.raises(MissingResultsError, match="both e2mc and original"):
+        plots.paired_difference_epochs(frame[frame.arm == "e2mc"])
