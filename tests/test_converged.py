@@ -129,11 +129,17 @@ def test_a_converged_entry_end_to_end(tmp_path, monkeypatch):
     made, skipped = tables.converged_tables(frame, plots.load_variants(results))
     names = [t.name for t in made]
     assert names == ["main_results_val_selected", "paired_comparison_val_selected", "paired_comparison_top1",
+                     "paired_comparison_original_vs_base_val_selected", "paired_comparison_e2mc_vs_base_val_selected",
                      "transfer_val_selected", "learning_rate_check_top1_val_selected", "learning_rate_check_top1"]
     main = made[0]
     assert main.header[3:5] == ["1% val-selected", "1% best epoch"]
     assert [row[1] for row in main.rows] == ["base checkpoint", "original loss", "E2MC"]
-    lr = made[4]
+    versus_base = made[3].numbers.set_index("label_fraction")
+    probes = frame[(frame.kind == "linear_probe") & (frame.seed == 0)].set_index(["arm", "epoch", "label_fraction"])
+    assert versus_base.loc[0.01, "mean"] == pytest.approx(probes.loc[("original", 2, 0.01), "top1_val_selected"]
+                                                         - probes.loc[("base", 0, 0.01), "top1_val_selected"])
+    assert versus_base.loc[0.01, "baseline_epoch"] == 0 and versus_base.loc[0.01, "epoch"] == 2
+    lr = made[6]
     assert [(row[1], row[2]) for row in lr.rows] == [("E2MC", "1×"), ("E2MC", "3×")]
     figure = plots.fig6_epochs(frame, metric="top1_val_selected")
     assert figure.axes
