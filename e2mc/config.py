@@ -68,6 +68,8 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-6
     eta: float = 1e-3                 # LARS eta / LARC trust coefficient
+    bias_base_lr: float | None = None  # base_lr of the 1-D parameters (biases, norms), scaled alike; null:
+                                       # base_lr (Barlow Twins trains them at 0.0048, its weights at 0.2)
     schedule: str = "constant"        # constant (continued pre-training) or cosine (pre-training from scratch)
     warmup_epochs: int = 0            # cosine only
 
@@ -168,7 +170,7 @@ LOCATION_FIELDS = (("train", "output_dir"), ("data", "root"), ("data", "workers"
 # Fields added after results were first committed: left out of Config.hash() at their default value, so
 # that the hash of every configuration that existed before them (and the result files named by it) stays.
 ADDED_AFTER_FIRST_RESULTS = (("train", "restore_release_optimizer"), ("eval", "protocols"), ("eval", "probe"),
-                             ("eval", "finetune"), ("eval", "transfer"))
+                             ("eval", "finetune"), ("eval", "transfer"), ("optim", "bias_base_lr"))
 
 
 def _suggest(key: str, valid: list[str]) -> str:
@@ -299,6 +301,7 @@ def validate(cfg: Config) -> None:
     number(cfg.criterion.ent_coeff, "criterion.ent_coeff", 0)
     number(cfg.criterion.cov_coeff, "criterion.cov_coeff", 0)
     number(cfg.optim.base_lr, "optim.base_lr", 0, strict=True)
+    number(cfg.optim.bias_base_lr, "optim.bias_base_lr", 0, strict=True)
     number(cfg.optim.momentum, "optim.momentum", 0)
     number(cfg.optim.weight_decay, "optim.weight_decay", 0)
     number(cfg.optim.eta, "optim.eta", 0, strict=True)

@@ -92,16 +92,33 @@ class LARC(torch.optim.SGD):
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float, momentum: float, weight_decay: float,
-                    eta: float = 1e-3) -> torch.optim.Optimizer:
-    """``name`` is ``"lars"`` (VICReg), ``"sgd_larc"`` (SwAV) or ``"sgd"`` (SimSiam)."""
+                    eta: float = 1e-3, bias_lr: float | None = None) -> torch.optim.Optimizer:
+    """``name`` is ``"lars"`` (VICReg), ``"sgd_larc"`` (SwAV) or ``"sgd"`` (SimSiam).
+
+    With ``bias_lr`` the 1-D parameters (biases, norms) form a second group trained at ``bias_lr``
+    (Barlow Twins). Every group records its ``lr_scale``, its learning rate over ``lr``, so that a
+    schedule sets ``group["lr"] = lr_at_step * group["lr_scale"]`` (:func:`set_learning_rate`)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": params, "lr_scale": 1.0}]
+    if bias_lr is not None:
+        if lr <= 0:
+            raise ValueError(f"a separate bias learning rate needs a positive weight learning rate, got {lr}")
+        groups = [{"params": [p for p in params if not is_bias_or_norm(p)], "lr_scale": 1.0},
+                  {"params": [p for p in params if is_bias_or_norm(p)], "lr": bias_lr, "lr_scale": bias_lr / lr}]
+        groups = [g for g in groups if g["params"]]
     if name == "lars":
-        return LARS(params, lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta)
+        return LARS(groups, lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta)
     if name == "sgd_larc":
-        return LARC(params, lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=eta)
+        return LARC(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=eta)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; choose lars, sgd_larc or sgd")
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate to ``lr`` times its ``lr_scale`` (1 when it has none)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def learning_rate(schedule: str, base_lr: float, step: int, total_steps: int, warmup_steps: int = 0,

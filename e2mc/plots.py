@@ -16,7 +16,7 @@ Agg backend, so nothing here needs a display.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import matplotlib
 
@@ -38,13 +38,21 @@ POSITION_CORNERS = np.array([[0x00, 0x72, 0xB2], [0xD5, 0x5E, 0x00], [0xF0, 0xE4
 FIGURE_FORMATS = ("png", "pdf", "svg")
 
 
-def _arm_curve(ax, curve: pd.DataFrame, arm: str):
-    """One arm's mean line (columns epoch, mean) with its confidence band (column ci); returns the line."""
-    (line,) = ax.plot(curve["epoch"], curve["mean"], color=arm_color(arm), marker=arm_marker(arm),
-                      markersize=5, linewidth=1.6, label=arm_label(arm))
-    ax.fill_between(curve["epoch"], curve["mean"] - curve["ci"], curve["mean"] + curve["ci"], color=arm_color(arm),
-                    alpha=0.18, linewidth=0)
+def _band_line(ax, curve: pd.DataFrame, label: str, color=None, marker: str = "o", markersize: float = 5,
+               linewidth: float = 1.6):
+    """A mean line (columns epoch, mean) with its confidence band (column ci; none where NaN); returns
+    the line."""
+    (line,) = ax.plot(curve["epoch"], curve["mean"], color=color, marker=marker, markersize=markersize,
+                      linewidth=linewidth, label=label)
+    ci = curve["ci"].fillna(0)
+    ax.fill_between(curve["epoch"], curve["mean"] - ci, curve["mean"] + ci, color=line.get_color(), alpha=0.18,
+                    linewidth=0)
     return line
+
+
+def _arm_curve(ax, curve: pd.DataFrame, arm: str):
+    """One arm's mean line and band in the arm's colour and marker; returns the line."""
+    return _band_line(ax, curve, arm_label(arm), arm_color(arm), arm_marker(arm))
 
 
 def _legend_below(fig: Figure, handles: dict) -> None:
@@ -52,9 +60,20 @@ def _legend_below(fig: Figure, handles: dict) -> None:
                ncol=min(len(handles), 5), frameon=False)
 
 
-def _panel_per_method(n: int):
-    """A figure with one panel per method, side by side: (figure, axes of shape (1, n))."""
-    return plt.subplots(1, n, figsize=(4.6 * n, 3.9), squeeze=False, layout="constrained")
+def _per_method_figure(methods: Sequence[str], draw: Callable, xlabel: str, ylabel: str) -> Figure:
+    """One panel per method, side by side, in the common style, with the legend of every labelled line
+    below: ``draw(ax, method)`` plots a method's panel and returns its {key: line} handles."""
+    axes_style, context = _style()
+    with axes_style, context:
+        fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.9), squeeze=False,
+                                 layout="constrained")
+        handles = {}
+        for ax, method in zip(axes[0], methods):
+            handles.update(draw(ax, method))
+            ax.set(title=method_label(method), xlabel=xlabel, ylabel=ylabel)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        _legend_below(fig, handles)
+    return fig
 
 
 def _style():
@@ -237,25 +256,20 @@ def fig6_epochs(frame: pd.DataFrame, label_fraction: float = 0.01, metric: str =
     curves = epoch_curves(frame, label_fraction, metric, kind, confidence)
     if arms is not None:
         curves = curves[curves["arm"].isin(list(arms) + ["base"])]
-    methods = order_methods(curves["method"].unique())
-    axes_style, context = _style()
-    with axes_style, context:
-        fig, axes = _panel_per_method(len(methods))
-        handles = {}
-        for ax, method in zip(axes[0], methods):
-            of_method = curves[curves["method"] == method]
-            for arm in order_arms(of_method["arm"], ARM_ORDER):
-                curve = of_method[of_method["arm"] == arm]
-                if arm == "base":
-                    handles[arm] = ax.axhline(curve["mean"].iloc[0], color=arm_color(arm), linestyle="--",
-                                              linewidth=1.2, label=arm_label(arm))
-                else:
-                    handles[arm] = _arm_curve(ax, curve, arm)
-            ax.set(title=method_label(method), xlabel="epoch of continued pre-training",
-                   ylabel=f"{metric} ({label_fraction:.0%} labels)")
-            ax.xaxis.get_major_locator().set_params(integer=True)
-        _legend_below(fig, handles)
-    return fig
+
+    def draw(ax, method):
+        of_method, handles = curves[curves["method"] == method], {}
+        for arm in order_arms(of_method["arm"], ARM_ORDER):
+            curve = of_method[of_method["arm"] == arm]
+            if arm == "base":
+                handles[arm] = ax.axhline(curve["mean"].iloc[0], color=arm_color(arm), linestyle="--",
+                                          linewidth=1.2, label=arm_label(arm))
+            else:
+                handles[arm] = _arm_curve(ax, curve, arm)
+        return handles
+
+    return _per_method_figure(order_methods(curves["method"].unique()), draw, "epoch of continued pre-training",
+                              f"{metric} ({label_fraction:.0%} labels)")
 
 
 def paired_difference_epochs(frame: pd.DataFrame, arm: str = "e2mc", baseline: str = "original",
@@ -270,21 +284,16 @@ def paired_difference_epochs(frame: pd.DataFrame, arm: str = "e2mc", baseline: s
     if differences.empty:
         raise MissingResultsError(f"no seed has {kind} results of both {arm} and {baseline} with "
                                   f"{label_fraction:.0%} of the labels in {source_of(frame)}; {REPRODUCE_HINT}")
-    methods = order_methods(differences["method"].unique())
-    axes_style, context = _style()
-    with axes_style, context:
-        fig, axes = _panel_per_method(len(methods))
-        handles = {}
-        for ax, method in zip(axes[0], methods):
-            curve = differences[differences["method"] == method].assign(ci=lambda d: d["ci"].fillna(0))
-            handles[arm] = _arm_curve(ax, curve, arm)
-            handles[arm].set_label(f"{arm_label(arm)} − {arm_label(baseline)} (mean of {curve['n'].max()} seeds)")
-            ax.axhline(0.0, color="0.3", linestyle=":", linewidth=1.0)
-            ax.set(title=method_label(method), xlabel="epoch of continued pre-training",
-                   ylabel=f"Δ {metric} ({label_fraction:.0%} labels), points")
-            ax.xaxis.get_major_locator().set_params(integer=True)
-        _legend_below(fig, handles)
-    return fig
+
+    def draw(ax, method):
+        curve = differences[differences["method"] == method]
+        line = _band_line(ax, curve, f"{arm_label(arm)} − {arm_label(baseline)} (mean of {curve['n'].max()} seeds)",
+                          arm_color(arm), arm_marker(arm))
+        ax.axhline(0.0, color="0.3", linestyle=":", linewidth=1.0)
+        return {arm: line}
+
+    return _per_method_figure(order_methods(differences["method"].unique()), draw,
+                              "epoch of continued pre-training", f"Δ {metric} ({label_fraction:.0%} labels), points")
 
 
 # --- training dynamics -------------------------------------------------------------------------
@@ -330,27 +339,16 @@ def pretraining_plateau(frame: pd.DataFrame, label_fraction: float = 0.01,
     if not present:
         raise MissingResultsError(f"the {kind} results in {source_of(frame)} have none of {list(metrics)}; "
                                   f"{REPRODUCE_HINT}")
-    methods = order_methods(rows["method"].unique())
-    colors = sns.color_palette("colorblind", len(PLATEAU_METRICS))
-    axes_style, context = _style()
-    with axes_style, context:
-        fig, axes = _panel_per_method(len(methods))
-        handles = {}
-        for ax, method in zip(axes[0], methods):
-            for metric in present:
-                curve = summarize(rows[rows["method"] == method], ["epoch"], metric, confidence)
-                color = colors[list(PLATEAU_METRICS).index(metric)] if metric in PLATEAU_METRICS else None
-                (line,) = ax.plot(curve["epoch"], curve["mean"], marker="o", markersize=3.5, linewidth=1.4,
-                                  color=color, label=PLATEAU_METRICS.get(metric, metric))
-                ax.fill_between(curve["epoch"], curve["mean"] - curve["ci"].fillna(0),
-                                curve["mean"] + curve["ci"].fillna(0), color=line.get_color(), alpha=0.18,
-                                linewidth=0)
-                handles[metric] = line
-            ax.set(title=method_label(method), xlabel="epoch of pre-training from scratch",
-                   ylabel=f"linear probe top-1 ({label_fraction:.0%} labels)")
-            ax.xaxis.get_major_locator().set_params(integer=True)
-        _legend_below(fig, handles)
-    return fig
+    colors = dict(zip(PLATEAU_METRICS, sns.color_palette("colorblind", len(PLATEAU_METRICS))))
+
+    def draw(ax, method):
+        return {metric: _band_line(ax, summarize(rows[rows["method"] == method], ["epoch"], metric, confidence),
+                                   PLATEAU_METRICS.get(metric, metric), colors.get(metric), markersize=3.5,
+                                   linewidth=1.4)
+                for metric in present}
+
+    return _per_method_figure(order_methods(rows["method"].unique()), draw, "epoch of pre-training from scratch",
+                              f"linear probe top-1 ({label_fraction:.0%} labels)")
 
 
 # --- notebook helpers ---------------------------------------------------------------------------

@@ -427,16 +427,19 @@ def _plateau_plan(part: Part) -> EvaluationPlan:
     return EvaluationPlan(("linear_probe",), (0.01,), (0,), probe_overrides=part.probe_overrides())
 
 
-def plateau_pattern(method: str, epoch: int) -> str:
+def plateau_pattern(method: str, epoch: int | str) -> str:
+    """The glob of ``method``'s plateau probe at pre-training ``epoch`` ("*": any epoch)."""
     return result_filename("linear_probe", method, "base", "fashion_mnist", epoch, 0.01, 0, "*")
 
 
 def committed_plateau(part: Part, method: str, results_dir: Path) -> bool:
-    """Whether ``results_dir`` holds a complete plateau sweep of ``method`` made elsewhere: a fresh
-    clone has the committed probes but not the pre-training run they came from. Complete means every
-    epoch :func:`plateau_epochs` would ask for, counted from the run's length the probes record."""
-    any_epoch = plateau_pattern(method, 0).replace("_e000_", "_e*_")
-    files = sorted((results_dir / PLATEAU_DIR / "linear_probe").glob(any_epoch))
+    """Whether the plateau sweep of ``method`` was made elsewhere: a fresh clone has the committed
+    probes but not the pre-training run they came from. True when that run is not here and
+    ``results_dir`` holds every epoch :func:`plateau_epochs` would ask for, counted from the run's
+    length the probes record."""
+    if (Path(part.pretrain_runs) / method).exists():
+        return False
+    files = sorted((results_dir / PLATEAU_DIR / "linear_probe").glob(plateau_pattern(method, "*")))
     if not files:
         return False
     total = json.loads(files[0].read_text())["config"]["train"]["epochs"]
@@ -448,9 +451,9 @@ def evaluate_plateau(method: str, results_dir: Path, data_root: str | None = Non
                      ) -> str:
     """Probe every ``plateau_every``-th kept epoch of the method's pre-training run (1% of the labels,
     seed 0) into ``<results>/plateau/linear_probe`` (arm "base", epoch = pre-training epoch). Returns
-    "skipped" when the run is not here but its complete sweep is (:func:`committed_plateau`)."""
+    "skipped" when the sweep was made elsewhere (:func:`committed_plateau`)."""
     part = get_part(part)
-    if not (Path(part.pretrain_runs) / method).exists() and committed_plateau(part, method, results_dir):
+    if committed_plateau(part, method, results_dir):
         return "skipped"
     sweep(Path(part.pretrain_runs) / method, results_dir / PLATEAU_DIR / "linear_probe", _plateau_plan(part),
           data_root=data_root, epochs=plateau_epochs(part, method), skip_existing=True)
@@ -504,8 +507,7 @@ def pending(part: str | Part, results_dir: Path, runs_dir: Path, checkpoints: Pa
             except FileNotFoundError:
                 wanted = None
             if wanted is None:
-                done = (not (Path(part.pretrain_runs) / method).exists()
-                        and committed_plateau(part, method, results_dir))
+                done = committed_plateau(part, method, results_dir)
             else:
                 done = all(any((results_dir / PLATEAU_DIR / "linear_probe").glob(plateau_pattern(method, e)))
                            for e in wanted)

@@ -102,15 +102,17 @@ def write_result(path: str | os.PathLike, **fields) -> Path:
     return write_json_atomic(path, build_result(**fields))
 
 
-def result_filename(kind: str, method: str, arm: str, dataset: str, epoch: int, label_fraction: float | None,
+def result_filename(kind: str, method: str, arm: str, dataset: str, epoch: int | str, label_fraction: float | None,
                     seed: int, config_hash: str | None) -> str:
     """A file name that differs for every (kind, method, arm, dataset, epoch, fraction, seed, config).
 
-    E.g. ``linear_probe_vicreg_e2mc_fashion_mnist_e003_f1pct_s0_1a2b3c4d.json``.
+    E.g. ``linear_probe_vicreg_e2mc_fashion_mnist_e003_f1pct_s0_1a2b3c4d.json``; ``epoch`` or
+    ``config_hash`` "*" makes it a glob pattern matching every epoch or configuration.
     """
     fraction = "na" if label_fraction is None else f"{100 * label_fraction:g}pct"
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{kind}_{method}_{arm}_{dataset}")
-    return f"{safe}_e{epoch:03d}_f{fraction}_s{seed}_{(config_hash or 'noconfig')[:8]}.json"
+    epoch_text = epoch if epoch == "*" else f"{epoch:03d}"
+    return f"{safe}_e{epoch_text}_f{fraction}_s{seed}_{(config_hash or 'noconfig')[:8]}.json"
 
 
 class ConflictingResultError(ValueError):

@@ -50,7 +50,7 @@ from e2mc.diagnostics import embedding_stats
 from e2mc.distributed import is_distributed, rank, world_size
 from e2mc.methods import Method, get_method
 from e2mc.naming import infer_arm
-from e2mc.optim import build_optimizer, learning_rate
+from e2mc.optim import build_optimizer, learning_rate, set_learning_rate
 from e2mc.provenance import provenance, repo_relative, write_json_atomic
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
@@ -277,9 +277,11 @@ def setup(cfg: Config) -> Run:
     if is_distributed() and device.type == "cuda":
         network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
     stream = build_stream(cfg, device)
-    base_lr = cfg.optim.base_lr * (cfg.data.batch_size / 256 if cfg.optim.scale_lr else 1.0)
+    lr_scaling = cfg.data.batch_size / 256 if cfg.optim.scale_lr else 1.0
+    base_lr = cfg.optim.base_lr * lr_scaling
+    bias_lr = None if cfg.optim.bias_base_lr is None else cfg.optim.bias_base_lr * lr_scaling
     optimizer = build_optimizer(cfg.optim.name, network, base_lr, cfg.optim.momentum, cfg.optim.weight_decay,
-                                cfg.optim.eta)
+                                cfg.optim.eta, bias_lr)
     forward: nn.Module = MultiViewNetwork(network, method)
     if is_distributed():
         forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
@@ -446,8 +448,7 @@ def train_one_epoch(run: Run, stop: StopRequest) -> bool:
     progress = _progress(run.stream.steps_per_epoch, run.step, run.epoch, run.main_process)
     for step, views in enumerate(run.stream.epoch(run.epoch, run.step), start=run.step):
         lr = learning_rate(cfg.optim.schedule, run.base_lr, run.global_step, total_steps, warmup_steps)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
+        set_learning_rate(run.optimizer, lr)
         if cfg.train.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         run.method.before_step(network)

@@ -12,6 +12,7 @@ import torchvision
 from torch import nn
 
 from e2mc import checkpoints
+from e2mc.build import build_network
 from e2mc.checkpoints import convert_official, load_official
 from e2mc.config import load_config
 from e2mc.methods import build_model, get_method, method_names
@@ -133,7 +134,7 @@ def test_one_epoch_mini_run_with_e2mc(tmp_path):
     cfg = load_config(ROOT / "configs/mini/barlowtwins.yaml",
                       [f"data.root={root}", "data.batch_size=64", "model.heads={projector: [64, 64]}",
                        "train.epochs=1", f"train.init={tmp_path / 'base' / 'checkpoint.pt'}",
-                       f"train.output_dir={tmp_path / 'e2mc'}", "train.log_every=1"])
+                       f"train.output_dir={tmp_path / 'e2mc'}", "train.log_every=1", "optim.bias_base_lr=0.0012"])
     summary = train(cfg)
     assert summary["status"] == "finished" and summary["epoch"] == 1
     steps = read_metrics(tmp_path / "e2mc", "step")
@@ -144,3 +145,8 @@ def test_one_epoch_mini_run_with_e2mc(tmp_path):
         assert record["add_entropy"] < 0.1 and record["ssl_on_diagonal"] >= 0
     state = checkpoints.load(tmp_path / "e2mc" / "checkpoint.pt")
     assert state["method"] == "barlowtwins" and state["epoch"] == 1
+    # the official two learning rates, both scaled by batch / 256: weights 0.05 * 64 / 256, biases and BN
+    groups = state["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([0.0125, 0.0003])
+    dims = [p.ndim for p in build_network(cfg).parameters()]
+    assert [len(g["params"]) for g in groups] == [sum(d > 1 for d in dims), dims.count(1)]

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from e2mc.optim import LARC, LARS, build_optimizer, learning_rate
+from e2mc.optim import LARC, LARS, build_optimizer, learning_rate, set_learning_rate
 
 
 def _params(generator):
@@ -60,3 +60,33 @@ def test_schedules():
         learning_rate("step", 1.0, 0, 10)
     with pytest.raises(ValueError, match="lars, sgd_larc or sgd"):
         build_optimizer("adam", torch.nn.Linear(2, 2), 0.1, 0.9, 0.0)
+
+
+@pytest.mark.parametrize("name", ["lars", "sgd_larc", "sgd"])
+def test_separate_bias_learning_rate_follows_the_schedule(name):
+    """Barlow Twins' two groups: the 1-D parameters (biases, BN) in their own group at bias_lr, the
+    rest at lr, and a scheduled rate keeps the ratio. The step is checked by hand where the 1-D
+    parameters are not adapted (LARS skips them, SGD adapts nothing; LARC rescales every tensor)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2, bias=False))
+    optimizer = build_optimizer(name, model, lr=0.4, momentum=0.0, weight_decay=0.0, bias_lr=0.01)
+    one_d = [p for p in model.parameters() if p.ndim == 1]
+    assert [len(g["params"]) for g in optimizer.param_groups] == [2, 3]
+    assert {id(p) for p in optimizer.param_groups[1]["params"]} == {id(p) for p in one_d}
+    set_learning_rate(optimizer, 0.1)  # a schedule at a quarter of the base rate
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.1, 0.0025])
+    if name != "sgd_larc":
+        before = [p.detach().clone() for p in one_d]
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+        for p, p0 in zip(one_d, before):
+            torch.testing.assert_close(p.detach(), p0 - 0.0025)
+
+
+def test_without_bias_lr_one_group_at_lr():
+    model = torch.nn.Linear(3, 2)
+    optimizer = build_optimizer("lars", model, lr=0.3, momentum=0.9, weight_decay=0.0)
+    assert len(optimizer.param_groups) == 1 and optimizer.param_groups[0]["lr"] == 0.3
+    set_learning_rate(optimizer, 0.05)
+    assert optimizer.param_groups[0]["lr"] == 0.05

@@ -1,4 +1,5 @@
 """Result files: schema checks, write -> load round trips, malformed files named in the error."""
+import fnmatch
 import json
 import math
 import re
@@ -126,6 +127,14 @@ def test_file_names_differ_per_evaluation():
     assert len(names) == 12
     assert results.result_filename("transfer", "vicreg", "e2mc", "cifar10", 3, 0.01, 0, None) == \
         "transfer_vicreg_e2mc_cifar10_e003_f1pct_s0_noconfig.json"
+
+
+def test_file_name_wildcards_match_every_epoch_and_config_and_nothing_else():
+    def name(epoch, seed=0, arm="base"):
+        return results.result_filename("linear_probe", "swav", arm, "fashion_mnist", epoch, 0.01, seed, "abcdef0123")
+    pattern = results.result_filename("linear_probe", "swav", "base", "fashion_mnist", "*", 0.01, 0, "*")
+    assert all(fnmatch.fnmatchcase(name(epoch), pattern) for epoch in (0, 5, 100, 1000))
+    assert not fnmatch.fnmatchcase(name(5, seed=1), pattern) and not fnmatch.fnmatchcase(name(5, arm="e2mc"), pattern)
 
 
 def test_schema_document_describes_every_field():
