@@ -38,6 +38,7 @@ from torch import nn
 
 from e2mc.data import balanced_subset
 from e2mc.models import ConvNet
+from e2mc.optim import set_learning_rate
 from e2mc.evaluation.sources import ImageSource, backbone_of, extract_features, like_network, network_device
 
 
@@ -271,8 +272,7 @@ def _fit_cached(x: torch.Tensor, y: torch.Tensor, eval_x: torch.Tensor, eval_y: 
                                 weight_decay=weight_decay, nesterov=settings.nesterov)
     top1, top5, losses, val_top1 = [], [], [], []
     for epoch in range(settings.epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = epoch_lr(settings, epoch)
+        set_learning_rate(optimizer, epoch_lr(settings, epoch))
         order = torch.randperm(len(x), generator=generator).to(x.device)
         total = 0.0
         for start in range(0, len(x), settings.batch_size):
@@ -510,8 +510,7 @@ def _train_on_images(network, train_source, train_indices, test_source, test_ind
     values_per_channel = math.prod(test_x.shape[2:])  # 1 for pooled features
     top1, top5, losses, val_top1 = [], [], [], []
     for epoch in range(settings.epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = epoch_lr(settings, epoch)
+        set_learning_rate(optimizer, epoch_lr(settings, epoch))
         classifier.train()
         total, seen = 0.0, 0
         for images, labels in train_source.batches(train_indices, settings.batch_size, device, train=True,
