@@ -139,8 +139,14 @@ CONVERGED = Part(
     pretrain_runs="runs/mini-converged/pretrain", optional_methods=("simsiam",),
     pretrain_hint="make pretrain-mini-converged", plateau_every=5, transfer=(("digits", "bundled"),),
     lr_factors=(0.3, 3.0), lr_methods=("vicreg",))
+# The pre-registered study (docs/preregistration.md, e2mc.preregistration): the converged SwAV base,
+# original loss, E2MC and the MMCR positive control, seeds 0-7, otherwise the converged part's settings
+# (so its seeds 0-2 of original and E2MC are the same entries and are not run again).
+PREREGISTERED = dataclasses.replace(
+    CONVERGED, name="preregistered", methods=("swav",), arms=("original", "e2mc", "mmcr"), seeds=tuple(range(8)),
+    optional_methods=(), plateau_every=None, lr_factors=(), lr_methods=())
 PARTS: dict[str, Part] = {"quick": dataclasses.replace(_FULL, name="quick", fixed=tuple(QUICK)), "full": _FULL,
-                          "converged": CONVERGED}
+                          "converged": CONVERGED, "preregistered": PREREGISTERED}
 
 
 def get_part(part: str | Part, checkpoints: str | Path | None = None,
@@ -704,7 +710,9 @@ def add_commands(sub) -> None:
     p.add_argument("--part", choices=tuple(PARTS), default="quick",
                    help="quick: the entries `make reproduce` re-runs (~15 min on 2 cores); full: the whole grid; "
                         "converged: the grid from the 100-epoch bases of `make pretrain-mini-converged` "
-                        "(plateau, 20-epoch continuation, learning-rate check, transfer; docs/converged.md)")
+                        "(plateau, 20-epoch continuation, learning-rate check, transfer; docs/converged.md); "
+                        "preregistered: SwAV original, E2MC and MMCR from the converged base, seeds 0-7 "
+                        "(docs/preregistration.md)")
     p.add_argument("--results", default=None,
                    help="where the result files go (default: the part's, results/mini or results/mini-converged)")
     p.add_argument("--runs", default=None, help="where training runs write checkpoints and logs (default: the "

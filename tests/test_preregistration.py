@@ -1,0 +1,118 @@
+"""The pre-registered analysis (e2mc.preregistration) against scipy, a simulation, and hand-built frames."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from e2mc import preregistration as prereg
+from e2mc.frames import MissingResultsError
+from e2mc.reproduce import CONVERGED, PREREGISTERED, entries, entry_config, find_arm
+
+
+def test_paired_t_test_matches_scipy():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(78, 0.5, 8), rng.normal(77.8, 0.5, 8)
+    result = prereg.paired_t_test(a - b)
+    reference = stats.ttest_rel(a, b)
+    assert result.t == pytest.approx(reference.statistic, rel=1e-10)
+    assert result.p == pytest.approx(reference.pvalue, rel=1e-10)
+    low, high = stats.t.interval(0.95, 7, loc=np.mean(a - b), scale=stats.sem(a - b))
+    assert result.interval == pytest.approx((low, high), rel=1e-10)
+    assert result.df == 7 and result.n == 8
+
+
+def test_paired_t_test_refuses_too_few_and_handles_constant_differences():
+    with pytest.raises(ValueError, match="at least two"):
+        prereg.paired_t_test([0.3])
+    constant = prereg.paired_t_test([0.5, 0.5, 0.5])  # exact in binary: sd exactly 0
+    assert constant.p == 0.0 and constant.t == np.inf and constant.half_width == 0.0
+
+
+def test_power_agrees_with_a_simulation():
+    sd, n, effect = 0.26, 8, 0.30
+    rng = np.random.default_rng(0)
+    d = rng.normal(effect, sd, size=(40000, n))
+    rejected = stats.ttest_1samp(d, 0.0, axis=1).pvalue < 0.05
+    # binomial sd of the simulated rate is about 0.002
+    assert prereg.power(effect, sd, n) == pytest.approx(rejected.mean(), abs=0.01)
+    assert prereg.power(0.0, sd, n) == pytest.approx(0.05, abs=1e-9)  # size of the test
+
+
+def test_minimum_detectable_effect_has_the_target_power():
+    effect = prereg.minimum_detectable_effect(0.26, 8)
+    assert prereg.power(effect, 0.26, 8) == pytest.approx(0.80, abs=1e-6)
+    assert prereg.minimum_detectable_effect(0.26, 16) < effect  # more pairs detect less
+    assert prereg.minimum_detectable_effect(0.52, 8) == pytest.approx(2 * effect, rel=1e-6)  # scales with sd
+
+
+def test_power_analysis_sd_bound_is_a_chi_square_quantile():
+    analysis = prereg.power_analysis([0.11, -0.01, 0.49])
+    assert analysis.pilot_sd == pytest.approx(np.std([0.11, -0.01, 0.49], ddof=1))
+    # P(sigma <= bound) = 0.8 under (n-1) s^2 / sigma^2 ~ chi2(n-1)
+    assert stats.chi2.sf(2 * analysis.pilot_sd ** 2 / analysis.sd_upper ** 2, 2) == pytest.approx(0.8)
+    assert analysis.detectable_at_sd_upper > analysis.detectable
+
+
+def _frame(values: dict[str, list[float]], epoch: int = 20, metric: str = "top1_last", seeds=None) -> pd.DataFrame:
+    rows = []
+    for arm, per_seed in values.items():
+        for seed, value in zip(seeds or range(len(per_seed)), per_seed):
+            rows.append({"kind": "linear_probe", "method": "swav", "arm": arm, "seed": seed, "epoch": epoch,
+                         "label_fraction": 0.01, metric: value, "file": f"{arm}_s{seed}.json"})
+    frame = pd.DataFrame(rows)
+    frame.attrs["results_dir"] = "fake"
+    return frame
+
+
+def test_paired_values_pair_on_seed_not_order():
+    original = [70.0 + s for s in range(8)]
+    e2mc = [70.5 + s for s in range(8)]
+    frame = _frame({"original": original, "e2mc": e2mc})
+    shuffled = frame.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    shuffled.attrs = frame.attrs
+    values = prereg.paired_values(shuffled, prereg.PRIMARY)
+    assert values["difference"].tolist() == pytest.approx([0.5] * 8)
+    assert values["seed"].tolist() == list(range(8))
+
+
+def test_the_primary_endpoint_refuses_missing_seeds_and_other_epochs():
+    frame = _frame({"original": [70.0] * 5, "e2mc": [71.0] * 5})
+    with pytest.raises(MissingResultsError, match=r"lacks seeds \[5, 6, 7\]"):
+        prereg.evaluate_endpoint(frame, prereg.PRIMARY)
+    at_ten = _frame({"original": [70.0] * 8, "e2mc": [71.0] * 8}, epoch=10)
+    with pytest.raises(MissingResultsError):
+        prereg.evaluate_endpoint(at_ten, prereg.PRIMARY)
+
+
+def test_analyse_and_its_sentences():
+    rng = np.random.default_rng(5)
+    base = rng.normal(78, 0.3, 8)
+    frame = _frame({"original": list(base), "e2mc": list(base + rng.normal(0.05, 0.2, 8)),
+                    "mmcr": list(base + 1.0 + rng.normal(0, 0.2, 8))})
+    outcome = prereg.analyse(frame)
+    assert outcome.primary.n == 8 and outcome.control.n == 8
+    assert outcome.control.significant and outcome.control.mean > 0
+    text = prereg.primary_sentence(outcome.primary)
+    assert f"{outcome.primary.mean:+.2f} points" in text and "n = 8" in text
+    assert ("does not reject" in text) == (not outcome.primary.significant)
+    assert "detects a gain" in prereg.control_sentence(outcome.control)
+
+
+def test_the_preregistered_part_reuses_the_converged_entries():
+    """Seeds 0-2 of original and E2MC are the converged part's entries (same configuration hash), so
+    the study takes them up rather than re-running them; MMCR comes after every primary seed."""
+    from pathlib import Path
+    for arm_name in ("original", "e2mc"):
+        for seed in (0, 1, 2):
+            ours = entry_config(find_arm(PREREGISTERED, "swav", arm_name), seed, Path("results/x"), Path("runs/x"),
+                                part=PREREGISTERED)
+            theirs = entry_config(find_arm(CONVERGED, "swav", arm_name), seed, Path("results/x"), Path("runs/x"),
+                                  part=CONVERGED)
+            assert ours.hash() == theirs.hash()
+    order = entries(PREREGISTERED)
+    assert order[0] == ("swav", "base", 0)
+    arms = [label for _, label, _ in order[1:]]
+    assert arms[:16] == ["original", "e2mc"] * 8 and arms[16:] == ["mmcr"] * 8
+    assert prereg.SEEDS == PREREGISTERED.seeds
