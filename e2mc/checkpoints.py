@@ -68,6 +68,20 @@ def _allowed_global_names() -> set[str]:
     return names
 
 
+def require_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path when it is a readable file; else FileNotFoundError naming it (a folder is
+    said to be a folder). Cheap: callers check the files a configuration names before loading data."""
+    path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"checkpoint {path} is a folder, not a file; name the .pt/.pth file inside it")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint not found: {path} (resolved {path.resolve()}); check the path, or download the "
+            "release into it first"
+        )
+    return path
+
+
 def load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """Read a checkpoint written by ``torch.save``, without running any code from it.
 
@@ -75,12 +89,7 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     missing path, :class:`UnsafeCheckpointError` for a file holding pickled code (refused for
     safety; nothing in it runs) and :class:`CheckpointError` for a corrupt or foreign file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint not found: {path} (resolved {path.resolve()}); check the path, or download the "
-            "release into it first"
-        )
+    path = require_file(path)
     _check_expanded_size(path)
     try:
         with torch.serialization.safe_globals(_ALLOWED_GLOBALS):

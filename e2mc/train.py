@@ -261,9 +261,11 @@ class Run:
 def setup(cfg: Config) -> Run:
     """Build the run: device and process group, the method's network, objective, added criterion,
     optimizer and data stream. Loads no weights (see :func:`start`)."""
+    output_dir = Path(cfg.train.output_dir) if cfg.train.output_dir else default_output_dir(cfg)
+    if cfg.train.init and not (output_dir / "checkpoint.pt").exists():
+        checkpoints.require_file(cfg.train.init)  # the files the configuration names before the data
     device = resolve_device(cfg.train.device)
     owns_group = init_distributed(device)
-    output_dir = Path(cfg.train.output_dir) if cfg.train.output_dir else default_output_dir(cfg)
     if cfg.train.output_dir is None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(output_dir)))
     method, criterion = get_method(cfg.method), get_criterion(cfg.criterion.name)

@@ -221,6 +221,23 @@ def test_bad_input_is_one_line(tmp_path, args, message):
     assert "Traceback" not in completed.stderr
 
 
+def test_files_the_configuration_names_are_checked_before_the_data(tmp_path):
+    """A fresh machine without Fashion-MNIST: a missing train.init is reported as such, not as missing
+    data (an empty data.root stands for the absent dataset; an explicit root is the only place looked)."""
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    completed = e2mc_cli("continue", "--config", "configs/mini/vicreg.yaml", f"data.root={empty}",
+                         f"train.output_dir={tmp_path / 'run'}", "train.init=/nowhere/base.pt")
+    assert completed.returncode == 2 and "checkpoint not found: /nowhere/base.pt" in completed.stderr, completed.stderr
+    assert "Fashion-MNIST" not in completed.stderr
+    assert not list(empty.iterdir())  # no download was attempted into it
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    completed = e2mc_cli("continue", "--config", "configs/mini/vicreg.yaml", f"data.root={empty}",
+                         f"train.output_dir={tmp_path / 'run'}", f"train.init={folder}")
+    assert completed.returncode == 2 and "is a folder, not a file" in completed.stderr, completed.stderr
+
+
 def test_an_official_key_mismatch_names_the_file(tmp_path, data_root):
     release = tmp_path / "resnet50_fullckpt.pth"
     torch.save({"epoch": 1, "model": {"module.backbone.conv1.weight": torch.zeros(1)}}, release)
