@@ -27,6 +27,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from e2mc import preregistration  # noqa: E402
 from e2mc.naming import (ARM_ORDER, DYNAMICS_HEADERS, DYNAMICS_KEYS, TRANSFORM_SYMBOLS,  # noqa: E402
                          arm_color, arm_label, arm_marker, method_label)
 from e2mc.frames import (REPRODUCE_HINT, MissingResultsError, order_arms, order_methods, paired_differences,  # noqa: E402
@@ -421,3 +422,44 @@ def load_variants(results_dir: str | Path) -> pd.DataFrame | None:
     frame = pd.concat(frames, ignore_index=True)
     frame.attrs["results_dir"] = str(folder)
     return frame
+
+
+# --- the pre-registered study (docs/preregistration.md) ------------------------------------------
+
+def preregistered_study(frame: pd.DataFrame) -> Figure:
+    """The pre-registered test at a glance: for the primary endpoint (E2MC − original) and the positive
+    control (MMCR − original), each seed's paired difference (dots, labelled by seed) and their mean with
+    its 95% t-interval (bar), in points of test top-1 at the probe's last epoch with 1% labels after
+    epoch 20; zero dotted, and dashed the smallest effect the design detects with 80% power (from the
+    pilot seeds, docs/preregistration.md). Raises MissingResultsError until every seed is there."""
+    outcome = preregistration.analyse(frame)
+    detectable = preregistration.power_analysis(
+        preregistration.paired_values(frame, preregistration.PRIMARY)
+        .set_index("seed").loc[list(preregistration.OBSERVED_BEFORE), "difference"]).detectable
+    axes_style, context = _style()
+    with axes_style, context:
+        fig, ax = plt.subplots(figsize=(5.6, 4.0), layout="constrained")
+        _draw_preregistered(ax, outcome, detectable)
+    return fig
+
+
+def _draw_preregistered(ax, outcome, detectable: float) -> None:
+    for x, result in enumerate((outcome.primary, outcome.control)):
+        arm = result.endpoint.arm
+        offsets = np.linspace(-0.18, 0.18, result.n)
+        ax.scatter(x + offsets, result.differences, color=arm_color(arm), marker=arm_marker(arm), s=22, alpha=0.7,
+                   zorder=2)
+        ax.errorbar(x + 0.32, result.mean, yerr=result.half_width, color="0.15", marker="D", markersize=6,
+                    capsize=5, linewidth=1.6, zorder=3)
+        ax.annotate(f"{result.mean:+.2f}\np = {result.p:.3f}", (x + 0.38, result.mean), fontsize=8,
+                    va="center", ha="left")
+    ax.axhline(0.0, color="0.3", linestyle=":", linewidth=1.0)
+    ax.axhline(detectable, color="0.5", linestyle="--", linewidth=0.9)
+    ax.text(1.75, detectable, f"detectable with 80% power: {detectable:.2f}", fontsize=7, va="bottom", ha="right",
+            color="0.35")
+    ax.set_xticks([0, 1], [f"{arm_label(r.endpoint.arm)} − {arm_label(r.endpoint.baseline)}\n({label}, n = {r.n})"
+                           for r, label in ((outcome.primary, "primary"), (outcome.control, "positive control"))])
+    ax.set_xlim(-0.5, 1.8)
+    ax.set_ylabel("paired difference in test top-1 (points)\nlast probe epoch, 1% labels, epoch 20")
+    ax.set_title(f"Pre-registered test, converged {method_label(preregistration.METHOD)} base\n"
+                 "dots: one seed each; bar: mean and 95% t-interval over seeds", fontsize=9)

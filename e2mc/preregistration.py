@@ -253,3 +253,24 @@ def control_sentence(result: PairedTest) -> str:
     return (f"Positive control, MMCR minus the original loss on the same base, seeds and endpoint (n = {result.n}): "
             f"{result.mean:+.2f} points (95% CI {low:+.2f} to {high:+.2f}; t({result.df}) = {result.t:.2f}, "
             f"p = {result.p:.3f}): the design {detected} a gain of an add-on criterion.")
+
+
+def progress(frame: pd.DataFrame) -> dict[str, list[int]]:
+    """The seeds of :data:`SEEDS` whose primary-endpoint probe is in ``frame``, per arm (to report a
+    study in progress; the analysis itself runs only on all of them)."""
+    present = {arm: [] for arm in (TREATMENT, BASELINE, CONTROL)}
+    if frame.empty or "kind" not in frame.columns:
+        return present
+    rows = frame[(frame["kind"] == KIND) & (frame["method"] == METHOD) & (frame["epoch"] == EPOCH)
+                 & np.isclose(pd.to_numeric(frame["label_fraction"], errors="coerce"), PRIMARY.label_fraction)]
+    for arm in present:
+        present[arm] = sorted(int(s) for s in rows.loc[rows["arm"] == arm, "seed"] if int(s) in SEEDS)
+    return present
+
+
+def progress_sentence(frame: pd.DataFrame) -> str:
+    present = progress(frame)
+    parts = [f"{arm}: {len(seeds)} of {len(SEEDS)} ({', '.join(map(str, seeds)) or 'none'})"
+             for arm, seeds in present.items()]
+    return ("The pre-registered study (docs/preregistration.md) is in progress; seeds with the primary endpoint "
+            "so far — " + "; ".join(parts) + ". Its test runs once every arm has all eight.")

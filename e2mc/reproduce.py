@@ -611,7 +611,7 @@ def compare(reference_dir: Path, rerun_dir: Path) -> str:
 
 NOTEBOOKS = ("fig2_marginals", "fig6_epochs", "tables")
 # on the results of a part with a plateau sweep or variants (the converged part), also:
-CONVERGED_NOTEBOOKS = ("converged",)
+CONVERGED_NOTEBOOKS = ("converged", "preregistered")
 
 
 def execute_notebook(notebook: Path, output: Path, parameters: dict) -> None:

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from e2mc import preregistration
 from e2mc.frames import (REPRODUCE_HINT, DuplicateResultsError, MissingResultsError, final_epoch_rows,  # noqa: F401
                          order_arms, order_methods, paired_difference, paired_differences, require_columns, select,
                          source_of, summarize, training_epochs, with_base)
@@ -61,7 +62,8 @@ class Table:
         return sum(1 for c in self.header if c in KEY_HEADERS)
 
 
-KEY_HEADERS = {"Method", "Arm", "Criterion", "Transform", "λ_ent", "λ_cov", "Epoch", "Dataset", "LR"}
+KEY_HEADERS = {"Method", "Arm", "Criterion", "Transform", "λ_ent", "λ_cov", "Epoch", "Dataset", "LR", "Endpoint",
+               "Comparison", "Probe number"}
 
 
 def latex_escape(text: str) -> str:
@@ -419,3 +421,33 @@ def converged_tables(frame: pd.DataFrame, variants: pd.DataFrame | None = None) 
     if variants is not None:
         makers += [lambda metric=metric: learning_rate_check(frame, variants, metric) for metric in (VAL_SELECTED, "top1")]
     return make_each(makers)
+
+
+# --- the pre-registered study (docs/preregistration.md) ------------------------------------------
+
+def preregistered_study(frame: pd.DataFrame) -> Table:
+    """The pre-registered test (:func:`e2mc.preregistration.analyse`): the primary endpoint, the
+    positive control, then every exploratory endpoint, each a paired difference over seeds with its
+    95% t-interval, t and two-sided p. Only the first two rows decide anything. Raises
+    :class:`MissingResultsError` until every arm has all pre-registered seeds."""
+    outcome = preregistration.analyse(frame)
+    roles = {id(outcome.primary): "primary", id(outcome.control): "positive control"}
+    printed, numbers = [], []
+    for result in (outcome.primary, outcome.control, *outcome.exploratory):
+        endpoint = result.endpoint
+        low, high = result.interval
+        role = roles.get(id(result), "exploratory")
+        printed.append([role, f"{arm_label(endpoint.arm)} − {arm_label(endpoint.baseline)}",
+                        preregistration.METRIC_RULES[endpoint.metric], fraction_label(endpoint.label_fraction),
+                        f"{result.mean:+.2f} [{low:+.2f}, {high:+.2f}]", str(result.n), f"{result.t:.2f}",
+                        f"{result.p:.3f}"])
+        numbers.append({"role": role, "arm": endpoint.arm, "baseline": endpoint.baseline, "metric": endpoint.metric,
+                        "label_fraction": endpoint.label_fraction, "mean": result.mean, "ci": result.half_width,
+                        "n": result.n, "t": result.t, "p": result.p})
+    caption = (f"Pre-registered test on the converged {method_label(preregistration.METHOD)} base "
+               f"(docs/preregistration.md): paired differences after epoch {preregistration.EPOCH}, paired by seed "
+               f"(probe seed = training seed), mean [95% t-interval] in points, two-sided paired t-test; only the "
+               f"primary endpoint and the positive control decide, the exploratory rows are uncorrected")
+    return Table("preregistered_study", caption,
+                 ["Endpoint", "Comparison", "Probe number", "Labels", "Difference", "Seeds", "t", "p"],
+                 printed, pd.DataFrame(numbers))

@@ -114,3 +114,14 @@ def test_notebook_on_a_missing_directory_fails_with_its_name(kernel, tmp_path):
                             parameters={"results_dir": "results/absent", "output_dir": str(tmp_path / "figs")},
                             cwd=str(tmp_path), progress_bar=False)
     assert not (tmp_path / "figs").exists()
+
+
+def test_preregistered_notebook_reports_progress_until_every_seed_is_there(kernel, tmp_path):
+    """On a folder without the study's seeds the notebook tests nothing and says which seeds it has."""
+    pm.execute_notebook(str(NOTEBOOKS / "preregistered.ipynb"), str(tmp_path / "out.ipynb"), kernel_name=kernel,
+                        parameters={"results_dir": str(FIXTURE), "output_dir": str(tmp_path / "figs")},
+                        progress_bar=False)
+    written = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert written == ["preregistered_study.md"]
+    text = (tmp_path / "figs" / "preregistered_study.md").read_text()
+    assert "in progress" in text and "e2mc: 0 of 8 (none)" in text

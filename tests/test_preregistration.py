@@ -116,3 +116,49 @@ def test_the_preregistered_part_reuses_the_converged_entries():
     arms = [label for _, label, _ in order[1:]]
     assert arms[:16] == ["original", "e2mc"] * 8 and arms[16:] == ["mmcr"] * 8
     assert prereg.SEEDS == PREREGISTERED.seeds
+
+
+def _complete_frame(seed: int = 7) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for arm, shift in (("original", 0.0), ("e2mc", 0.1), ("mmcr", 0.8)):
+        for s in range(8):
+            for fraction in (0.01, 0.1, 1.0):
+                value = 78 + shift + rng.normal(0, 0.2)
+                rows.append({"kind": "linear_probe", "method": "swav", "arm": arm, "seed": s, "epoch": 20,
+                             "label_fraction": fraction, "top1_last": value, "top1": value + 0.3,
+                             "top1_val_selected": value - rng.uniform(0, 0.5), "file": f"{arm}{s}"})
+    frame = pd.DataFrame(rows)
+    frame.attrs["results_dir"] = "synthetic"
+    return frame
+
+
+def test_the_report_table_holds_the_tests_it_prints():
+    from e2mc import tables
+    frame = _complete_frame()
+    table = tables.preregistered_study(frame)
+    first = table.numbers.iloc[0]
+    assert (first["role"], first["metric"], first["label_fraction"]) == ("primary", "top1_last", 0.01)
+    e2mc = frame[(frame.arm == "e2mc") & (frame.label_fraction == 0.01)].sort_values("seed")["top1_last"].to_numpy()
+    original = frame[(frame.arm == "original") & (frame.label_fraction == 0.01)].sort_values("seed")["top1_last"]
+    reference = stats.ttest_rel(e2mc, original.to_numpy())
+    assert first["t"] == pytest.approx(reference.statistic) and first["p"] == pytest.approx(reference.pvalue)
+    assert table.numbers.iloc[1]["role"] == "positive control" and table.numbers.iloc[1]["arm"] == "mmcr"
+    assert set(table.numbers.iloc[2:]["role"]) == {"exploratory"} and len(table.numbers) == 2 + len(prereg.EXPLORATORY)
+    assert table.rows[0][4].startswith(f"{first['mean']:+.2f} [")
+
+
+def test_the_report_figure_draws_each_seed(tmp_path):
+    from e2mc import plots
+    figure = plots.preregistered_study(_complete_frame())
+    dots = [collection for collection in figure.axes[0].collections if collection.get_offsets().shape[0] == 8]
+    assert len(dots) == 2  # one cloud of eight per comparison
+    paths = plots.save_figure(figure, tmp_path, "preregistered_study", ("png",))
+    assert paths[0].stat().st_size > 0
+
+
+def test_progress_counts_seeds_per_arm():
+    frame = _complete_frame()
+    partial = frame[~((frame.arm == "mmcr") & (frame.seed >= 5))]
+    assert prereg.progress(partial)["mmcr"] == [0, 1, 2, 3, 4]
+    assert "mmcr: 5 of 8 (0, 1, 2, 3, 4)" in prereg.progress_sentence(partial)
