@@ -202,3 +202,21 @@ def test_commands_refuse_at_start_to_write_committed_results_from_a_dirty_tree(c
     capsys.readouterr()
     main([word.format(results=tmp_path) for word in command])
     assert "refusing" not in capsys.readouterr().err
+
+
+def test_sweep_refuses_when_the_run_sends_its_results_into_committed_ones(tmp_path, monkeypatch, capsys):
+    """Without --results-dir, sweep writes where the run's configuration says (its eval.results_dir)."""
+    monkeypatch.delenv(provenance.ALLOW_DIRTY_VARIABLE, raising=False)
+    monkeypatch.setattr(provenance, "code_state", lambda: {"commit": "0" * 40, "dirty": True, "diff_sha256": "x"})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"eval:\n  results_dir: {ROOT / 'results' / 'mini' / 'absent'}\n")
+    assert main(["sweep", "--run", str(run)]) == 2
+    assert "refusing to write into results/mini/absent" in capsys.readouterr().err
+
+
+def test_recorded_commands_name_the_repository_relative_to_it():
+    argv = [str(ROOT / "e2mc" / "__main__.py"), "continue", "--config", str(ROOT / "configs/mini/vicreg.yaml"),
+            f"train.output_dir={ROOT}/runs/a", "--data-root", "/usr/share/datasets/fashion-mnist"]
+    assert provenance.command_line(argv) == ("python -m e2mc continue --config configs/mini/vicreg.yaml "
+                                             "train.output_dir=runs/a --data-root /usr/share/datasets/fashion-mnist")
