@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from e2mc.config import ConfigError, load_config
+from e2mc.provenance import code_state, require_clean_tree
 
 
 def _train_command(args) -> int:
@@ -22,6 +23,7 @@ def _train_command(args) -> int:
 
     cluster.export_torch_distributed()  # under srun with several tasks: RANK, WORLD_SIZE, ... from SLURM
     cfg = load_config(args.config, args.overrides)
+    require_clean_tree(cfg.train.output_dir, cfg.eval.results_dir if cfg.eval.every_epoch else None)
     if args.command == "continue" and not cfg.train.init:
         raise ConfigError("continue needs a pre-trained model: set train.init=<checkpoint> (an official release "
                           "or a checkpoint.pt of ours, e.g. from `python -m e2mc pretrain`)")
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from e2mc.train import RunFolderBusyError
 
     args = build_parser().parse_args(argv)
+    code_state()  # the commit the files of this process will name: the code it started with
     try:
         return args.run(args)
     except ConfigError as e:

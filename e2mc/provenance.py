@@ -1,13 +1,18 @@
 """Where a result came from, and writing result files so that none is ever half-written.
 
 Every file under ``results/`` carries a ``provenance`` block from :func:`provenance`: the command
-line, git commit (and whether the tree had uncommitted changes), host, device, library
-versions and UTC time.
+line, git commit (whether the tree had uncommitted changes and, if so, the sha256 of the diff), host,
+device, library versions and UTC time. The git state is read once per process (:func:`code_state`),
+so every file a process writes names the code it started with, even when a commit lands meanwhile.
+:func:`require_clean_tree` refuses, at the start of a command, to write into committed result folders
+from a checkout with uncommitted changes.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -21,24 +26,80 @@ from typing import Any, BinaryIO, Callable
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Set to 1 to write into committed result folders from a checkout with uncommitted changes.
+ALLOW_DIRTY_VARIABLE = "E2MC_ALLOW_DIRTY"
+
+
+class DirtyTreeError(ValueError):
+    """A command would write into committed result folders from a checkout with uncommitted changes."""
 
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def git_commit(cwd: Path = REPO_ROOT) -> dict[str, Any]:
-    """The checked-out commit and whether tracked files differ from it; ``None`` outside a checkout."""
-    def run(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                                  check=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
+def _git(cwd: Path, *args: str) -> bytes | None:
+    """The output of ``git <args>`` run in ``cwd``; None when git or the checkout is missing."""
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
 
-    commit = run("rev-parse", "HEAD")
-    status = run("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+def git_commit(cwd: Path = REPO_ROOT) -> dict[str, Any]:
+    """The checked-out commit, whether tracked files differ from it, and the sha256 of that difference
+    (``git diff HEAD --binary``: staged and unstaged changes of tracked files; None when clean); ``None``
+    for each outside a checkout."""
+    commit = _git(cwd, "rev-parse", "HEAD")
+    status = _git(cwd, "status", "--porcelain", "--untracked-files=no")
+    dirty = None if status is None else bool(status.strip())
+    diff = _git(cwd, "diff", "HEAD", "--binary") if dirty else None
+    return {"commit": None if commit is None else commit.decode().strip(), "dirty": dirty,
+            "diff_sha256": None if diff is None else hashlib.sha256(diff).hexdigest()}
+
+
+@functools.lru_cache(maxsize=None)
+def code_state() -> dict[str, Any]:
+    """:func:`git_commit` of the checkout this code runs from, read at the first call of the process
+    (the command line calls it at start): the code that ran, not HEAD when a file was written."""
+    return git_commit(REPO_ROOT)
+
+
+def _writes_committed_results(target: Path) -> bool:
+    """Whether ``target`` (a folder or file, existing or not) lies under a checkout's ``results/``, but
+    not in a part git ignores (``results/*-quick/``), or in a folder that holds files tracked by git."""
+    target = Path(target).resolve()
+    existing = next((p for p in (target, *target.parents) if p.is_dir()), None)
+    if existing is None:
+        return False
+    top = _git(existing, "rev-parse", "--show-toplevel")
+    if top is None:
+        return False
+    try:
+        if (target.relative_to(Path(top.decode().strip()).resolve()).parts[:1] == ("results",)
+                and _git(existing, "check-ignore", "-q", f"{target}/") is None):  # None: not ignored
+            return True
+    except ValueError:  # a symbolic link out of the checkout
+        pass
+    return bool(_git(existing, "ls-files", "--", str(target)))
+
+
+def require_clean_tree(*targets: str | os.PathLike | None, state: dict[str, Any] | None = None) -> None:
+    """Raise :class:`DirtyTreeError` when the code runs from a checkout with uncommitted changes and one
+    of ``targets`` is a committed result folder (see :func:`_writes_committed_results`), unless
+    ``E2MC_ALLOW_DIRTY=1``: a committed result must name the code that computed it. Commands call this
+    at their start, before computing anything. ``state`` defaults to :func:`code_state`."""
+    if os.environ.get(ALLOW_DIRTY_VARIABLE) == "1":
+        return
+    state = code_state() if state is None else state
+    if not state["dirty"]:
+        return
+    for target in targets:
+        if target is not None and _writes_committed_results(Path(target)):
+            raise DirtyTreeError(
+                f"refusing to write into {repo_relative(target)} (committed results) from {REPO_ROOT}, which has "
+                "uncommitted changes: commit or stash them, run from a clean checkout (git worktree add "
+                f"../study HEAD), or set {ALLOW_DIRTY_VARIABLE}=1 (the files then record git_diff_sha256)")
 
 
 def device_description(device: torch.device | str | None = None) -> str:
@@ -61,22 +122,36 @@ def repo_relative(path: str | os.PathLike) -> str:
         return text
 
 
+def module_invocation(argv: list[str]) -> list[str]:
+    """``argv`` with ``python -m e2mc`` for the path of ``e2mc/__main__.py``, which ``python -m e2mc``
+    records as its ``argv[0]``."""
+    if argv and argv[0].endswith("e2mc/__main__.py"):
+        return ["python", "-m", "e2mc", *argv[1:]]
+    return list(argv)
+
+
 def command_line(argv: list[str] | None = None) -> str:
     """The command as run, with the repository's own files named relative to it."""
-    argv = list(sys.argv if argv is None else argv)
-    if argv and argv[0].endswith("e2mc/__main__.py"):
-        argv = ["python", "-m", "e2mc", *argv[1:]]  # python -m e2mc records its __main__.py path as argv[0]
-    return " ".join(repo_relative(word) if word.startswith("/") else word for word in argv)
+    argv = module_invocation(list(sys.argv if argv is None else argv))
+
+    def relative(word: str) -> str:
+        key, sep, value = word.partition("=")  # key=value overrides: the value may be a path
+        if sep and value.startswith("/") and not key.startswith("/"):
+            return f"{key}={repo_relative(value)}"
+        return repo_relative(word) if word.startswith("/") else word
+
+    return " ".join(relative(word) for word in argv)
 
 
 def provenance(device: torch.device | str | None = None, command: list[str] | None = None) -> dict[str, Any]:
     """A JSON-serialisable record of how and where a result was produced (paths inside the repository
-    relative to it)."""
-    git = git_commit()
+    relative to it). ``git_diff_sha256`` names the uncommitted patch the code ran with (None when clean)."""
+    git = code_state()
     return {
         "command": command_line(command),
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
+        "git_diff_sha256": git["diff_sha256"],
         "host": socket.gethostname(),
         "device": device_description(device),
         "python": platform.python_version(),

@@ -35,7 +35,7 @@ from e2mc.evaluation.runner import (EvaluationPlan, diagnose_checkpoint, evaluat
                                     make_epoch_probe_hook, plan_from_config, sweep)
 from e2mc.methods import get_method, method_names
 from e2mc.naming import ARMS, infer_arm
-from e2mc.provenance import REPO_ROOT, provenance, utc_now, write_json_atomic
+from e2mc.provenance import REPO_ROOT, provenance, require_clean_tree, utc_now, write_json_atomic
 from e2mc.results import ConflictingResultError, existing_result, result_filename, write_result
 from e2mc.runs import run_folder, run_training
 from e2mc.train import read_metrics
@@ -663,8 +663,10 @@ def _reproduce_command(args) -> int:
         print(f"[reproduce] {len(todo)} of {len(entries(part))} entries of the {part.name} grid to run "
               f"into {results} (--dry-run: nothing run)")
         return 0
-    if args.entry:
-        method, arm, seed = _parse_entry(args.entry)
+    entry = _parse_entry(args.entry) if args.entry else None  # bad input first, then the tree's state
+    require_clean_tree(results)
+    if entry:
+        method, arm, seed = entry
         outcome = run_one(method, arm, int(seed), results, runs, args.data_root, part=part)
         print(f"[reproduce] {method}/{arm}/seed{seed}: {outcome}")
         return 0
@@ -684,6 +686,7 @@ def _parse_entry(text: str) -> tuple[str, str, int]:
 
 
 def _export_command(args) -> int:
+    require_clean_tree(args.to)
     path = export_base_checkpoint(Path(args.run_dir), Path(args.to))
     print(f"[e2mc] wrote {path} and {path.with_suffix('.json')}")
     return 0

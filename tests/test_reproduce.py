@@ -81,6 +81,9 @@ def test_entry_writes_probes_diagnostics_and_training_then_skips(tmp_path, monke
     training = frame[frame.kind == "training"].iloc[0]
     assert [r["epoch"] for r in training.extra["epochs"]] == [1]
     assert [seg["origin"].split()[0] for seg in training.extra["segments"]] == ["started"]
+    segment = training.extra["segments"][0]["provenance"]  # the code that trained it, diff hash if dirty
+    assert {"git_commit", "git_dirty", "git_diff_sha256"} <= set(segment)
+    assert segment["git_commit"] == training.provenance_git_commit
     exported = json.loads(reproduce.base_checkpoint(checkpoints, "vicreg").with_suffix(".json").read_text())
     assert [seg["origin"] for seg in exported["training_segments"]] == ["random initialisation"]
     assert exported["training_segments"][0]["provenance"]["git_commit"] == exported["export_provenance"]["git_commit"]

@@ -11,11 +11,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
+
+import yaml
 
 from e2mc.checkpoints import CheckpointError
 from e2mc.config import LABEL_FRACTIONS, PROTOCOLS, ConfigError
 from e2mc.evaluation.runner import EvaluationPlan
 from e2mc.methods import method_names
+from e2mc.provenance import require_clean_tree
 from e2mc.evaluation.transfer import TRANSFER_DATASETS
 
 DATASET_CHOICES = ("fashion_mnist", "imagenet")
@@ -126,6 +130,7 @@ def _run(command):
 def _evaluate(args: argparse.Namespace) -> None:
     from e2mc.evaluation.runner import evaluate_checkpoint
 
+    require_clean_tree(args.results_dir)
     paths = evaluate_checkpoint(args.checkpoint, args.results_dir, plan_from_args(args), method=args.method,
                                 arm=args.arm, epoch=args.epoch, dataset=args.dataset, data_root=args.data_root,
                                 subset_dir=args.subset_dir, device=args.device, workers=args.workers)
@@ -133,8 +138,11 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from e2mc.evaluation.runner import sweep
+    from e2mc.evaluation.runner import default_results_dir, sweep
 
+    saved = Path(args.run_dir) / "config.yaml"  # the run's configuration names its default results folder
+    config = yaml.safe_load(saved.read_text()) if saved.is_file() else None
+    require_clean_tree(args.results_dir or default_results_dir(config, args.run_dir))
     paths = sweep(args.run_dir, args.results_dir, plan_from_args(args), dataset=args.dataset, data_root=args.data_root,
                   subset_dir=args.subset_dir, device=args.device, workers=args.workers,
                   skip_existing=not args.overwrite)
@@ -144,6 +152,7 @@ def _sweep(args: argparse.Namespace) -> None:
 def _diagnose(args: argparse.Namespace) -> None:
     from e2mc.evaluation.runner import diagnose_checkpoint
 
+    require_clean_tree(args.results_dir)
     diagnose_checkpoint(args.checkpoint, args.results_dir, method=args.method, arm=args.arm, epoch=args.epoch,
                         dataset=args.dataset, data_root=args.data_root, n_images=args.n_images,
                         n_pairs=args.n_pairs, seed=args.seed, device=args.device, workers=args.workers)

@@ -1,0 +1,222 @@
+"""Provenance that is true (issue 21): relative paths in committed results, the diff of a dirty tree,
+and no writing into committed result folders from one."""
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from e2mc import migrations, provenance
+from e2mc.__main__ import main
+from e2mc.results import config_hash
+
+ROOT = Path(__file__).resolve().parents[1]
+# Copies of committed files as the runs wrote them, before `migrate paths`: a probe of the main grid run
+# from the checkout /work/grid into /work/main, a probe run from /work/main, a training result whose
+# segments resumed from an absolute checkpoint path, a base checkpoint's provenance.
+WRITTEN = ROOT / "tests" / "fixtures" / "provenance"
+MACHINE_PREFIXES = ("/work/", "/root/", "/home/", "/tmp/", "/Users/")
+
+
+def test_committed_results_hold_no_absolute_path_of_a_machine():
+    offending = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "results").rglob("*.json"))
+                 if any(prefix in p.read_text() for prefix in MACHINE_PREFIXES)]
+    assert not offending, f"{len(offending)} file(s), e.g. {offending[:3]}: run python -m e2mc migrate paths"
+
+
+def _leaves(value, where=""):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _leaves(item, f"{where}[{i}]")
+    else:
+        yield where, value
+
+
+def _expected(text: str) -> str:
+    """The migrated string written another way: plain replacements of the two checkouts these files name."""
+    text = text.replace("/work/grid/e2mc/__main__.py", "python -m e2mc").replace(
+        "/work/main/e2mc/__main__.py", "python -m e2mc")
+    return text.replace("/work/main/", "").replace("/work/grid/", "")
+
+
+def _assert_only_paths_changed(before, after):
+    b, a = list(_leaves(before)), list(_leaves(after))
+    assert [w for w, _ in b] == [w for w, _ in a]  # same keys in the same order, same list lengths
+    for (where, old), (_, new) in zip(b, a):
+        if isinstance(old, str):
+            assert new == _expected(old), where
+        else:
+            assert type(new) is type(old) and new == old, where  # numbers, booleans, nulls untouched
+
+
+def test_migrate_paths_changes_only_the_paths_of_real_files(tmp_path):
+    folder = tmp_path / "results"
+    shutil.copytree(WRITTEN, folder)
+    before = {p.name: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    assert all(migrations.absolute_paths(r) for r in before.values())
+
+    assert main(["migrate", "paths", "--results", str(folder)]) == 0
+
+    after = {p.name: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    assert sorted(after) == sorted(before)  # file names (they carry the config hash) as they were
+    for name, record in after.items():
+        assert not migrations.absolute_paths(record), name
+        _assert_only_paths_changed(before[name], record)
+        if "config_hash" in record:  # result files (a base checkpoint's provenance has none)
+            assert record["config_hash"] == before[name]["config_hash"]
+            assert config_hash(record["config"]) == config_hash(before[name]["config"])
+    probe = after["linear_probe_simsiam_e2mc_fashion_mnist_e010_f100pct_s0_b0b1325e.json"]
+    assert probe["provenance"]["command"] == ("python -m e2mc reproduce --entry simsiam:e2mc:0 --results results/mini "
+                                              "--runs runs/mini --checkpoints results/mini/checkpoints")
+    assert probe["config"]["eval"]["results_dir"] == "results/mini/linear_probe"
+    assert probe["checkpoint"] == "runs/mini/simsiam/e2mc/seed0/checkpoint.pt"
+    # the same formatting as write_json_atomic: a file differs from its copy only on the lines of a path
+    text = (folder / "vicreg.json").read_text()
+    assert text == json.dumps(after["vicreg.json"], indent=2) + "\n"
+
+    written = {p.name: p.read_bytes() for p in folder.glob("*.json")}
+    assert main(["migrate", "paths", "--results", str(folder)]) == 0  # a second run changes nothing
+    assert {p.name: p.read_bytes() for p in folder.glob("*.json")} == written
+
+
+def test_migrate_paths_keeps_paths_outside_the_checkouts_and_every_number():
+    record = {"metrics": {"top1": 71.30000000000001, "n": 3, "flag": True}, "none": None,
+              "config": {"data": {"root": "/usr/share/datasets/fashion-mnist"},
+                         "train": {"output_dir": "/home/u/e2mc/runs/a", "init": "results/mini/checkpoints/swav.pt"},
+                         "eval": {"results_dir": "/home/u/e2mc"}},
+              "notes": ["/home/u/e2mc-other/x", "/home/u/e2mcx", "ratio 1/2", "see /home/u/e2mc/README.md."],
+              "provenance": {"command": "/home/u/e2mc/e2mc/__main__.py sweep --run=/home/u/e2mc/runs/a "
+                                        "train.output_dir=/home/u/e2mc/runs/b --data-root /usr/share/datasets"}}
+    migrated = migrations.relative_paths(record, {"/home/u/e2mc"})
+    assert migrated == {
+        "metrics": {"top1": 71.30000000000001, "n": 3, "flag": True}, "none": None,
+        "config": {"data": {"root": "/usr/share/datasets/fashion-mnist"},
+                   "train": {"output_dir": "runs/a", "init": "results/mini/checkpoints/swav.pt"},
+                   "eval": {"results_dir": "."}},
+        "notes": ["/home/u/e2mc-other/x", "/home/u/e2mcx", "ratio 1/2", "see README.md."],
+        "provenance": {"command": "python -m e2mc sweep --run=runs/a train.output_dir=runs/b "
+                                  "--data-root /usr/share/datasets"}}
+    assert json.dumps(migrated["metrics"]) == json.dumps(record["metrics"])
+    # the checkout a command ran from is found from the path of its __main__.py
+    assert migrations.checkout_roots([record]) == {"/home/u/e2mc", str(provenance.REPO_ROOT)}
+
+
+# --- git state -----------------------------------------------------------------------------------
+
+def _git(repo: Path, *args: str) -> bytes:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                          capture_output=True).stdout
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    """A git checkout with a committed result and a code file."""
+    repo = tmp_path / "repo"
+    (repo / "results" / "mini").mkdir(parents=True)
+    (repo / "results" / "mini" / "r.json").write_text("{}\n")
+    (repo / "elsewhere").mkdir()
+    (repo / "elsewhere" / "tracked.json").write_text("{}\n")
+    (repo / "code.py").write_text("x = 1\n")
+    (repo / ".gitignore").write_text("/results/*-quick/\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "c")
+    return repo
+
+
+def test_a_dirty_tree_records_the_hash_of_the_patch_that_recreates_it(checkout, tmp_path):
+    clean = provenance.git_commit(checkout)
+    assert clean["dirty"] is False and clean["diff_sha256"] is None and len(clean["commit"]) == 40
+    (checkout / "code.py").write_text("x = 2\n")
+    (checkout / "results" / "mini" / "r.json").write_text('{"a": 1}\n')
+    _git(checkout, "add", "code.py")  # staged changes count as well as unstaged ones
+    dirty = provenance.git_commit(checkout)
+    assert dirty["dirty"] is True and dirty["commit"] == clean["commit"]
+    patch = _git(checkout, "diff", "HEAD", "--binary")
+    assert dirty["diff_sha256"] == hashlib.sha256(patch).hexdigest()
+    # the patch it names turns the recorded commit into the tree that ran
+    copy = tmp_path / "copy"
+    _git(tmp_path, "clone", "-q", str(checkout), str(copy))
+    (tmp_path / "p.diff").write_bytes(patch)
+    _git(copy, "apply", str(tmp_path / "p.diff"))
+    assert (copy / "code.py").read_text() == "x = 2\n"
+    assert (copy / "results" / "mini" / "r.json").read_text() == '{"a": 1}\n'
+    (checkout / "code.py").write_text("x = 3\n")
+    assert provenance.git_commit(checkout)["diff_sha256"] != dirty["diff_sha256"]
+
+
+def test_results_record_the_diff_hash_field():
+    record = provenance.provenance()
+    assert "git_diff_sha256" in record
+    assert (record["git_diff_sha256"] is None) == (not record["git_dirty"])
+
+
+def test_a_dirty_tree_may_not_write_into_committed_result_folders(checkout, tmp_path, monkeypatch):
+    monkeypatch.delenv(provenance.ALLOW_DIRTY_VARIABLE, raising=False)
+    dirty, clean = {"dirty": True}, {"dirty": False}
+    for target in (checkout / "results" / "mini", checkout / "results" / "new" / "linear_probe",
+                   checkout / "results", checkout / "elsewhere", checkout / "elsewhere" / "tracked.json"):
+        with pytest.raises(provenance.DirtyTreeError, match="commit or stash .* E2MC_ALLOW_DIRTY=1"):
+            provenance.require_clean_tree(None, target, state=dirty)
+        provenance.require_clean_tree(target, state=clean)
+    (tmp_path / "outside").mkdir()
+    for target in (checkout / "runs" / "a", checkout / "untracked", tmp_path / "outside", tmp_path / "new" / "x",
+                   checkout / "results" / "mini-quick", checkout / "results" / "mini-quick" / "linear_probe"):
+        provenance.require_clean_tree(target, state=dirty)  # no committed results there
+    monkeypatch.setenv(provenance.ALLOW_DIRTY_VARIABLE, "1")
+    provenance.require_clean_tree(checkout / "results" / "mini", state=dirty)
+
+
+@pytest.mark.parametrize("command", [
+    ["evaluate", "--checkpoint", "missing.pt", "--results-dir", "{results}/mini/linear_probe"],
+    ["diagnose", "--checkpoint", "missing.pt", "--results-dir", "{results}/mini/diagnostics"],
+    ["sweep", "--run", "missing-run", "--results-dir", "{results}/mini/linear_probe"],
+    ["reproduce", "--part", "quick", "--entry", "vicreg:e2mc:0", "--results", "{results}/mini",
+     "--runs", "{results}/runs", "--checkpoints", "missing-folder"],
+    ["continue", "--config", "configs/mini/vicreg.yaml", "train.init=missing.pt",
+     "train.output_dir={results}/mini/run"],
+    ["export-base", "--run", "missing-run", "--to", "{results}/mini/checkpoints/x.pt"],
+    # an empty folder: were the check broken, these would rewrite the committed files
+    ["migrate", "timing", "--results", "{results}/mini/absent"],
+    ["migrate", "paths", "--results", "{results}/mini/absent"],
+])
+def test_commands_refuse_at_start_to_write_committed_results_from_a_dirty_tree(command, tmp_path, monkeypatch,
+                                                                               capsys):
+    monkeypatch.delenv(provenance.ALLOW_DIRTY_VARIABLE, raising=False)
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(provenance, "code_state", lambda: {"commit": "0" * 40, "dirty": True, "diff_sha256": "x"})
+    results = ROOT / "results"
+    before = sorted(results.rglob("*"))
+    assert main([word.format(results=results) for word in command]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "refusing to write into results/mini" in err and "E2MC_ALLOW_DIRTY=1" in err
+    assert sorted(results.rglob("*")) == before  # nothing written, not even a folder
+
+    # the same command into a folder outside the repository's results is not refused (it fails later,
+    # on the missing inputs, or does its work on the empty folder)
+    capsys.readouterr()
+    main([word.format(results=tmp_path) for word in command])
+    assert "refusing" not in capsys.readouterr().err
+
+
+def test_sweep_refuses_when_the_run_sends_its_results_into_committed_ones(tmp_path, monkeypatch, capsys):
+    """Without --results-dir, sweep writes where the run's configuration says (its eval.results_dir)."""
+    monkeypatch.delenv(provenance.ALLOW_DIRTY_VARIABLE, raising=False)
+    monkeypatch.setattr(provenance, "code_state", lambda: {"commit": "0" * 40, "dirty": True, "diff_sha256": "x"})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"eval:\n  results_dir: {ROOT / 'results' / 'mini' / 'absent'}\n")
+    assert main(["sweep", "--run", str(run)]) == 2
+    assert "refusing to write into results/mini/absent" in capsys.readouterr().err
+
+
+def test_recorded_commands_name_the_repository_relative_to_it():
+    argv = [str(ROOT / "e2mc" / "__main__.py"), "continue", "--config", str(ROOT / "configs/mini/vicreg.yaml"),
+            f"train.output_dir={ROOT}/runs/a", "--data-root", "/usr/share/datasets/fashion-mnist"]
+    assert provenance.command_line(argv) == ("python -m e2mc continue --config configs/mini/vicreg.yaml "
+                                             "train.output_dir=runs/a --data-root /usr/share/datasets/fashion-mnist")
