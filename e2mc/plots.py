@@ -28,7 +28,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from e2mc.naming import (ARM_ORDER, DYNAMICS_HEADERS, DYNAMICS_KEYS, TRANSFORM_SYMBOLS,  # noqa: E402
-                         arm_color, arm_label, arm_marker, method_label)
+                         arm_label, arm_style, arm_styles, method_label)
 from e2mc.frames import (REPRODUCE_HINT, MissingResultsError, order_arms, order_methods, paired_differences,  # noqa: E402
                          select, source_of, summarize, training_epochs, with_base)
 
@@ -52,7 +52,7 @@ def _band_line(ax, curve: pd.DataFrame, label: str, color=None, marker: str = "o
 
 def _arm_curve(ax, curve: pd.DataFrame, arm: str):
     """One arm's mean line and band in the arm's colour and marker; returns the line."""
-    return _band_line(ax, curve, arm_label(arm), arm_color(arm), arm_marker(arm))
+    return _band_line(ax, curve, arm_label(arm), arm_style(arm).color, arm_style(arm).marker)
 
 
 def _legend_below(fig: Figure, handles: dict) -> None:
@@ -262,7 +262,7 @@ def fig6_epochs(frame: pd.DataFrame, label_fraction: float = 0.01, metric: str =
         for arm in order_arms(of_method["arm"], ARM_ORDER):
             curve = of_method[of_method["arm"] == arm]
             if arm == "base":
-                handles[arm] = ax.axhline(curve["mean"].iloc[0], color=arm_color(arm), linestyle="--",
+                handles[arm] = ax.axhline(curve["mean"].iloc[0], color=arm_style(arm).color, linestyle="--",
                                           linewidth=1.2, label=arm_label(arm))
             else:
                 handles[arm] = _arm_curve(ax, curve, arm)
@@ -288,7 +288,7 @@ def paired_difference_epochs(frame: pd.DataFrame, arm: str = "e2mc", baseline: s
     def draw(ax, method):
         curve = differences[differences["method"] == method]
         line = _band_line(ax, curve, f"{arm_label(arm)} − {arm_label(baseline)} (mean of {curve['n'].max()} seeds)",
-                          arm_color(arm), arm_marker(arm))
+                          arm_style(arm).color, arm_style(arm).marker)
         ax.axhline(0.0, color="0.3", linestyle=":", linewidth=1.0)
         return {arm: line}
 
