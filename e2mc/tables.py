@@ -18,6 +18,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from e2mc.claims import PAPER_EFFECT
 from e2mc.frames import (REPRODUCE_HINT, DuplicateResultsError, MissingResultsError, final_epoch_rows,  # noqa: F401
                          order_arms, order_methods, paired_difference, paired_differences, require_columns, select,
                          source_of, summarize, training_epochs, with_base)
@@ -58,7 +59,7 @@ class Table:
         return sum(1 for c in self.header if c in KEY_HEADERS)
 
 
-KEY_HEADERS = {"Method", "Arm", "Criterion", "Transform", "λ_ent", "λ_cov", "Epoch", "Dataset", "LR"}
+KEY_HEADERS = {"Claim", "Verdict", "Evidence", "Metric", "Shown in", "Not testable because", "Method", "Arm", "Criterion", "Transform", "λ_ent", "λ_cov", "Epoch", "Dataset", "LR"}
 
 
 def latex_escape(text: str) -> str:
@@ -244,6 +245,23 @@ def all_tables(frame: pd.DataFrame, metric: str = "top1") -> tuple[list[Table], 
     if not made:
         raise MissingResultsError("no table can be made: " + " / ".join(skipped))
     return made, skipped
+
+
+def claims_table(ledger: pd.DataFrame, results: str = "these results") -> Table:
+    """The claims ledger (:func:`e2mc.claims.claims_ledger`) as a table: claim, verdict, evidence, the
+    probe number with its selection rule, the notebook file that shows the arms, and why a claim could
+    not be tested. Written as ``claims.md`` beside the other tables."""
+    header = ["Claim", "Verdict", "Evidence", "Metric", "Shown in", "Not testable because"]
+    rows = [[r["claim"], r["verdict"], r["evidence"], r["metric"], f"`{r['source']}`", r["reason"] or "—"]
+            for _, r in ledger.iterrows()]
+    caption = (f"Claims of the paper against {results}: each comparison is a paired difference by seed in "
+               "top-1 points, mean ± 95% t-interval half-width (n pairs), arms at their final epoch. Verdicts "
+               "by fixed rules (e2mc.claims.verdict): a claimed gain is supported when its interval lies above 0, "
+               f"contradicted when it lies below {PAPER_EFFECT:g} points (e2mc.claims.PAPER_EFFECT: the paper's "
+               "numbers are not available, so half a point stands for its effect), inconclusive when it "
+               f"reaches both; a claimed absence of notable gain is supported below {PAPER_EFFECT:g} and "
+               "contradicted when it lies above 0 and reaches it; several comparisons must agree")
+    return Table("claims", caption, header, rows, ledger.drop(columns=["numbers"]))
 
 
 # --- the README ---------------------------------------------------------------------------------

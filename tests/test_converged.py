@@ -132,7 +132,7 @@ def test_a_converged_entry_end_to_end(tmp_path, monkeypatch):
                      "paired_comparison_original_vs_base_val_selected", "paired_comparison_e2mc_vs_base_val_selected",
                      "transfer_val_selected", "learning_rate_check_top1_val_selected", "learning_rate_check_top1"]
     main = made[0]
-    assert main.header[3:5] == ["1% val-selected", "1% best epoch"]
+    assert main.header[3:6] == ["1% val-selected", "1% last epoch", "1% best epoch"]
     assert [row[1] for row in main.rows] == ["base checkpoint", "original loss", "E2MC"]
     versus_base = made[3].numbers.set_index("label_fraction")
     probes = frame[(frame.kind == "linear_probe") & (frame.seed == 0)].set_index(["arm", "epoch", "label_fraction"])
