@@ -6,9 +6,8 @@ difference between two arms, in top-1 points), and a verdict by fixed rules (:fu
 
 Every comparison is paired by seed (frames.paired_differences): each arm at its final epoch, the
 base checkpoint at epoch 0 (frames.with_base), 1% of the labels unless said otherwise, on the first
-probe number :data:`METRICS` finds in every result (no selection or validation selection before the
-authors' best test epoch). The rules read only the interval ``mean ± ci``: they do not change with
-what the data show.
+probe number every result records (frames.lead_metrics: the probe's last epoch, no selection, before
+the validation-selected and the best test epoch). The rules read only the interval ``mean ± ci``.
 """
 from __future__ import annotations
 
@@ -18,9 +17,9 @@ from typing import Sequence
 
 import pandas as pd
 
-from e2mc.frames import (MissingResultsError, final_epoch_rows, mean_ci, paired_differences, select, source_of,
-                         with_base)
-from e2mc.naming import VAL_SELECTED, arm_label, method_label, method_arm, metric_rule
+from e2mc.frames import (MissingResultsError, final_epoch_rows, lead_metrics, mean_ci, paired_differences, select,
+                         source_of, with_base)
+from e2mc.naming import arm_label, method_label, method_arm, metric_rule
 
 # The paper's printed tables are not available to this project (shared/paper.md: only its figures,
 # captions and abstract), so its effect sizes are unknown. We take half a point of top-1 as the
@@ -34,10 +33,6 @@ CONTRADICTED = "contradicted"
 INCONCLUSIVE = "inconclusive: interval wider than the paper's effect"
 ONE_SEED = "inconclusive: one seed, no interval"
 NOT_TESTABLE = "not testable at mini scale"
-
-# The probe numbers in the order a claim uses them (the first one every result records).
-METRICS = ("top1_last", VAL_SELECTED, "top1")
-
 
 def verdict(expect: str, mean: float, ci: float, effect: float = PAPER_EFFECT) -> str:
     """The verdict on one comparison ``mean ± ci`` (points; ``ci`` the half-width of the 95% interval,
@@ -99,12 +94,6 @@ class Comparison:
         if self.growth:
             what += f", after epoch {self.growth[1]} minus after epoch {self.growth[0]}"
         return what
-
-
-def lead_metric(frame: pd.DataFrame, kind: str) -> str:
-    """The first of :data:`METRICS` that every ``kind`` result records."""
-    rows = frame[frame["kind"] == kind]
-    return next((m for m in METRICS if m in rows.columns and len(rows) and rows[m].notna().all()), "top1")
 
 
 def measure(frame: pd.DataFrame, c: Comparison, metric: str) -> tuple[float, float, int]:
@@ -188,7 +177,7 @@ def claims_ledger(frame: pd.DataFrame, converged_base: bool, effect: float = PAP
     rows = []
     for claim in paper_claims(methods):
         kind = claim.comparisons[0].kind if claim.comparisons else "linear_probe"
-        metric = lead_metric(frame, kind) if "kind" in frame else "top1"
+        metric = lead_metrics(frame, kind)[0]
         evidence, verdicts, reasons, numbers = [], [], [], []
         if claim.converged_only and not converged_base:
             reasons.append("these bases are not converged (20 epochs); see results/mini-converged")

@@ -20,6 +20,7 @@ import pandas as pd
 
 from e2mc.claims import PAPER_EFFECT
 from e2mc.frames import (REPRODUCE_HINT, DuplicateResultsError, MissingResultsError, final_epoch_rows,  # noqa: F401
+                         lead_metrics,
                          order_arms, order_methods, paired_difference, paired_differences, require_columns, select,
                          source_of, summarize, training_epochs, with_base)
 from e2mc.naming import (ABLATION_ARMS, ALTERNATIVE_ARMS, ARM_ORDER, DYNAMICS_HEADERS, DYNAMICS_KEYS,  # noqa: F401
@@ -358,15 +359,6 @@ def paired_comparison(frame: pd.DataFrame, arm: str = "e2mc", baseline: str = "o
 
 
 # --- the converged bases (issue 15) -------------------------------------------------------------
-
-def lead_metrics(frame: pd.DataFrame, kind: str = "linear_probe") -> tuple[str, ...]:
-    """The probe numbers a table of ``kind`` results shows, the one to read first first: the
-    validation-selected epoch (when every result has it), the last epoch (no selection), then the best
-    test epoch (the authors' protocol, optimistic), each where every result of ``kind`` records it."""
-    rows = frame[frame["kind"] == kind] if "kind" in frame else frame
-    present = tuple(m for m in PROBE_METRICS if m in rows.columns and len(rows) and rows[m].notna().all())
-    return present or ("top1",)
-
 
 def metrics_side_by_side(frame: pd.DataFrame, arms: Sequence[str] = MAIN_ARMS,
                          metrics: Sequence[str] = (VAL_SELECTED, "top1_last", "top1"), kind: str = "linear_probe",

@@ -197,8 +197,30 @@ def test_committed_figures_arms_are_told_apart():
 
 # --- Fig. 6 -------------------------------------------------------------------------------------
 
-def test_fig6_lines_are_seed_means_and_start_at_the_base(frame, records, tmp_path):
+def test_fig6_shows_the_papers_arms_and_says_what_its_bands_are(frame):
+    """Fig. 6 as in the paper: base, original loss and E2MC only; the ablations and alternatives in their
+    own figures; the figure names the probe number and the band; a one-seed arm says so."""
     fig = plots.fig6_epochs(frame)
+    labels = {line.get_label() for ax in fig.axes for line in ax.lines}
+    assert labels == {naming.arm_label(a) for a in naming.MAIN_ARMS}
+    note = fig._suptitle.get_text()
+    assert "best test epoch" in note and "95% t-interval over 2 seeds (unpaired)" in note
+    assert fig.axes[0].get_ylabel() == "linear-probe top-1 (%), 1% labels\nbest epoch"
+    ablations = plots.fig6_epochs(frame, arms=plots.fig6_group_arms(frame, "ablations"))
+    ablation_labels = {line.get_label() for ax in ablations.axes for line in ax.lines}
+    assert naming.arm_label("entropy_only") in ablation_labels and "uniformity" not in ablation_labels
+    probed = frame[frame["kind"] == "linear_probe"]
+    with_alternatives = set(probed.loc[probed["arm"].isin(["uniformity", "mmcr", "vc"]), "method"])
+    alternatives = plots.fig6_epochs(frame, arms=plots.fig6_group_arms(frame, "alternatives"))
+    assert [ax.get_title() for ax in alternatives.axes] == [naming.method_label(m) for m in ("vicreg", "swav")
+                                                            if m in with_alternatives]
+    one_seed = frame[~((frame["arm"] == "uniformity") & (frame["seed"] == 1))]
+    alternatives = plots.fig6_epochs(one_seed, arms=plots.fig6_group_arms(frame, "alternatives"))
+    assert "uniformity (1 seed)" in {line.get_label() for line in alternatives.axes[0].lines}
+
+
+def test_fig6_lines_are_seed_means_and_start_at_the_base(frame, records, tmp_path):
+    fig = plots.fig6_epochs(frame, arms=None)
     vicreg_axes, swav_axes = fig.axes[:2]
     assert vicreg_axes.get_title() == "VICReg" and swav_axes.get_title() == "SwAV"
     line = next(line for line in vicreg_axes.lines if line.get_label() == naming.arm_label("e2mc"))
@@ -250,7 +272,7 @@ def test_fig2_panels_show_the_stored_samples_matched_by_image(frame, records, tm
                             for t, coordinates in after["extra"]["coordinates"].items()}
     shuffled.at[row, "extra"] = extra
 
-    for transform, symbol in ((None, "s"), ("gaussian_cdf", "Φ")):
+    for transform, name in ((None, "sigmoid"), ("gaussian_cdf", "Gaussian CDF")):
         stored = transform or before["extra"]["method_transform"]
         fig = plots.fig2_marginals(shuffled, pair=1, transform=transform)
         panels = [ax.collections[0] for ax in fig.axes[:4]]
@@ -261,9 +283,19 @@ def test_fig2_panels_show_the_stored_samples_matched_by_image(frame, records, tm
         np.testing.assert_allclose(panels[3].get_offsets(), after["extra"]["coordinates"][stored][1])  # base order
         np.testing.assert_allclose(panels[2].get_facecolors(), panels[3].get_facecolors())  # colour: position before
         i, j = before["extra"]["dimension_pairs"][1]
-        assert fig.axes[2].get_xlabel() == f"${symbol}(z_{{{i}}})$"
-        assert fig.axes[2].get_ylabel() == f"${symbol}(z_{{{j}}})$"
-        assert "epoch 3" in fig.axes[3].get_title()
+        assert fig.axes[2].get_xlabel() == f"{name} of dimension {i}"
+        assert fig.axes[2].get_ylabel() == f"{name} of dimension {j}"
+        top, right = fig.axes[3].child_axes
+        assert "after 3 epochs" in top.get_title()
+        # the edges: each coordinate's histogram, and its m-spacings entropy written the textbook way
+        points = np.asarray(after["extra"]["coordinates"][stored][1])
+        assert sum(p.get_height() for p in top.patches) == len(points)
+        for axis, edge in ((0, top), (1, right)):
+            x = np.sort(points[:, axis])
+            m = round(math.sqrt(len(x)))
+            entropy = np.mean(np.log((len(x) + 1) / m * (x[m:] - x[:-m]) + 1e-7))
+            assert edge.texts[0].get_text() == f"H = {entropy:.2f} nats"
+        assert len(set(map(tuple, panels[0].get_facecolors()))) == 1  # (a): one colour, no key without meaning
     paths = plots.save_figure(fig, tmp_path, "fig2", ["png", "pdf", "svg"])
     assert_png(paths[0])
     assert_pdf(paths[1])
@@ -415,6 +447,15 @@ def test_training_dynamics_table_and_figure(frame, records, tmp_path):
     np.testing.assert_allclose(entropy_line.get_ydata(), [np.mean([r["extra"]["epochs"][k]["marginal_entropy"]
                                                                    for r in runs]) for k in range(3)])
     assert_png(plots.save_figure(fig, tmp_path, "dynamics", ["png"])[0])
+    # epoch 0 is the base checkpoint's diagnostics value, after the same transform as the panel's
+    base = _diagnostics(records, "base")
+    point = next(line for line in fig.axes[0].lines if line.get_label().startswith("base checkpoint at epoch 0"))
+    assert fig.axes[0].get_title() == "VICReg, sigmoid"
+    np.testing.assert_allclose(point.get_ydata(), [base["metrics"]["marginal_entropy_sigmoid"]])
+    # a second arm with the same records overprints the first: the panel says so
+    twin = frame[frame["kind"] == "training"].assign(arm="entropy_only")
+    fig = plots.training_dynamics(pd.concat([frame, twin], ignore_index=True))
+    assert "overprint: E2MC = entropy only" in fig.axes[0].get_xlabel()
     no_epochs = frame.copy()
     no_epochs["extra"] = [{} if kind == "training" else extra for kind, extra in zip(frame["kind"], frame["extra"])]
     with pytest.raises(tables.MissingResultsError, match=r"no extra\['epochs'\] list"):
