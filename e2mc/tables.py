@@ -449,15 +449,15 @@ def learning_rate_check(frame: pd.DataFrame, variants: pd.DataFrame, metric: str
 
 def converged_tables(frame: pd.DataFrame, variants: pd.DataFrame | None = None) -> tuple[list[Table], list[str]]:
     """The converged part's tables (see e2mc.reproduce.CONVERGED), besides :func:`all_tables`: the main
-    table with the validation-selected probe first and the best-epoch top-1 beside it, the paired
-    E2MC-minus-original comparison on both, each continued arm minus the base checkpoint (paired by
-    probe seed: is the base converged, does either loss still move it?), the learning-rate check and
-    the transfer table. Tables whose results are missing are skipped with the reason."""
+    table with the validation-selected probe first and the last-epoch and best-epoch top-1 beside it,
+    the paired E2MC-minus-original comparison on the three, each continued arm minus the base
+    checkpoint on the three (paired by probe seed: is the base converged, does either loss still move
+    it?), the learning-rate check and the transfer table. Tables whose results are missing are skipped with the reason."""
     makers = [lambda: metrics_side_by_side(frame),
               lambda: paired_side_by_side(frame, name="paired_comparison_val_selected"),
               lambda: paired_comparison(frame, metric="top1", name="paired_comparison_top1"),
-              *(lambda arm=arm: paired_comparison(frame, arm=arm, baseline="base", metric=VAL_SELECTED,
-                                                  name=f"paired_comparison_{arm}_vs_base_val_selected")
+              *(lambda arm=arm: paired_side_by_side(frame, arm=arm, baseline="base",
+                                                    name=f"paired_comparison_{arm}_vs_base_val_selected")
                 for arm in ("original", "e2mc")),
               lambda: metrics_side_by_side(frame, metrics=lead_metrics(frame, "transfer"), kind="transfer",
                                            name="transfer_val_selected", title="Transfer")]

@@ -134,7 +134,7 @@ def test_a_converged_entry_end_to_end(tmp_path, monkeypatch):
     main = made[0]
     assert main.header[3:6] == ["1% val-selected", "1% last epoch", "1% best epoch"]
     assert [row[1] for row in main.rows] == ["base checkpoint", "original loss", "E2MC"]
-    versus_base = made[3].numbers.set_index("label_fraction")
+    versus_base = made[3].numbers[made[3].numbers["metric"] == "top1_val_selected"].set_index("label_fraction")
     probes = frame[(frame.kind == "linear_probe") & (frame.seed == 0)].set_index(["arm", "epoch", "label_fraction"])
     assert versus_base.loc[0.01, "mean"] == pytest.approx(probes.loc[("original", 2, 0.01), "top1_val_selected"]
                                                          - probes.loc[("base", 0, 0.01), "top1_val_selected"])
