@@ -187,8 +187,8 @@ def claims_ledger(frame: pd.DataFrame, converged_base: bool, effect: float = PAP
             for c in claim.comparisons:
                 try:
                     mean, ci, n = measure(frame, c, metric)
-                except MissingResultsError as error:
-                    reasons.append(f"{c.label()}: not run ({str(error).split(';')[0]})")
+                except MissingResultsError:  # the arms were not run in these results
+                    reasons.append(f"{c.label()}: not run here")
                     verdicts.append(NOT_TESTABLE)
                     continue
                 v = verdict(claim.expect, mean, ci, effect)

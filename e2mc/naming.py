@@ -85,7 +85,6 @@ def split_e2mc_arm(arm: str) -> tuple[str, str | None, float | None, float | Non
 # --- labels -------------------------------------------------------------------------------------
 
 TRANSFORM_LABELS = {"sigmoid": "sigmoid", "gaussian_cdf": "Gaussian CDF"}
-TRANSFORM_SYMBOLS = {"sigmoid": "s", "gaussian_cdf": "Φ"}
 # Which probe epoch a metric reports: every table caption, figure axis and claim names it.
 VAL_SELECTED = "top1_val_selected"
 PROBE_METRICS = {
