@@ -171,7 +171,7 @@ def test_plateau_probes_every_fifth_kept_epoch(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no result files"):  # load(results) leaves plateau/ out
         load(results)
     figure = plots.pretraining_plateau(plateau)
-    assert [line.get_label() for line in figure.axes[0].get_lines()] == ["validation-selected epoch", "best test epoch"]
+    assert [line.get_label() for line in figure.axes[0].get_lines()] == ["val-selected", "best epoch"]
 
     # A fresh clone holds the committed sweep but not the pre-training run: done, and not re-run;
     # with one of its epochs missing it is pending again (and fails naming the pretrain command).
