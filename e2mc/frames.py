@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from e2mc.naming import method_order
+from e2mc.naming import PROBE_METRICS, method_order
 
 REPRODUCE_HINT = "run make reproduce first"
 
@@ -218,3 +218,12 @@ def training_epochs(frame: pd.DataFrame) -> pd.DataFrame:
     epochs = pd.DataFrame(records)
     epochs.attrs["results_dir"] = source_of(frame)
     return epochs
+
+
+def lead_metrics(frame: pd.DataFrame, kind: str = "linear_probe") -> tuple[str, ...]:
+    """The probe numbers every ``kind`` result records, in the order to read them
+    (:data:`e2mc.naming.PROBE_METRICS`: the last epoch, no selection; the validation-selected epoch;
+    the best test epoch, the authors' optimistic protocol); ``("top1",)`` when none is recorded by all."""
+    rows = frame[frame["kind"] == kind] if "kind" in frame else frame
+    present = tuple(m for m in PROBE_METRICS if m in rows.columns and len(rows) and rows[m].notna().all())
+    return present or ("top1",)

@@ -9,9 +9,9 @@ arm looks the same everywhere; the colours are the seaborn "colorblind" palette.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-import zlib
 
 from e2mc.criteria import get_criterion
 from e2mc.methods import get_method, method_names
@@ -85,19 +85,32 @@ def split_e2mc_arm(arm: str) -> tuple[str, str | None, float | None, float | Non
 # --- labels -------------------------------------------------------------------------------------
 
 TRANSFORM_LABELS = {"sigmoid": "sigmoid", "gaussian_cdf": "Gaussian CDF"}
-TRANSFORM_SYMBOLS = {"sigmoid": "s", "gaussian_cdf": "Φ"}
-ARM_LABELS = {
-    "base": "base checkpoint",
-    "original": "original loss",
-    "e2mc": "E2MC",
-    "entropy_only": "entropy only",
-    "covariance_only": "covariance only",
-    "e2mc_sigmoid": "E2MC (sigmoid)",
-    "e2mc_gaussian_cdf": "E2MC (Gaussian CDF)",
-    "uniformity": "uniformity",
-    "mmcr": "MMCR",
-    "vc": "variance-covariance",
+# Which probe epoch a metric reports: every table caption, figure axis and claim names it.
+VAL_SELECTED = "top1_val_selected"
+PROBE_METRICS = {
+    "top1_last": ("last epoch", "the probe's last epoch, no selection"),
+    VAL_SELECTED: ("val-selected", "the probe epoch of best validation accuracy"),
+    "top1": ("best epoch", "the probe's best test epoch, the authors' protocol, optimistic"),
 }
+
+
+def metric_short(metric: str) -> str:
+    """"last epoch", "val-selected", "best epoch": a column header for ``metric``."""
+    return PROBE_METRICS[metric][0] if metric in PROBE_METRICS else metric.replace("_", " ")
+
+
+def metric_rule(metric: str) -> str:
+    """The metric in words with its selection rule ("top-1 at the probe's last epoch, no selection")."""
+    return f"top-1 at {PROBE_METRICS[metric][1]}" if metric in PROBE_METRICS else metric.replace("_", " ")
+
+
+def metric_rules(metrics) -> str:
+    """``"top-1 (last epoch: at the probe's last epoch, no selection; best epoch: ...)"``: several
+    metrics' rules in one phrase, for a table that shows them side by side."""
+    return "top-1 (" + "; ".join(f"{metric_short(m)}: at {PROBE_METRICS[m][1]}" if m in PROBE_METRICS
+                                 else metric_short(m) for m in metrics) + ")"
+
+
 DYNAMICS_KEYS = ("marginal_entropy", "covariance_penalty")
 DYNAMICS_HEADERS = {"marginal_entropy": "marginal entropy (nats)", "covariance_penalty": "covariance penalty"}
 
@@ -128,15 +141,15 @@ def method_order() -> tuple[str, ...]:
 def arm_label(arm: str) -> str:
     """The arm's name in figures and tables; an E2MC variant without a fixed label is described by
     what it changes (``e2mc_cov5`` -> "E2MC (λ_cov 5)"), any other arm keeps its name."""
-    if arm in ARM_LABELS:
-        return ARM_LABELS[arm]
+    if arm in ARM_STYLES:
+        return ARM_STYLES[arm].label
     variant = split_e2mc_arm(arm)
     if variant is None:
         return arm
     kind, transform, ent, cov = variant
     changes = ([TRANSFORM_LABELS[transform]] if transform else []) + \
         ([f"λ_ent {ent:g}"] if ent is not None else []) + ([f"λ_cov {cov:g}"] if cov is not None else [])
-    return f"{ARM_LABELS[kind]} ({', '.join(changes)})"
+    return f"{ARM_STYLES[kind].label} ({', '.join(changes)})"
 
 
 def fraction_label(label_fraction) -> str:
@@ -148,38 +161,59 @@ def fraction_label(label_fraction) -> str:
 
 # --- styles -------------------------------------------------------------------------------------
 
-# Arm -> colour (seaborn "colorblind"); the reference arms are grey (base) and blue (original loss).
-ARM_COLORS = {
-    "base": "#949494",
-    "original": "#0173B2",
-    "e2mc": "#D55E00",
-    "entropy_only": "#DE8F05",
-    "covariance_only": "#029E73",
-    "e2mc_sigmoid": "#CC78BC",
-    "e2mc_gaussian_cdf": "#CA9161",
-    "uniformity": "#56B4E9",
-    "mmcr": "#FBAFE4",
-    "vc": "#000000",
+@dataclasses.dataclass(frozen=True)
+class ArmStyle:
+    """How an arm appears in figures and tables: its name, line colour (hex) and matplotlib marker."""
+
+    label: str
+    color: str
+    marker: str
+
+
+# One record per named arm (colours: seaborn "colorblind"); the reference arms are grey (base) and
+# blue (original loss). Every (colour, marker) pair differs (tests/test_plots.py checks it).
+ARM_STYLES: dict[str, ArmStyle] = {
+    "base": ArmStyle("base checkpoint", "#949494", "s"),
+    "original": ArmStyle("original loss", "#0173B2", "o"),
+    "e2mc": ArmStyle("E2MC", "#D55E00", "D"),
+    "entropy_only": ArmStyle("entropy only", "#DE8F05", "^"),
+    "covariance_only": ArmStyle("covariance only", "#029E73", "v"),
+    "e2mc_sigmoid": ArmStyle("E2MC (sigmoid)", "#CC78BC", "<"),
+    "e2mc_gaussian_cdf": ArmStyle("E2MC (Gaussian CDF)", "#CA9161", ">"),
+    "uniformity": ArmStyle("uniformity", "#56B4E9", "P"),
+    "mmcr": ArmStyle("MMCR", "#FBAFE4", "X"),
+    "vc": ArmStyle("variance-covariance", "#000000", "*"),
 }
-ARM_MARKERS = {"base": "s", "original": "o", "e2mc": "D", "entropy_only": "^", "covariance_only": "v",
-               "e2mc_sigmoid": "<", "e2mc_gaussian_cdf": ">", "uniformity": "P", "mmcr": "X", "vc": "*"}
-ARM_ORDER = tuple(ARM_COLORS)
-# An arm without a fixed style (a coefficient variant, a user's own) gets one of these, chosen by its
-# name: dark hues that none of the named arms above uses, each with a marker of its own.
+ARM_ORDER = tuple(ARM_STYLES)
+# The arms of the paper's main table and Fig. 6, of its ablations, and of its alternative criteria
+# ("e2mc" is one side of the transform ablation: it uses the method's own transform, e2mc.methods).
+MAIN_ARMS = ("base", "original", "e2mc")
+ABLATION_ARMS = ("e2mc", "entropy_only", "covariance_only", "e2mc_sigmoid", "e2mc_gaussian_cdf")
+ALTERNATIVE_ARMS = ("original", "e2mc", "uniformity", "mmcr", "vc")
+# An arm without a fixed style (a coefficient variant, a user's own) gets one of these: dark hues that
+# none of the named arms uses, paired with markers so that up to 36 such arms in one figure differ.
 _FALLBACK_COLORS = ("#3C3C3C", "#6A3D9A", "#8C0800", "#006374", "#808000", "#001C7F")
 _FALLBACK_MARKERS = ("h", "p", "d", "8", "H", "o")
 
 
-def _fallback_index(arm: str) -> int:
-    return zlib.crc32(arm.encode()) % len(_FALLBACK_COLORS)
+def arm_styles(arms) -> dict[str, ArmStyle]:
+    """The style of each of ``arms`` (each once): a named arm's record; the others, in sorted order,
+    the i-th fallback colour with a marker that makes every (colour, marker) pair distinct. Pass every
+    arm a figure (or a results folder) shows, so that the arms without a fixed style never share a look."""
+    arms = list(dict.fromkeys(arms))
+    others = sorted(a for a in arms if a not in ARM_STYLES)
+    n = len(_FALLBACK_COLORS)
+    if len(others) > n * len(_FALLBACK_MARKERS):
+        raise ValueError(f"{len(others)} arms without a fixed style; at most {n * len(_FALLBACK_MARKERS)} "
+                         "can be told apart (add styles to e2mc.naming.ARM_STYLES)")
+    styles = {a: ARM_STYLES[a] for a in arms if a in ARM_STYLES}
+    for i, arm in enumerate(others):
+        styles[arm] = ArmStyle(arm_label(arm), _FALLBACK_COLORS[i % n],
+                               _FALLBACK_MARKERS[(i + i // n) % len(_FALLBACK_MARKERS)])
+    return {a: styles[a] for a in arms}
 
 
-def arm_color(arm: str) -> str:
-    """The arm's colour; an arm without an assigned one gets a fixed colour, unlike any named arm's,
-    derived from its name."""
-    return ARM_COLORS.get(arm) or _FALLBACK_COLORS[_fallback_index(arm)]
-
-
-def arm_marker(arm: str) -> str:
-    """The arm's matplotlib marker, fixed like its colour."""
-    return ARM_MARKERS.get(arm) or _FALLBACK_MARKERS[_fallback_index(arm)]
+def arm_style(arm: str) -> ArmStyle:
+    """The style of one arm seen alone (an arm without a fixed style gets the first fallback); figures
+    that show several arms use :func:`arm_styles`."""
+    return arm_styles([arm])[arm]

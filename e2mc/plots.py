@@ -5,7 +5,9 @@
   covariance), (c) a pair of embedding dimensions after the compact transform before and (d) after
   continued pre-training with E2MC, every point coloured by where it was before.
 * :func:`fig6_epochs`: linear-probe top-1 with 1% labels against the epoch of continued pre-training,
-  one line per arm (mean over seeds, 95% t-interval band), one panel per method.
+  one line per arm (mean over seeds, 95% t-interval band), one panel per method: the paper's arms by
+  default, the ablations and alternatives as figures of their own (:data:`FIG6_GROUPS`).
+* :func:`paired_difference_epochs`: E2MC minus the original loss per epoch, paired by seed.
 * :func:`training_dynamics`: marginal entropy and covariance penalty against the training epoch.
 * :func:`pretraining_plateau`: linear-probe top-1 against the epoch of pre-training from scratch (is
   the base converged?), from the ``plateau/`` results of the converged part.
@@ -27,9 +29,14 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+import torch  # noqa: E402
+
 from e2mc import preregistration  # noqa: E402
-from e2mc.naming import (ARM_ORDER, DYNAMICS_HEADERS, DYNAMICS_KEYS, TRANSFORM_SYMBOLS,  # noqa: E402
-                         arm_color, arm_label, arm_marker, method_label)
+from e2mc.criterion import m_spacings_entropy  # noqa: E402
+from e2mc.methods import get_method  # noqa: E402
+from e2mc.naming import (ABLATION_ARMS, ALTERNATIVE_ARMS, ARM_ORDER, DYNAMICS_HEADERS, DYNAMICS_KEYS,  # noqa: E402
+                         MAIN_ARMS, PROBE_METRICS, TRANSFORM_LABELS, ArmStyle, arm_label, arm_styles, method_label,
+                         metric_rule, metric_short, split_e2mc_arm)
 from e2mc.frames import (REPRODUCE_HINT, MissingResultsError, order_arms, order_methods, paired_differences,  # noqa: E402
                          select, source_of, summarize, training_epochs, with_base)
 
@@ -51,19 +58,33 @@ def _band_line(ax, curve: pd.DataFrame, label: str, color=None, marker: str = "o
     return line
 
 
-def _arm_curve(ax, curve: pd.DataFrame, arm: str):
-    """One arm's mean line and band in the arm's colour and marker; returns the line."""
-    return _band_line(ax, curve, arm_label(arm), arm_color(arm), arm_marker(arm))
+def _arm_curve(ax, curve: pd.DataFrame, style: ArmStyle):
+    """One arm's mean line and band in the arm's colour and marker, labelled "(1 seed)" when no epoch
+    after the start has more than one seed (so it has no band); returns the line."""
+    later = curve[curve["epoch"] > 0] if (curve["epoch"] > 0).any() else curve
+    one_seed = "n" in curve and int(later["n"].max()) == 1
+    return _band_line(ax, curve, style.label + (" (1 seed)" if one_seed else ""), style.color, style.marker)
+
+
+def band_note(confidence: float, paired: bool, n: Sequence[int] | None = None) -> str:
+    """What a figure's bands are, written into the figure: "bands: 95% t-interval over 3 seeds, unpaired"."""
+    counts = sorted({int(k) for k in n if k > 1}) if n is not None else []
+    seeds = ("n seeds" if not counts else f"{counts[0]} seeds" if len(counts) == 1
+             else f"{counts[0]}-{counts[-1]} seeds")
+    kind = "paired by seed: t-interval of the per-seed differences" if paired else "unpaired"
+    return f"lines: mean over seeds; bands: {confidence:.0%} t-interval over {seeds} ({kind}); none with 1 seed"
 
 
 def _legend_below(fig: Figure, handles: dict) -> None:
     fig.legend(list(handles.values()), [h.get_label() for h in handles.values()], loc="outside lower center",
-               ncol=min(len(handles), 5), frameon=False)
+               ncol=min(len(handles), 4), frameon=False)
 
 
-def _per_method_figure(methods: Sequence[str], draw: Callable, xlabel: str, ylabel: str) -> Figure:
+def _per_method_figure(methods: Sequence[str], draw: Callable, xlabel: str, ylabel: str, note: str | None = None
+                       ) -> Figure:
     """One panel per method, side by side, in the common style, with the legend of every labelled line
-    below: ``draw(ax, method)`` plots a method's panel and returns its {key: line} handles."""
+    below and ``note`` (what the lines and bands are) above: ``draw(ax, method)`` plots a method's panel
+    and returns its {label: line} handles."""
     axes_style, context = _style()
     with axes_style, context:
         fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.9), squeeze=False,
@@ -74,6 +95,8 @@ def _per_method_figure(methods: Sequence[str], draw: Callable, xlabel: str, ylab
             ax.set(title=method_label(method), xlabel=xlabel, ylabel=ylabel)
             ax.xaxis.get_major_locator().set_params(integer=True)
         _legend_below(fig, handles)
+        if note:
+            fig.suptitle(note, fontsize="small")
     return fig
 
 
@@ -158,11 +181,31 @@ def _diagnostics_row(frame: pd.DataFrame, method: str, arm: str, epoch: int | No
     return rows.sort_values("seed").iloc[0]
 
 
-def _scatter(ax, points: np.ndarray, colors: np.ndarray, title: str, xlabel: str, ylabel: str) -> None:
+def marginal_entropy(values: np.ndarray) -> float:
+    """m-spacings entropy (nats) of one sample on [0, 1] (:func:`e2mc.criterion.m_spacings_entropy`,
+    m = round(sqrt(N))): 0 for a uniform sample, lower the more it bunches."""
+    return float(m_spacings_entropy(torch.as_tensor(np.asarray(values, dtype=np.float64)).reshape(-1, 1))[0])
+
+
+def _scatter(ax, points: np.ndarray, colors, title: str, xlabel: str, ylabel: str) -> None:
+    """The 2-D points with, on the top and right edges, the histogram of each coordinate and its
+    m-spacings entropy."""
     ax.scatter(points[:, 0], points[:, 1], c=colors, s=5, linewidths=0, alpha=0.85, rasterized=True)
-    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), aspect="equal", title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), aspect="equal", xlabel=xlabel, ylabel=ylabel)
     ax.set_xticks([0, 0.5, 1])
     ax.set_yticks([0, 0.5, 1])
+    bins = np.linspace(0, 1, 21)
+    top = ax.inset_axes([0, 1.03, 1, 0.22], sharex=ax)
+    right = ax.inset_axes([1.03, 0, 0.22, 1], sharey=ax)
+    top.hist(points[:, 0], bins=bins, color="0.45")
+    right.hist(points[:, 1], bins=bins, color="0.45", orientation="horizontal")
+    for hist in (top, right):
+        hist.set_axis_off()
+    top.text(0.0, 1.02, f"H = {marginal_entropy(points[:, 0]):.2f} nats", transform=top.transAxes, fontsize="x-small",
+             va="bottom")
+    right.text(1.02, 0.5, f"H = {marginal_entropy(points[:, 1]):.2f} nats", transform=right.transAxes,
+               fontsize="x-small", rotation=-90, va="center", ha="left")
+    top.set_title(title, pad=12)
 
 
 def fig2_marginals(frame: pd.DataFrame, method: str = "vicreg", arm: str = "e2mc", pair: int = 0,
@@ -208,20 +251,22 @@ def fig2_marginals(frame: pd.DataFrame, method: str = "vicreg", arm: str = "e2mc
     n = n_reference or len(before)
     uniform, x_shape = sample_uniform_2d(n, sampling_seed), sample_x_distribution(n, sampling_seed + 1)
 
-    symbol = TRANSFORM_SYMBOLS.get(transform, "u")
+    name = TRANSFORM_LABELS.get(transform, transform)
     i, j = dims.tolist()
     axes_style, context = _style()
     with axes_style, context:
-        fig, axes = plt.subplots(1, 4, figsize=(14, 3.9), layout="constrained")
-        _scatter(axes[0], uniform, position_colors(uniform), "(a) uniform", "$u_1$", "$u_2$")
-        _scatter(axes[1], x_shape, position_colors(x_shape), '(b) "X" distribution', "$u_1$", "$u_2$")
-        name = method_label(method)
-        _scatter(axes[2], before, colors, f"(c) {name}, base (epoch 0)",
-                 f"${symbol}(z_{{{i}}})$", f"${symbol}(z_{{{j}}})$")
-        _scatter(axes[3], after, colors, f"(d) after {arm_label(arm)} (epoch {int(after_row['epoch'])})",
-                 f"${symbol}(z_{{{i}}})$", f"${symbol}(z_{{{j}}})$")
-        fig.suptitle("Uniform marginals and zero covariance do not make a uniform joint; "
-                     "colours: position before continued training", fontsize="medium")
+        fig, axes = plt.subplots(1, 4, figsize=(16, 5.2), layout="constrained")
+        # (a) and (b) in one colour: a position colour would mean nothing there
+        _scatter(axes[0], uniform, "0.25", "(a) 2-D uniform", "$u_1$", "$u_2$")
+        _scatter(axes[1], x_shape, "0.25", '(b) "X" distribution', "$u_1$", "$u_2$")
+        label = method_label(method)
+        _scatter(axes[2], before, colors, f"(c) {label}, base checkpoint", f"{name} of dimension {i}",
+                 f"{name} of dimension {j}")
+        _scatter(axes[3], after, colors, f"(d) after {int(after_row['epoch'])} epochs of {arm_label(arm)}",
+                 f"{name} of dimension {i}", f"{name} of dimension {j}")
+        fig.suptitle("Uniform marginals and zero covariance do not make a uniform joint. Edges: histogram of each "
+                     "coordinate and its m-spacings entropy H (0 = uniform).\n(c), (d): the same test images, "
+                     "each coloured by its position in (c), to show where the points moved", fontsize="medium")
     return fig
 
 
@@ -248,85 +293,177 @@ def epoch_curves(frame: pd.DataFrame, label_fraction: float = 0.01, metric: str 
                                                                         ignore_index=True)
 
 
+def probe_axis_label(metric: str, label_fraction: float) -> str:
+    """"top-1 (%), 1% labels, last probe epoch": a probe axis in words."""
+    return f"linear-probe top-1 (%), {label_fraction:.0%} labels" + (
+        f"\n{metric_short(metric)}" if metric in PROBE_METRICS else f"\n{metric}")
+
+
+# The arm groups of the Fig. 6 family: the paper's Fig. 6 (base, original loss, E2MC), then the
+# ablations and the alternative criteria, each beside the original loss.
+FIG6_GROUPS = {"main": MAIN_ARMS, "ablations": ("original", *ABLATION_ARMS), "alternatives": ALTERNATIVE_ARMS}
+
+
+def fig6_group_arms(frame: pd.DataFrame, group: str) -> list[str]:
+    """The arms of ``group`` (:data:`FIG6_GROUPS`) present in ``frame``; the ablation group adds every
+    E2MC coefficient variant (``e2mc_cov1``, ...)."""
+    arms = list(FIG6_GROUPS[group])
+    if group == "ablations":
+        arms += sorted({a for a in frame["arm"].dropna() if split_e2mc_arm(a) is not None} - set(arms))
+    return arms
+
+
 def fig6_epochs(frame: pd.DataFrame, label_fraction: float = 0.01, metric: str = "top1",
-                kind: str = "linear_probe", confidence: float = 0.95, arms: Sequence[str] | None = None) -> Figure:
+                kind: str = "linear_probe", confidence: float = 0.95,
+                arms: Sequence[str] | None = MAIN_ARMS) -> Figure:
     """Fig. 6: ``metric`` of the ``kind`` evaluation with ``label_fraction`` of the labels against the
-    epoch of continued pre-training; one panel per method, one line per arm (``arms``, default every
-    arm in the results), mean over seeds with a ``confidence`` t-interval band. The base checkpoint
-    is the dashed horizontal line."""
+    epoch of continued pre-training; one panel per method that has an arm of ``arms`` besides the main
+    ones (every method for the main arms; None: every arm), one line per arm, mean over
+    seeds with a ``confidence`` t-interval band (an arm with one seed says so in the legend). The base
+    checkpoint is the dashed horizontal line. Styles come from every arm of ``frame``
+    (:func:`e2mc.naming.arm_styles`), so an arm looks the same in every figure of one results folder."""
     curves = epoch_curves(frame, label_fraction, metric, kind, confidence)
+    styles = arm_styles(order_arms({"base", *frame["arm"].dropna()}, ARM_ORDER))
     if arms is not None:
         curves = curves[curves["arm"].isin(list(arms) + ["base"])]
+        own = set(arms) - set(MAIN_ARMS)  # a method without an ablation or alternative gets no panel
+        methods = set(curves.loc[curves["arm"].isin(own), "method"]) if own else set(curves["method"])
+        curves = curves[curves["method"].isin(methods)]
+        if curves.empty:
+            raise MissingResultsError(f"no {kind} results of {sorted(own)} in {source_of(frame)}; {REPRODUCE_HINT}")
 
     def draw(ax, method):
         of_method, handles = curves[curves["method"] == method], {}
         for arm in order_arms(of_method["arm"], ARM_ORDER):
             curve = of_method[of_method["arm"] == arm]
             if arm == "base":
-                handles[arm] = ax.axhline(curve["mean"].iloc[0], color=arm_color(arm), linestyle="--",
-                                          linewidth=1.2, label=arm_label(arm))
+                line = ax.axhline(curve["mean"].iloc[0], color=styles[arm].color, linestyle="--", linewidth=1.2,
+                                  label=styles[arm].label)
             else:
-                handles[arm] = _arm_curve(ax, curve, arm)
+                line = _arm_curve(ax, curve, styles[arm])
+            handles[line.get_label()] = line
         return handles
 
+    note = f"{metric_rule(metric)}; " + band_note(confidence, False, curves["n"])
     return _per_method_figure(order_methods(curves["method"].unique()), draw, "epoch of continued pre-training",
-                              f"{metric} ({label_fraction:.0%} labels)")
+                              probe_axis_label(metric, label_fraction), note)
 
 
 def paired_difference_epochs(frame: pd.DataFrame, arm: str = "e2mc", baseline: str = "original",
                              label_fraction: float = 0.01, metric: str = "top1", kind: str = "linear_probe",
                              confidence: float = 0.95) -> Figure:
     """``arm`` minus ``baseline`` on ``metric`` against the epoch of continued pre-training, paired by
-    seed (:func:`e2mc.frames.paired_differences`): one panel per method, the mean difference with its
-    ``confidence`` t-interval band (none with one pair), and zero as a dotted line. Narrower than
+    seed (:func:`e2mc.frames.paired_differences`): one panel per method, the mean difference in points
+    with its ``confidence`` t-interval band (none with one pair), and zero as a dotted line. Narrower than
     reading two overlapping Fig. 6 bands, since the seed-to-seed variation both arms share cancels."""
     rows = select(frame, kind, label_fraction, arm=[arm, baseline])
     differences = paired_differences(rows, arm, baseline, metric, ["method", "epoch"], confidence)
     if differences.empty:
         raise MissingResultsError(f"no seed has {kind} results of both {arm} and {baseline} with "
                                   f"{label_fraction:.0%} of the labels in {source_of(frame)}; {REPRODUCE_HINT}")
+    style = arm_styles([arm])[arm]
 
     def draw(ax, method):
         curve = differences[differences["method"] == method]
-        line = _band_line(ax, curve, f"{arm_label(arm)} − {arm_label(baseline)} (mean of {curve['n'].max()} seeds)",
-                          arm_color(arm), arm_marker(arm))
+        line = _band_line(ax, curve, f"{arm_label(arm)} − {arm_label(baseline)}, n = {curve['n'].max()} seeds",
+                          style.color, style.marker)
         ax.axhline(0.0, color="0.3", linestyle=":", linewidth=1.0)
-        return {arm: line}
+        return {line.get_label(): line}
 
+    note = f"{metric_rule(metric)}; " + band_note(confidence, True, differences["n"])
     return _per_method_figure(order_methods(differences["method"].unique()), draw,
-                              "epoch of continued pre-training", f"Δ {metric} ({label_fraction:.0%} labels), points")
+                              "epoch of continued pre-training",
+                              f"{arm_label(arm)} − {arm_label(baseline)}\ntop-1 points, {label_fraction:.0%} labels",
+                              note)
 
 
 # --- training dynamics -------------------------------------------------------------------------
 
+def arm_transforms(frame: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(method, arm) -> the compact transform its training records measure with: the criterion's for
+    an E2MC arm, the method's own for every other arm (see tables.training_dynamics)."""
+    runs = select(frame, "training")
+    found = {}
+    for (method, arm), rows in runs.groupby(["method", "arm"]):
+        transform = rows["criterion_transform"].dropna().iloc[0] if "criterion_transform" in rows and \
+            rows["criterion_transform"].notna().any() else None
+        if transform is None:
+            try:
+                transform = get_method(method).transform
+            except ValueError:
+                transform = "unknown"
+        found[method, arm] = transform
+    return found
+
+
+def _overlaps(curves: dict[str, pd.DataFrame], tolerance: float) -> list[tuple[str, str]]:
+    """Pairs of arms whose mean curves lie within ``tolerance`` of each other at every common epoch
+    (they overprint: the figure must say so)."""
+    pairs = []
+    names = list(curves)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            joined = curves[a].merge(curves[b], on="epoch")
+            if len(joined) and (joined["mean_x"] - joined["mean_y"]).abs().max() <= tolerance:
+                pairs.append((a, b))
+    return pairs
+
+
 def training_dynamics(frame: pd.DataFrame, keys: Sequence[str] = DYNAMICS_KEYS, confidence: float = 0.95) -> Figure:
-    """Each of ``keys`` (rows of panels) of the per-epoch records of ``kind="training"`` results against
-    the epoch, one panel column per method, one line per arm: mean over seeds, t-interval band."""
+    """Each of ``keys`` (panel rows) of the per-epoch records of ``kind="training"`` results against the
+    epoch, one panel column per method and compact transform (an arm's records are measured after the
+    transform it trains with, and the sigmoid's and the Gaussian CDF's entropies are on different
+    scales), one line per arm (mean over seeds, t-interval band). Epoch 0 is the base checkpoint's value
+    from its diagnostics (test images, evaluation mode) where the results hold them; arms whose curves
+    overprint are named in the panel."""
     epochs = training_epochs(frame)
-    methods = order_methods(epochs["method"].unique())
+    transforms = arm_transforms(frame)
+    epochs["transform"] = [transforms[m, a] for m, a in zip(epochs["method"], epochs["arm"])]
+    order = {t: k for k, t in enumerate(("sigmoid", "gaussian_cdf"))}
+    columns = [(m, t) for m in order_methods(epochs["method"].unique())
+               for t in sorted(set(epochs.loc[epochs["method"] == m, "transform"]), key=lambda t: (order.get(t, 9), t))]
+    styles = arm_styles(order_arms({"base", *frame["arm"].dropna()}, ARM_ORDER))
+    diagnostics = frame[(frame["kind"] == "diagnostics") & (frame["arm"] == "base")]
     axes_style, context = _style()
+    counts = []
     with axes_style, context:
-        fig, axes = plt.subplots(len(keys), len(methods), figsize=(4.6 * len(methods), 3.2 * len(keys)),
+        fig, axes = plt.subplots(len(keys), len(columns), figsize=(4.2 * len(columns), 3.3 * len(keys)),
                                  squeeze=False, layout="constrained")
         handles = {}
         for row, key in enumerate(keys):
-            curves = summarize(epochs, ["method", "arm", "epoch"], key, confidence)
-            for ax, method in zip(axes[row], methods):
-                of_method = curves[curves["method"] == method]
-                for arm in order_arms(of_method["arm"], ARM_ORDER):
-                    handles[arm] = _arm_curve(ax, of_method[of_method["arm"] == arm], arm)
-                ax.set(title=method_label(method) if row == 0 else None, xlabel="epoch",
-                       ylabel=DYNAMICS_HEADERS.get(key, key.replace("_", " ")))
+            curves = summarize(epochs, ["method", "transform", "arm", "epoch"], key, confidence)
+            counts += list(curves["n"])
+            for ax, (method, transform) in zip(axes[row], columns):
+                of_panel = curves[(curves["method"] == method) & (curves["transform"] == transform)]
+                name = TRANSFORM_LABELS.get(transform, transform)
+                ax.set(title=f"{method_label(method)}, {name}" if row == 0 else None,
+                       xlabel="epoch of continued pre-training",
+                       ylabel=f"{DYNAMICS_HEADERS.get(key, key.replace('_', ' '))}\nof the {name}")
+                arm_curves = {arm: of_panel[of_panel["arm"] == arm] for arm in order_arms(of_panel["arm"], ARM_ORDER)}
+                for arm, curve in arm_curves.items():
+                    line = _arm_curve(ax, curve, styles[arm])
+                    handles[line.get_label()] = line
+                column = f"{key}_{transform}"
+                start = diagnostics[diagnostics["method"] == method]
+                if column in start and start[column].notna().any():
+                    (point,) = ax.plot([0], [start[column].dropna().iloc[0]], linestyle="none", marker="s",
+                                       markersize=7, color=styles["base"].color,
+                                       label="base checkpoint at epoch 0 (test images, evaluation mode)")
+                    handles[point.get_label()] = point
+                span = np.ptp(of_panel["mean"]) if len(of_panel) > 1 else 0.0
+                overlaps = _overlaps({styles[a].label: c[["epoch", "mean"]] for a, c in arm_curves.items()},
+                                     max(0.01 * span, 1e-12))
+                if overlaps:  # said under the axis, where it hides no line
+                    ax.set_xlabel(ax.get_xlabel() + "\n" + "\n".join(f"overprint: {a} = {b}" for a, b in overlaps),
+                                  fontsize="small")
                 ax.xaxis.get_major_locator().set_params(integer=True)
         _legend_below(fig, handles)
+        fig.suptitle("training batches, after the transform each arm trains with; " + band_note(confidence, False, counts),
+                     fontsize="small")
     return fig
 
 
 # --- the pre-training plateau -------------------------------------------------------------------
-
-PLATEAU_METRICS = {"top1_val_selected": "validation-selected epoch", "top1": "best test epoch",
-                   "top1_last": "last probe epoch"}
-
 
 def pretraining_plateau(frame: pd.DataFrame, label_fraction: float = 0.01,
                         metrics: Sequence[str] = ("top1_val_selected", "top1"), kind: str = "linear_probe",
@@ -340,16 +477,19 @@ def pretraining_plateau(frame: pd.DataFrame, label_fraction: float = 0.01,
     if not present:
         raise MissingResultsError(f"the {kind} results in {source_of(frame)} have none of {list(metrics)}; "
                                   f"{REPRODUCE_HINT}")
-    colors = dict(zip(PLATEAU_METRICS, sns.color_palette("colorblind", len(PLATEAU_METRICS))))
+    colors = dict(zip(PROBE_METRICS, sns.color_palette("colorblind", len(PROBE_METRICS))))
 
     def draw(ax, method):
         return {metric: _band_line(ax, summarize(rows[rows["method"] == method], ["epoch"], metric, confidence),
-                                   PLATEAU_METRICS.get(metric, metric), colors.get(metric), markersize=3.5,
+                                   metric_short(metric), colors.get(metric), markersize=3.5,
                                    linewidth=1.4)
                 for metric in present}
 
+    counts = rows.groupby(["method", "epoch"])["seed"].nunique()
     return _per_method_figure(order_methods(rows["method"].unique()), draw, "epoch of pre-training from scratch",
-                              f"linear probe top-1 ({label_fraction:.0%} labels)")
+                              f"linear-probe top-1 (%), {label_fraction:.0%} labels",
+                              band_note(confidence, False, counts) if counts.max() > 1 else
+                              "one probe seed per epoch: no band")
 
 
 # --- notebook helpers ---------------------------------------------------------------------------
@@ -445,9 +585,9 @@ def preregistered_study(frame: pd.DataFrame) -> Figure:
 
 def _draw_preregistered(ax, outcome, detectable: float) -> None:
     for x, result in enumerate((outcome.primary, outcome.control)):
-        arm = result.endpoint.arm
+        style = arm_styles([result.endpoint.arm])[result.endpoint.arm]
         offsets = np.linspace(-0.18, 0.18, result.n)
-        ax.scatter(x + offsets, result.differences, color=arm_color(arm), marker=arm_marker(arm), s=22, alpha=0.7,
+        ax.scatter(x + offsets, result.differences, color=style.color, marker=style.marker, s=22, alpha=0.7,
                    zorder=2)
         ax.errorbar(x + 0.32, result.mean, yerr=result.half_width, color="0.15", marker="D", markersize=6,
                     capsize=5, linewidth=1.6, zorder=3)

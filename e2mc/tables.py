@@ -19,16 +19,15 @@ from typing import Sequence
 import pandas as pd
 
 from e2mc import preregistration
+from e2mc.claims import PAPER_EFFECT
 from e2mc.frames import (REPRODUCE_HINT, DuplicateResultsError, MissingResultsError, final_epoch_rows,  # noqa: F401
+                         lead_metrics,
                          order_arms, order_methods, paired_difference, paired_differences, require_columns, select,
                          source_of, summarize, training_epochs, with_base)
-from e2mc.naming import (ARM_ORDER, DYNAMICS_HEADERS, DYNAMICS_KEYS, TRANSFORM_LABELS, arm_label, criterion_label,
-                         fraction_label, method_label, split_e2mc_arm)
+from e2mc.naming import (ABLATION_ARMS, ALTERNATIVE_ARMS, ARM_ORDER, DYNAMICS_HEADERS, DYNAMICS_KEYS,  # noqa: F401
+                         MAIN_ARMS, PROBE_METRICS, TRANSFORM_LABELS, VAL_SELECTED, arm_label, criterion_label,
+                         fraction_label, method_label, metric_rule, metric_rules, metric_short, split_e2mc_arm)
 
-MAIN_ARMS = ("base", "original", "e2mc")
-# "e2mc" is one side of the transform ablation: it uses the method's own transform (e2mc.methods).
-ABLATION_ARMS = ("e2mc", "entropy_only", "covariance_only", "e2mc_sigmoid", "e2mc_gaussian_cdf")
-ALTERNATIVE_ARMS = ("original", "e2mc", "uniformity", "mmcr", "vc")
 # --- tables -------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -62,8 +61,8 @@ class Table:
         return sum(1 for c in self.header if c in KEY_HEADERS)
 
 
-KEY_HEADERS = {"Method", "Arm", "Criterion", "Transform", "λ_ent", "λ_cov", "Epoch", "Dataset", "LR", "Endpoint",
-               "Comparison", "Probe number"}
+KEY_HEADERS = {"Claim", "Verdict", "Evidence", "Metric", "Shown in", "Not testable because", "Method", "Arm", "Criterion",
+               "Transform", "λ_ent", "λ_cov", "Epoch", "Dataset", "LR", "Endpoint", "Comparison", "Probe number"}
 
 
 def latex_escape(text: str) -> str:
@@ -157,8 +156,8 @@ def arm_results(frame: pd.DataFrame, arms: Sequence[str], *, name: str, title: s
     counts = sorted(set(numbers["n"]))
     seeds = (f"{counts[0]} seed{'s' if counts[0] > 1 else ''}" if len(counts) == 1 else
              f"{counts[0]} to {counts[-1]} seeds (a cell without ± has one)")
-    caption = (f"{title}: {kind.replace('_', ' ')} {metric} at the final epoch, mean ± {confidence:.0%} "
-               f"t-interval half-width over {seeds}, per label fraction")
+    caption = (f"{title}: {kind.replace('_', ' ')} {metric_rule(metric)}, after the final epoch of continued "
+               f"pre-training, mean ± {confidence:.0%} t-interval half-width over {seeds}, per label fraction")
     return Table(name, caption, header, printed, numbers)
 
 
@@ -231,12 +230,16 @@ def make_each(makers) -> tuple[list[Table], list[str]]:
 def all_tables(frame: pd.DataFrame, metric: str = "top1") -> tuple[list[Table], list[str]]:
     """Every table the results support, and why each other one was left out.
 
-    The main table, E2MC minus the original loss paired by seed, the ablation, alternative-criteria and
+    The main table and E2MC minus the original loss paired by seed, each with the probe numbers of
+    :func:`lead_metrics` side by side (unselected or validation-selected first; ``metric`` other than
+    "top1" shows that metric alone), the ablation, alternative-criteria and
     training-dynamics tables, plus main tables for
     fine-tuning and transfer when there are such results. A table whose arms are not in ``frame``
     yet (a partly run grid) is skipped with the reason rather than failing the others.
     """
-    makers = [lambda: main_results(frame, metric), lambda: paired_comparison(frame, metric=metric),
+    lead = lead_metrics(frame) if metric == "top1" else (metric,)
+    makers = [lambda: metrics_side_by_side(frame, metrics=lead, name="main_results"),
+              lambda: paired_side_by_side(frame, metrics=lead, name="paired_comparison"),
               lambda: ablations(frame, metric), lambda: alternative_criteria(frame, metric),
               lambda: training_dynamics(frame)]
     makers += [lambda kind=kind: main_results(frame, metric, kind=kind) for kind in ("finetune", "transfer")
@@ -245,6 +248,23 @@ def all_tables(frame: pd.DataFrame, metric: str = "top1") -> tuple[list[Table], 
     if not made:
         raise MissingResultsError("no table can be made: " + " / ".join(skipped))
     return made, skipped
+
+
+def claims_table(ledger: pd.DataFrame, results: str = "these results") -> Table:
+    """The claims ledger (:func:`e2mc.claims.claims_ledger`) as a table: claim, verdict, evidence, the
+    probe number with its selection rule, the notebook file that shows the arms, and why a claim could
+    not be tested. Written as ``claims.md`` beside the other tables."""
+    header = ["Claim", "Verdict", "Evidence", "Metric", "Shown in", "Not testable because"]
+    rows = [[r["claim"], r["verdict"], r["evidence"], r["metric"], f"`{r['source']}`", r["reason"] or "—"]
+            for _, r in ledger.iterrows()]
+    caption = (f"Claims of the paper against {results}: each comparison is a paired difference by seed in "
+               "top-1 points, mean ± 95% t-interval half-width (n pairs), arms at their final epoch. Verdicts "
+               "by fixed rules (e2mc.claims.verdict): a claimed gain is supported when its interval lies above 0, "
+               f"contradicted when it lies below {PAPER_EFFECT:g} points (e2mc.claims.PAPER_EFFECT: the paper's "
+               "numbers are not available, so half a point stands for its effect), inconclusive when it "
+               f"reaches both; a claimed absence of notable gain is supported below {PAPER_EFFECT:g} and "
+               "contradicted when it lies above 0 and reaches it; several comparisons must agree")
+    return Table("claims", caption, header, rows, ledger.drop(columns=["numbers"]))
 
 
 # --- the README ---------------------------------------------------------------------------------
@@ -331,7 +351,7 @@ def paired_comparison(frame: pd.DataFrame, arm: str = "e2mc", baseline: str = "o
                            + [fraction_label(cell["label_fraction"]), epoch, difference, str(int(cell["n"])), excludes])
     dropped = (f"{dropped_total} seed{'s' if dropped_total > 1 else ''} present in only one arm dropped "
                f"({'; '.join(dropped_where)})" if dropped_total else "no seed dropped")
-    caption = (f"Paired comparison: {kind.replace('_', ' ')} {metric} of {arm_label(arm)} minus "
+    caption = (f"Paired comparison: {kind.replace('_', ' ')} {metric_rule(metric)}, {arm_label(arm)} minus "
                f"{arm_label(baseline)} at the final epoch, paired by seed: mean difference ± {confidence:.0%} "
                f"t-interval half-width of the per-seed differences; {dropped}")
     if name is None:
@@ -342,20 +362,18 @@ def paired_comparison(frame: pd.DataFrame, arm: str = "e2mc", baseline: str = "o
 
 # --- the converged bases (issue 15) -------------------------------------------------------------
 
-VAL_SELECTED = "top1_val_selected"
-
-
 def metrics_side_by_side(frame: pd.DataFrame, arms: Sequence[str] = MAIN_ARMS,
-                         metrics: Sequence[str] = (VAL_SELECTED, "top1"), kind: str = "linear_probe",
+                         metrics: Sequence[str] = (VAL_SELECTED, "top1_last", "top1"), kind: str = "linear_probe",
                          name: str = "main_results_val_selected", title: str = "Main results",
                          confidence: float = 0.95) -> Table:
     """:func:`arm_results` of each of ``metrics``, their columns side by side per label fraction (the
     first metric first): e.g. the validation-selected probe epoch beside the best test epoch."""
     made = [arm_results(frame, arms, name=name, title=title, metric=m, kind=kind, confidence=confidence)
             for m in metrics]
+    if len(made) == 1:
+        return made[0]
     keys = 3  # Method, Arm, Epoch
-    short = {VAL_SELECTED: "val-selected", "top1": "best epoch", "top1_last": "last epoch"}
-    header = made[0].header[:keys] + [f"{column} {short.get(m, m)}" for column in made[0].header[keys:]
+    header = made[0].header[:keys] + [f"{column} {metric_short(m)}" for column in made[0].header[keys:]
                                       for m in metrics]
     by_key = [{tuple(row[:keys]): row[keys:] for row in table.rows} for table in made]
     rows = []
@@ -364,8 +382,34 @@ def metrics_side_by_side(frame: pd.DataFrame, arms: Sequence[str] = MAIN_ARMS,
         cells = [by_key[i].get(key, ["—"] * len(row[keys:])) for i in range(len(metrics))]
         rows.append(list(key) + [cells[i][c] for c in range(len(row) - keys) for i in range(len(metrics))])
     numbers = pd.concat([t.numbers.assign(metric=m) for t, m in zip(made, metrics)], ignore_index=True)
-    caption = made[0].caption.replace(f" {metrics[0]} ", " " + " and ".join(metrics) + " ", 1)
+    caption = made[0].caption.replace(metric_rule(metrics[0]), metric_rules(metrics), 1)
     return Table(name, caption, header, rows, numbers)
+
+
+def paired_side_by_side(frame: pd.DataFrame, metrics: Sequence[str] = (VAL_SELECTED, "top1_last", "top1"),
+                        arm: str = "e2mc", baseline: str = "original", kind: str = "linear_probe",
+                        confidence: float = 0.95, name: str | None = None) -> Table:
+    """:func:`paired_comparison` of each of ``metrics``, their difference and "excludes 0" columns side
+    by side per method and label fraction (the first metric first). ``numbers`` holds every metric's
+    rows with a ``metric`` column."""
+    made = [paired_comparison(frame, arm, baseline, m, kind, confidence, name=name) for m in metrics]
+    if len(made) == 1:
+        return made[0]
+    keys = len(made[0].header) - 3  # Method (Dataset) Labels Epoch | difference, Seeds, excludes 0
+    header = made[0].header[:keys]
+    for m in metrics:
+        header += [f"Δ {metric_short(m)}", f"excludes 0 ({metric_short(m)})"]
+    header.append("Seeds")
+    by_key = [{tuple(row[:keys]): row[keys:] for row in table.rows} for table in made]
+    rows = []
+    for row in made[0].rows:
+        key = tuple(row[:keys])
+        cells = [by_key[i].get(key, ["—", "—", "—"]) for i in range(len(metrics))]
+        rows.append(list(key) + [c for cell in cells for c in (cell[0], cell[2])] + [row[keys + 1]])
+    numbers = pd.concat([t.numbers.assign(metric=m) for t, m in zip(made, metrics)], ignore_index=True)
+    caption = made[0].caption.replace(metric_rule(metrics[0]), metric_rules(metrics), 1).replace(
+        "mean difference", "Δ = mean difference in points", 1)
+    return Table(made[0].name, caption, header, rows, numbers)
 
 
 def variant_factor(variant: str) -> float:
@@ -400,24 +444,25 @@ def learning_rate_check(frame: pd.DataFrame, variants: pd.DataFrame, metric: str
                            + [format_cell(*cells[method, arm, factor, f]) if (method, arm, factor, f) in cells
                               else "—" for f in fractions])
     seeds = ", ".join(str(int(s)) for s in sorted(set(rows["seed"])))
-    caption = (f"Learning-rate check: {kind.replace('_', ' ')} {metric} at the final epoch of continued "
+    caption = (f"Learning-rate check: {kind.replace('_', ' ')} {metric_rule(metric)}, after the final epoch of continued "
                f"pre-training with optim.base_lr times the factor (LR) of the method's mini config, seed(s) {seeds}")
     return Table(f"learning_rate_check_{metric}", caption, header, printed, numbers)
 
 
 def converged_tables(frame: pd.DataFrame, variants: pd.DataFrame | None = None) -> tuple[list[Table], list[str]]:
     """The converged part's tables (see e2mc.reproduce.CONVERGED), besides :func:`all_tables`: the main
-    table with the validation-selected probe first and the best-epoch top-1 beside it, the paired
-    E2MC-minus-original comparison on both, each continued arm minus the base checkpoint (paired by
-    probe seed: is the base converged, does either loss still move it?), the learning-rate check and
-    the transfer table. Tables whose results are missing are skipped with the reason."""
+    table with the validation-selected probe first and the last-epoch and best-epoch top-1 beside it,
+    the paired E2MC-minus-original comparison on the three, each continued arm minus the base
+    checkpoint on the three (paired by probe seed: is the base converged, does either loss still move
+    it?), the learning-rate check and the transfer table. Tables whose results are missing are skipped with the reason."""
     makers = [lambda: metrics_side_by_side(frame),
-              lambda: paired_comparison(frame, metric=VAL_SELECTED, name="paired_comparison_val_selected"),
+              lambda: paired_side_by_side(frame, name="paired_comparison_val_selected"),
               lambda: paired_comparison(frame, metric="top1", name="paired_comparison_top1"),
-              *(lambda arm=arm: paired_comparison(frame, arm=arm, baseline="base", metric=VAL_SELECTED,
-                                                  name=f"paired_comparison_{arm}_vs_base_val_selected")
+              *(lambda arm=arm: paired_side_by_side(frame, arm=arm, baseline="base",
+                                                    name=f"paired_comparison_{arm}_vs_base_val_selected")
                 for arm in ("original", "e2mc")),
-              lambda: metrics_side_by_side(frame, kind="transfer", name="transfer_val_selected", title="Transfer")]
+              lambda: metrics_side_by_side(frame, metrics=lead_metrics(frame, "transfer"), kind="transfer",
+                                           name="transfer_val_selected", title="Transfer")]
     if variants is not None:
         makers += [lambda metric=metric: learning_rate_check(frame, variants, metric) for metric in (VAL_SELECTED, "top1")]
     return make_each(makers)

@@ -132,9 +132,9 @@ def test_a_converged_entry_end_to_end(tmp_path, monkeypatch):
                      "paired_comparison_original_vs_base_val_selected", "paired_comparison_e2mc_vs_base_val_selected",
                      "transfer_val_selected", "learning_rate_check_top1_val_selected", "learning_rate_check_top1"]
     main = made[0]
-    assert main.header[3:5] == ["1% val-selected", "1% best epoch"]
+    assert main.header[3:6] == ["1% val-selected", "1% last epoch", "1% best epoch"]
     assert [row[1] for row in main.rows] == ["base checkpoint", "original loss", "E2MC"]
-    versus_base = made[3].numbers.set_index("label_fraction")
+    versus_base = made[3].numbers[made[3].numbers["metric"] == "top1_val_selected"].set_index("label_fraction")
     probes = frame[(frame.kind == "linear_probe") & (frame.seed == 0)].set_index(["arm", "epoch", "label_fraction"])
     assert versus_base.loc[0.01, "mean"] == pytest.approx(probes.loc[("original", 2, 0.01), "top1_val_selected"]
                                                          - probes.loc[("base", 0, 0.01), "top1_val_selected"])
@@ -171,7 +171,7 @@ def test_plateau_probes_every_fifth_kept_epoch(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no result files"):  # load(results) leaves plateau/ out
         load(results)
     figure = plots.pretraining_plateau(plateau)
-    assert [line.get_label() for line in figure.axes[0].get_lines()] == ["validation-selected epoch", "best test epoch"]
+    assert [line.get_label() for line in figure.axes[0].get_lines()] == ["val-selected", "best epoch"]
 
     # A fresh clone holds the committed sweep but not the pre-training run: done, and not re-run;
     # with one of its epochs missing it is pending again (and fails naming the pretrain command).

@@ -49,7 +49,7 @@ def reaches(start: str, target: str) -> list[str] | None:
 BELOW_TRAINING = ["e2mc.criterion", "e2mc.distributed", "e2mc.objectives", "e2mc.models", "e2mc.methods",
                   "e2mc.criteria", "e2mc.config", "e2mc.optim", "e2mc.batches", "e2mc.diagnostics",
                   "e2mc.checkpoints", "e2mc.build", "e2mc.naming", "e2mc.results", "e2mc.data", "e2mc.provenance",
-                  "e2mc.frames", "e2mc.plots", "e2mc.tables"]
+                  "e2mc.frames", "e2mc.plots", "e2mc.tables", "e2mc.claims"]
 EVALUATION = sorted(m for m in GRAPH if m.startswith("e2mc.evaluation"))
 
 
@@ -81,3 +81,7 @@ def test_plots_and_tables_do_not_import_each_other():
 def test_objectives_and_the_criterion_know_no_method():
     for module in [m for m in GRAPH if m.startswith("e2mc.objectives")] + ["e2mc.criterion"]:
         assert reaches(module, "e2mc.methods") is None and reaches(module, "e2mc.config") is None, module
+
+
+def test_the_claims_rules_read_frames_not_figures_or_tables():
+    assert reaches("e2mc.claims", "e2mc.plots") is None and reaches("e2mc.claims", "e2mc.tables") is None

@@ -9,12 +9,12 @@ import papermill as pm
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 
-from e2mc import plots, tables
+from e2mc import claims, plots, tables
 from test_plots import FIXTURE, assert_pdf, assert_png
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-TABLES = ("ablations", "alternative_criteria", "main_results", "paired_comparison", "training_dynamics")
+TABLES = ("ablations", "alternative_criteria", "claims", "main_results", "paired_comparison", "training_dynamics")
 
 
 def _kernel_runs_this_interpreter() -> bool:
@@ -99,7 +99,9 @@ def test_tables_notebook_writes_the_library_tables(kernel, tmp_path):
     made = {"main_results": tables.main_results(frame), "ablations": tables.ablations(frame),
             "alternative_criteria": tables.alternative_criteria(frame),
             "paired_comparison": tables.paired_comparison(frame),
-            "training_dynamics": tables.training_dynamics(frame)}
+            "training_dynamics": tables.training_dynamics(frame),
+            "claims": tables.claims_table(claims.claims_ledger(frame, converged_base=False),
+                                          f"results/{FIXTURE.name}")}
     written = sorted(p.name for p in (tmp_path / "tables").iterdir())
     assert written == sorted([f"{t}.{ext}" for t in TABLES for ext in ("md", "tex")] + ["training_dynamics.png"])
     for name, table in made.items():

@@ -128,3 +128,29 @@ def test_differences_per_epoch_and_their_figure():
     assert np.allclose(line.get_ydata(), differences["mean"])
     with pytest.raises(MissingResultsError, match="both e2mc and original"):
         plots.paired_difference_epochs(frame[frame.arm == "e2mc"])
+
+
+def test_tables_lead_with_the_unselected_probe_and_name_each_rule():
+    """With top1_last recorded, the main and paired tables of all_tables show it first, the best test epoch
+    beside it, each column and the caption naming its selection rule; numbers are per-metric paired means."""
+    from e2mc.tables import all_tables, lead_metrics
+
+    frame = results_frame(E2MC + ORIGINAL)
+    frame["top1_last"] = frame["top1"] - [0.0, 0.5, 1.0, 0.2, 0.2, 0.2]
+    assert lead_metrics(frame) == ("top1_last", "top1")
+    assert lead_metrics(frame.drop(columns="top1_last")) == ("top1",)
+    made, _ = all_tables(frame)
+    paired = next(t for t in made if t.name == "paired_comparison")
+    assert paired.header == ["Method", "Labels", "Epoch", "Δ last epoch", "excludes 0 (last epoch)",
+                             "Δ best epoch", "excludes 0 (best epoch)", "Seeds"]
+    last = paired.numbers[paired.numbers["metric"] == "top1_last"].iloc[0]
+    expected = paired_difference([70.5, 70.5, 68.3], [69.8, 69.8, 68.8])
+    assert (last["mean"], last["ci"], last["n"]) == pytest.approx(expected)
+    assert paired.rows[0][3] == f"{expected[0]:+.2f} ± {expected[1]:.2f}" and paired.rows[0][-1] == "3"
+    assert "last epoch: at the probe's last epoch, no selection" in paired.caption
+    assert "best epoch: at the probe's best test epoch, the authors' protocol, optimistic" in paired.caption
+    main = next(t for t in made if t.name == "main_results")
+    assert main.header[3:5] == ["1% last epoch", "1% best epoch"]
+    e2mc_row = next(row for row in main.rows if row[1] == "E2MC")
+    assert e2mc_row[3] == f"{np.mean([70.5, 70.5, 68.3]):.2f} ± " + \
+        f"{stats.t.ppf(0.975, 2) * np.std([70.5, 70.5, 68.3], ddof=1) / math.sqrt(3):.2f}"

@@ -164,37 +164,74 @@ def test_position_colors_follow_ranks_to_the_corners():
 # --- arm styles ---------------------------------------------------------------------------------
 
 def test_every_arm_has_one_distinct_colour_label_and_marker():
-    assert set(naming.ARM_COLORS) == set(naming.ARM_LABELS) == set(naming.ARM_MARKERS)
-    assert len(set(naming.ARM_COLORS.values())) == len(naming.ARM_COLORS)
-    assert naming.arm_color("some_new_arm") == naming.arm_color("some_new_arm")
-    # an arm without a fixed style looks like none of the named arms, and the grid's two SimSiam
-    # coefficient variants, drawn in one panel, look like neither each other nor a named arm
-    variants = ["some_new_arm", "e2mc_cov1", "e2mc_cov5"]
-    assert not {naming.arm_color(a) for a in variants} & set(naming.ARM_COLORS.values())
-    assert not {naming.arm_marker(a) for a in variants} & set(naming.ARM_MARKERS.values())
-    assert naming.arm_color("e2mc_cov1") != naming.arm_color("e2mc_cov5")
-    assert naming.arm_marker("e2mc_cov1") != naming.arm_marker("e2mc_cov5")
+    named = naming.ARM_STYLES
+    assert len({(st.color, st.marker) for st in named.values()}) == len(named)
+    assert len({st.label for st in named.values()}) == len(named)
+    # the mini grid's arms without a fixed style (SimSiam's λ_cov and Barlow Twins' λ_ent variants used to
+    # share one purple): in one figure no two arms share a colour and a marker, nor look like a named arm
+    arms = list(named) + ["some_new_arm", "e2mc_cov1", "e2mc_cov5", "e2mc_ent1", "e2mc_ent50"]
+    styles = naming.arm_styles(arms)
+    assert list(styles) == arms
+    looks = [(st.color.lower(), st.marker) for st in styles.values()]
+    assert len(set(looks)) == len(looks)
+    colours = [st.color.lower() for st in styles.values()]
+    assert len(set(colours)) == len(colours)  # up to six unnamed arms even differ in colour alone
+    many = naming.arm_styles([f"arm{i}" for i in range(36)])
+    assert len({(st.color, st.marker) for st in many.values()}) == 36
+    with pytest.raises(ValueError, match="ARM_STYLES"):
+        naming.arm_styles([f"arm{i}" for i in range(37)])
+    assert naming.arm_styles(["e2mc_cov5", "e2mc_cov1"]) == naming.arm_styles(["e2mc_cov1", "e2mc_cov5"])
     assert naming.arm_label("some_new_arm") == "some_new_arm"
-    assert naming.arm_label("e2mc_cov5") == "E2MC (λ_cov 5)"
+    assert naming.arm_label("e2mc_cov5") == "E2MC (λ_cov 5)" == styles["e2mc_cov5"].label
     assert naming.arm_label("entropy_only_gaussian_cdf_ent2") == "entropy only (Gaussian CDF, λ_ent 2)"
-    assert naming.arm_label("e2mc") == naming.ARM_LABELS["e2mc"]
+    assert naming.arm_label("e2mc") == named["e2mc"].label
+
+
+def test_committed_figures_arms_are_told_apart():
+    """Every arm of the committed mini grid, styled together as a figure of it is, looks unique."""
+    arms = ["base", "original", "e2mc", "entropy_only", "covariance_only", "e2mc_sigmoid", "e2mc_gaussian_cdf",
+            "uniformity", "mmcr", "vc", "e2mc_cov1", "e2mc_cov5", "e2mc_ent1", "e2mc_ent50"]
+    looks = [(st.color, st.marker) for st in naming.arm_styles(arms).values()]
+    assert len(set(looks)) == len(arms)
 
 
 # --- Fig. 6 -------------------------------------------------------------------------------------
 
-def test_fig6_lines_are_seed_means_and_start_at_the_base(frame, records, tmp_path):
+def test_fig6_shows_the_papers_arms_and_says_what_its_bands_are(frame):
+    """Fig. 6 as in the paper: base, original loss and E2MC only; the ablations and alternatives in their
+    own figures; the figure names the probe number and the band; a one-seed arm says so."""
     fig = plots.fig6_epochs(frame)
+    labels = {line.get_label() for ax in fig.axes for line in ax.lines}
+    assert labels == {naming.arm_label(a) for a in naming.MAIN_ARMS}
+    note = fig._suptitle.get_text()
+    assert "best test epoch" in note and "95% t-interval over 2 seeds (unpaired)" in note
+    assert fig.axes[0].get_ylabel() == "linear-probe top-1 (%), 1% labels\nbest epoch"
+    ablations = plots.fig6_epochs(frame, arms=plots.fig6_group_arms(frame, "ablations"))
+    ablation_labels = {line.get_label() for ax in ablations.axes for line in ax.lines}
+    assert naming.arm_label("entropy_only") in ablation_labels and "uniformity" not in ablation_labels
+    probed = frame[frame["kind"] == "linear_probe"]
+    with_alternatives = set(probed.loc[probed["arm"].isin(["uniformity", "mmcr", "vc"]), "method"])
+    alternatives = plots.fig6_epochs(frame, arms=plots.fig6_group_arms(frame, "alternatives"))
+    assert [ax.get_title() for ax in alternatives.axes] == [naming.method_label(m) for m in ("vicreg", "swav")
+                                                            if m in with_alternatives]
+    one_seed = frame[~((frame["arm"] == "uniformity") & (frame["seed"] == 1))]
+    alternatives = plots.fig6_epochs(one_seed, arms=plots.fig6_group_arms(frame, "alternatives"))
+    assert "uniformity (1 seed)" in {line.get_label() for line in alternatives.axes[0].lines}
+
+
+def test_fig6_lines_are_seed_means_and_start_at_the_base(frame, records, tmp_path):
+    fig = plots.fig6_epochs(frame, arms=None)
     vicreg_axes, swav_axes = fig.axes[:2]
     assert vicreg_axes.get_title() == "VICReg" and swav_axes.get_title() == "SwAV"
-    line = next(line for line in vicreg_axes.lines if line.get_label() == naming.ARM_LABELS["e2mc"])
+    line = next(line for line in vicreg_axes.lines if line.get_label() == naming.arm_label("e2mc"))
     base = np.mean(probes(records, "vicreg", "base", 0, 0.01))
     means = [base] + [np.mean(probes(records, "vicreg", "e2mc", e, 0.01)) for e in (1, 2, 3)]
     np.testing.assert_allclose(line.get_xdata(), [0, 1, 2, 3])
     np.testing.assert_allclose(line.get_ydata(), means, rtol=1e-12)
     labels = {line.get_label() for line in swav_axes.lines}
-    assert {naming.ARM_LABELS[a] for a in ("base", "original", "e2mc", "entropy_only", "covariance_only",
+    assert {naming.arm_label(a) for a in ("base", "original", "e2mc", "entropy_only", "covariance_only",
                                           "uniformity")} <= labels
-    assert line.get_color().lower() == naming.ARM_COLORS["e2mc"].lower()
+    assert line.get_color().lower() == naming.ARM_STYLES["e2mc"].color.lower()
     paths = plots.save_figure(fig, tmp_path, "fig6_epochs")
     assert [p.name for p in paths] == ["fig6_epochs.png", "fig6_epochs.pdf"]
     width, height = assert_png(paths[0])
@@ -235,7 +272,7 @@ def test_fig2_panels_show_the_stored_samples_matched_by_image(frame, records, tm
                             for t, coordinates in after["extra"]["coordinates"].items()}
     shuffled.at[row, "extra"] = extra
 
-    for transform, symbol in ((None, "s"), ("gaussian_cdf", "Φ")):
+    for transform, name in ((None, "sigmoid"), ("gaussian_cdf", "Gaussian CDF")):
         stored = transform or before["extra"]["method_transform"]
         fig = plots.fig2_marginals(shuffled, pair=1, transform=transform)
         panels = [ax.collections[0] for ax in fig.axes[:4]]
@@ -246,9 +283,19 @@ def test_fig2_panels_show_the_stored_samples_matched_by_image(frame, records, tm
         np.testing.assert_allclose(panels[3].get_offsets(), after["extra"]["coordinates"][stored][1])  # base order
         np.testing.assert_allclose(panels[2].get_facecolors(), panels[3].get_facecolors())  # colour: position before
         i, j = before["extra"]["dimension_pairs"][1]
-        assert fig.axes[2].get_xlabel() == f"${symbol}(z_{{{i}}})$"
-        assert fig.axes[2].get_ylabel() == f"${symbol}(z_{{{j}}})$"
-        assert "epoch 3" in fig.axes[3].get_title()
+        assert fig.axes[2].get_xlabel() == f"{name} of dimension {i}"
+        assert fig.axes[2].get_ylabel() == f"{name} of dimension {j}"
+        top, right = fig.axes[3].child_axes
+        assert "after 3 epochs" in top.get_title()
+        # the edges: each coordinate's histogram, and its m-spacings entropy written the textbook way
+        points = np.asarray(after["extra"]["coordinates"][stored][1])
+        assert sum(p.get_height() for p in top.patches) == len(points)
+        for axis, edge in ((0, top), (1, right)):
+            x = np.sort(points[:, axis])
+            m = round(math.sqrt(len(x)))
+            entropy = np.mean(np.log((len(x) + 1) / m * (x[m:] - x[:-m]) + 1e-7))
+            assert edge.texts[0].get_text() == f"H = {entropy:.2f} nats"
+        assert len(set(map(tuple, panels[0].get_facecolors()))) == 1  # (a): one colour, no key without meaning
     paths = plots.save_figure(fig, tmp_path, "fig2", ["png", "pdf", "svg"])
     assert_png(paths[0])
     assert_pdf(paths[1])
@@ -294,7 +341,7 @@ def test_main_results_cells_are_final_epoch_means_with_t_intervals(frame, record
         ["SwAV", "base checkpoint", "0"], ["SwAV", "original loss", "3"], ["SwAV", "E2MC", "3"]]
     for method, method_label in (("vicreg", "VICReg"), ("swav", "SwAV")):
         for arm, epoch in (("base", 0), ("original", 3), ("e2mc", 3)):
-            row = next(r for r in table.rows if r[0] == method_label and r[1] == naming.ARM_LABELS[arm])
+            row = next(r for r in table.rows if r[0] == method_label and r[1] == naming.arm_label(arm))
             for column, fraction in ((3, 0.01), (4, 0.1)):
                 mean, half_width = expected(probes(records, method, arm, epoch, fraction))
                 assert row[column] == f"{mean:.2f} ± {half_width:.2f}"
@@ -323,7 +370,7 @@ def test_base_stands_in_from_one_arm_at_epoch_0(frame, records):
     e2mc_start = curves[(curves["method"] == "swav") & (curves["arm"] == "e2mc") & (curves["epoch"] == 0)]
     assert e2mc_start["mean"].item() == pytest.approx(np.mean(probes(records, "swav", "base", 0, 0.01)) + 100)
     fig = plots.fig6_epochs(relabelled)
-    assert naming.ARM_LABELS["base"] in {line.get_label() for line in fig.axes[1].lines}
+    assert naming.arm_label("base") in {line.get_label() for line in fig.axes[1].lines}
 
 
 def test_transfer_table_has_one_column_per_dataset(frame, records):
@@ -345,7 +392,7 @@ def test_transfer_table_has_one_column_per_dataset(frame, records):
 def test_ablation_and_alternative_tables_pick_their_arms(frame, records):
     ablation = tables.ablations(frame)
     arms = [(row[0], row[1]) for row in ablation.rows]
-    assert arms == [(m, naming.ARM_LABELS[a]) for m in ("VICReg", "SwAV") for a in ("e2mc", "entropy_only",
+    assert arms == [(m, naming.arm_label(a)) for m in ("VICReg", "SwAV") for a in ("e2mc", "entropy_only",
                                                                                     "covariance_only")]
     entropy_only = next(row for row in ablation.rows if row[:2] == ["SwAV", "entropy only"])
     assert entropy_only[2:7] == ["E2MC", "Gaussian CDF", "10", "0", "3"]
@@ -400,6 +447,15 @@ def test_training_dynamics_table_and_figure(frame, records, tmp_path):
     np.testing.assert_allclose(entropy_line.get_ydata(), [np.mean([r["extra"]["epochs"][k]["marginal_entropy"]
                                                                    for r in runs]) for k in range(3)])
     assert_png(plots.save_figure(fig, tmp_path, "dynamics", ["png"])[0])
+    # epoch 0 is the base checkpoint's diagnostics value, after the same transform as the panel's
+    base = _diagnostics(records, "base")
+    point = next(line for line in fig.axes[0].lines if line.get_label().startswith("base checkpoint at epoch 0"))
+    assert fig.axes[0].get_title() == "VICReg, sigmoid"
+    np.testing.assert_allclose(point.get_ydata(), [base["metrics"]["marginal_entropy_sigmoid"]])
+    # a second arm with the same records overprints the first: the panel says so
+    twin = frame[frame["kind"] == "training"].assign(arm="entropy_only")
+    fig = plots.training_dynamics(pd.concat([frame, twin], ignore_index=True))
+    assert "overprint: E2MC = entropy only" in fig.axes[0].get_xlabel()
     no_epochs = frame.copy()
     no_epochs["extra"] = [{} if kind == "training" else extra for kind, extra in zip(frame["kind"], frame["extra"])]
     with pytest.raises(tables.MissingResultsError, match=r"no extra\['epochs'\] list"):
