@@ -332,8 +332,9 @@ def evaluate_arguments(environ: Mapping[str, str] | None = None, extra: Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m e2mc.cluster continue-args METHOD [DEFAULT_ARM ...] [-- key=value ...]`` or
-    ``evaluate-args [-- evaluate options]``: print the arguments of this job's ``python -m e2mc`` command, one per line, after
-    checking that its configuration loads (a pre-submit check)."""
+    ``evaluate-args [-- evaluate options]``: print the arguments of this job's ``python -m e2mc`` command,
+    one per line, after checking that its configuration loads (a pre-submit check); in a job's batch
+    shell, continue-args also refuses a time limit too close to the USR2 lead (:func:`check_job_time_limit`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     try:

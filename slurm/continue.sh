@@ -7,7 +7,8 @@
 #   E2MC_METHOD=barlowtwins sbatch slurm/continue.sh                   # E2MC, seeds 0-2
 #   E2MC_METHOD=barlowtwins E2MC_ARM=original sbatch slurm/continue.sh  # the original loss alone
 #
-# sbatch options override the #SBATCH lines; key=value arguments override the configuration
+# sbatch options override the # Submit from the repository root (the log path is relative to it; docs/cluster.md, Logs).
+#SBATCH lines; key=value arguments override the configuration
 # (configs/imagenet/<method>.yaml unless E2MC_CONFIG is set). Everything else: docs/cluster.md.
 #SBATCH --job-name=e2mc-continue
 #SBATCH --nodes=1

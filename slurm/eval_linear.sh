@@ -13,6 +13,7 @@
 #
 # No --signal here: an evaluation has no checkpoint to stop at; if preempted, the requeued task
 # starts it again (each result file is written whole or not at all).
+# Submit from the repository root (the log path is relative to it; docs/cluster.md, Logs).
 #SBATCH --job-name=e2mc-eval-linear
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1

@@ -8,6 +8,7 @@
 #   E2MC_METHOD=swav sbatch --array=0-2 slurm/sweep_ablations.sh   # SwAV, seed 0
 #
 # Everything else as in continue_<method>.sh (docs/cluster.md).
+# Submit from the repository root (the log path is relative to it; docs/cluster.md, Logs).
 #SBATCH --job-name=e2mc-ablations
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=2

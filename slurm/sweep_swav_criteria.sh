@@ -8,6 +8,7 @@
 #
 # Arms are named in e2mc/cluster.py (ARMS). E2MC_SEEDS="3 4" picks seeds instead of 0, 1, 2, ...
 # Everything else as in continue_swav.sh (docs/cluster.md).
+# Submit from the repository root (the log path is relative to it; docs/cluster.md, Logs).
 #SBATCH --job-name=e2mc-swav-criteria
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=2

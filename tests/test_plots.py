@@ -133,7 +133,8 @@ def test_two_training_runs_probed_with_one_seed_are_told_to_tie_the_probe_seed()
     probe each run with its training seed, not "one configuration per folder" (it is one configuration)."""
     frame = pd.DataFrame({"arm": ["e2mc"] * 2, "seed": [0, 0], "top1": [1.0, 2.0], "file": ["a.json", "b.json"],
                           "checkpoint": ["runs/e2mc/seed0/checkpoint.pt", "runs/e2mc/seed1/checkpoint.pt"]})
-    with pytest.raises(tables.DuplicateResultsError, match=r"different training runs.*eval.seeds=\[<train.seed>\]"):
+    advice = r"different training runs.*eval.seeds=\[<train.seed>\]"
+    with pytest.raises(tables.DuplicateResultsError, match=advice):
         tables.summarize(frame, ["arm"], "top1")
     with pytest.raises(tables.DuplicateResultsError, match="keep one configuration per results folder"):
         tables.summarize(frame.assign(checkpoint="runs/e2mc/seed0/checkpoint.pt"), ["arm"], "top1")
