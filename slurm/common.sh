@@ -47,7 +47,7 @@ e2mc_arguments() {
 e2mc_srun() {
     local job=${SLURM_JOB_ID:-?}
     if [[ -n ${SLURM_ARRAY_JOB_ID:-} ]]; then job="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} (job id $job)"; fi
-    echo "[e2mc] job $job restart ${SLURM_RESTART_COUNT:-0} of at most ${E2MC_MAX_REQUEUES:-8} on" \
+    echo "[e2mc] job $job restart ${SLURM_RESTART_COUNT:-0} on" \
         "$(hostname): ${e2mc_python[*]} $*"
     srun --kill-on-bad-exit=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" "${e2mc_python[@]}" "$@" &
     local step=$!

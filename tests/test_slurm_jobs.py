@@ -31,7 +31,8 @@ from test_plots import assert_png
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB_TIMEOUT_S = 150  # every job here normally ends within ~60 s; the node is shared
-SIGNAL_AFTER_S = 90  # how long a job may take to log its first step before the test gives up
+SIGNAL_AFTER_S = 90  # how long a running job may take to log its first step before the test gives up
+QUEUE_TIMEOUT_S = 600  # how long a job may wait for a CPU: on a loaded node it queues behind the others
 HEADS = {"vicreg": "{expander: [64, 64]}", "swav": "{hidden_dim: 32, output_dim: 16, n_prototypes: 10}",
          "simsiam": "{dim: 32, pred_dim: 8, hidden_dim: 32}"}
 ONE_CPU = ["--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1"]
@@ -73,7 +74,7 @@ def quoted(overrides):
 
 def wait_for_first_step(output_dir, job_id, log):
     # The step clock starts when the job does: on a shared node it may queue behind the other jobs first.
-    wait_for(job_id, JOB_TIMEOUT_S, until={"RUNNING", *TERMINAL_STATES})
+    wait_for(job_id, QUEUE_TIMEOUT_S, until={"RUNNING", *TERMINAL_STATES})
     deadline = time.monotonic() + SIGNAL_AFTER_S
     metrics = Path(output_dir) / "metrics.jsonl"
     while not (metrics.exists() and '"kind": "step"' in metrics.read_text()):
