@@ -31,6 +31,12 @@ from e2mc.runs import run_folder
 # Signals that ask a run to stop and come back: SLURM's --signal warning before the time limit
 # (USR2 by default: NCCL may install its own USR1 handler, which is why submitit moved to USR2).
 WARNING_SIGNALS = ("SIGUSR2", "SIGUSR1")
+# Requeues after a stop before a job gives up (E2MC_MAX_REQUEUES), as submitit's max_num_timeout: a time
+# limit too short for any progress must not loop for ever.
+DEFAULT_MAX_REQUEUES = 8
+# A time limit must be at least this many times the warning signal's lead, or the warning stops the
+# run soon after it starts (--time=00:02:00 with --signal=USR2@120: at once), and it requeues in a loop.
+MIN_LIMIT_PER_LEAD = 4
 
 
 class ClusterError(ValueError):
@@ -117,12 +123,51 @@ def requeue_command(job: SlurmJob) -> list[str]:
 
 
 def job_fields(job_id: str, run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> dict[str, str]:
-    """JobState, Reason, Requeue and Restarts of ``scontrol --oneliner show job <job_id>``."""
+    """JobState, Reason, Requeue, Restarts and TimeLimit of ``scontrol --oneliner show job <job_id>``."""
     result = run(["scontrol", "--oneliner", "show", "job", job_id], capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         raise RuntimeError(f"scontrol show job {job_id} failed: {result.stderr.strip()}")
-    return {key: m.group(1) for key in ("JobState", "Reason", "Requeue", "Restarts")
+    return {key: m.group(1) for key in ("JobState", "Reason", "Requeue", "Restarts", "TimeLimit")
             if (m := re.search(rf"(?:^|\s){key}=(\S*)", result.stdout))}
+
+
+def time_limit_seconds(text: str) -> int | None:
+    """SLURM's time limit as ``scontrol`` prints it ([D-]HH:MM:SS, MM:SS) in seconds; None if unlimited."""
+    days, _, clock = text.rpartition("-") if "-" in text else ("0", "", text)
+    parts = clock.split(":")
+    if not days.isdigit() or not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        return None  # UNLIMITED, Partition_Limit, ...
+    seconds = 0
+    for part in parts:
+        seconds = seconds * 60 + int(part)
+    return int(days) * 86400 + seconds * (60 if len(parts) == 1 else 1)
+
+
+def check_time_limit(limit_s: int | None, lead_s: int) -> None:
+    """Raise a :class:`ClusterError` when the time limit ``limit_s`` is not well above the warning
+    signal's lead ``lead_s`` (both seconds; None or 0: no limit, no signal)."""
+    if limit_s is None or lead_s <= 0 or limit_s >= MIN_LIMIT_PER_LEAD * lead_s:
+        return
+    minimum = MIN_LIMIT_PER_LEAD * lead_s
+    raise ClusterError(
+        f"the time limit ({limit_s} s) is not well above the USR2 warning sent {lead_s} s before it: training "
+        f"would stop soon after it starts and requeue again and again; ask for at least {minimum // 60} min "
+        f"(sbatch --time={minimum // 60}:00, submit --time {minimum // 60}), or a shorter lead (sbatch "
+        "--signal=USR2@<s> with E2MC_SIGNAL_LEAD_S=<s>, submit --signal-delay-s)")
+
+
+def check_job_time_limit(environ: Mapping[str, str],
+                         run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> None:
+    """In a job's batch shell: :func:`check_time_limit` of its TimeLimit (``scontrol``) against
+    E2MC_SIGNAL_LEAD_S, which slurm/common.sh reads from the script's ``#SBATCH --signal`` line."""
+    job, lead = slurm_job(environ), environ.get("E2MC_SIGNAL_LEAD_S", "0")
+    if job is None or job.in_step or not lead.isdigit() or int(lead) == 0:
+        return
+    try:
+        limit = job_fields(job.requeue_id, run).get("TimeLimit", "")
+    except (OSError, RuntimeError, subprocess.TimeoutExpired):
+        return  # the controller is asked again when the run requeues; no reason to fail here
+    check_time_limit(time_limit_seconds(limit), int(lead))
 
 
 def requeue_decision(signal_name: str, fields: Mapping[str, str], restart_count: int | None = None
@@ -165,6 +210,11 @@ def requeue_after_stop(summary: Mapping, environ: Mapping[str, str] | None = Non
         return RequeueOutcome(False, "not a SLURM job; run the same command again to resume")
     if job.global_rank != 0:
         return RequeueOutcome(False, f"rank {job.global_rank}: rank 0 requeues")
+    env = os.environ if environ is None else environ
+    limit = int(env.get("E2MC_MAX_REQUEUES") or DEFAULT_MAX_REQUEUES)
+    if job.restart_count >= limit:
+        return RequeueOutcome(False, f"not requeued: the job was requeued {job.restart_count} times already "
+                                     f"(E2MC_MAX_REQUEUES={limit}); resubmit it to resume from the checkpoint")
     command = requeue_command(job)
     try:
         requeue, why = requeue_decision(summary["signal"], job_fields(job.requeue_id, run), job.restart_count)
@@ -177,8 +227,10 @@ def requeue_after_stop(summary: Mapping, environ: Mapping[str, str] | None = Non
             raise RuntimeError(f"`{' '.join(command)}` failed: {result.stderr.strip()}")
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:  # no scontrol, controller down, ...
         return RequeueOutcome(False, f"{e}; the job was not requeued, resubmit it to resume")
-    return RequeueOutcome(True, f"{why}: requeued job {job.requeue_id} (restart {job.restart_count + 1}); "
-                                "it resumes from the checkpoint")
+    return RequeueOutcome(True, f"{why}: requeued job {job.requeue_id} (restart {job.restart_count + 1} of at "
+                                f"most {limit}); it resumes from the checkpoint. SLURM now ends this attempt, so "
+                                "'STEP ... CANCELLED ... DUE TO JOB REQUEUE' and 'srun: error: ... Terminated' "
+                                "below are expected")
 
 
 # --- what each job runs -------------------------------------------------------------------------
@@ -252,12 +304,15 @@ def continue_arguments(method: str, environ: Mapping[str, str] | None = None,
     return ["continue", "--config", config, *overrides]
 
 
-def evaluate_arguments(environ: Mapping[str, str] | None = None) -> list[str]:
-    """``python -m e2mc`` arguments that evaluate the checkpoint of this job or array task.
+def evaluate_arguments(environ: Mapping[str, str] | None = None, extra: Sequence[str] = ()) -> list[str]:
+    """``python -m e2mc evaluate`` arguments that evaluate the checkpoint of this job or array task,
+    followed by ``extra`` (the job script's own arguments).
 
     E2MC_METHOD names the method; E2MC_CHECKPOINT a file (e.g. an official release), else the
     checkpoint.pt that ``continue_arguments`` writes for the same E2MC_ARM / seed / E2MC_OUTPUT
-    (evaluated under that arm's name).
+    (evaluated under that arm's name, with the training seed as the probe seed unless ``extra`` gives
+    ``--seeds``: one probe per training run, so that the seeds of a results folder are the training
+    seeds and its figures and tables have one result per seed, as ``reproduce`` writes them).
     Results go to E2MC_RESULTS/<method> (default results/slurm/<method>); the file names carry arm,
     epoch, label fraction, seed and configuration hash, so seeds and arms share the folder.
     """
@@ -267,26 +322,30 @@ def evaluate_arguments(environ: Mapping[str, str] | None = None) -> list[str]:
         raise ClusterError(f"set E2MC_METHOD to one of {', '.join(method_names())} (got {method!r})")
     results = f"{env.get('E2MC_RESULTS') or 'results/slurm'}/{method}"
     if env.get("E2MC_CHECKPOINT"):  # its arm comes from its configuration ("base" for a release)
-        return ["evaluate", "--checkpoint", env["E2MC_CHECKPOINT"], "--method", method, "--results-dir", results]
-    arm, _, output = _task(method, env, ("e2mc",))
+        return ["evaluate", "--checkpoint", env["E2MC_CHECKPOINT"], "--method", method, "--results-dir", results,
+                *extra]
+    arm, seed, output = _task(method, env, ("e2mc",))
+    seeds = [] if "--seeds" in extra else ["--seeds", str(seed)]
     return ["evaluate", "--checkpoint", f"{output}/checkpoint.pt", "--method", method, "--arm", arm,
-            "--results-dir", results]
+            "--results-dir", results, *seeds, *extra]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m e2mc.cluster continue-args METHOD [DEFAULT_ARM ...] [-- key=value ...]`` or
-    ``evaluate-args``: print the arguments of this job's ``python -m e2mc`` command, one per line, after
-    checking that its configuration loads (a pre-submit check)."""
+    ``evaluate-args [-- evaluate options]``: print the arguments of this job's ``python -m e2mc`` command,
+    one per line, after checking that its configuration loads (a pre-submit check); in a job's batch
+    shell, continue-args also refuses a time limit too close to the USR2 lead (:func:`check_job_time_limit`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     try:
         if argv[:1] == ["continue-args"] and len(argv) >= 2:
+            check_job_time_limit(os.environ)  # in a job: refuse a time limit that would requeue in a loop
             words = continue_arguments(argv[1], default_arms=argv[2:] or ("e2mc",), extra_overrides=extra)
         elif argv == ["evaluate-args"]:
-            words = evaluate_arguments()
+            words = evaluate_arguments(extra=extra)
         else:
             print("usage: python -m e2mc.cluster continue-args METHOD [DEFAULT_ARM ...] [-- key=value ...] | "
-                  "evaluate-args",
+                  "evaluate-args [-- evaluate options]",
                   file=sys.stderr)
             return 2
     except ClusterError as e:

@@ -78,7 +78,7 @@ def paired_differences(rows: pd.DataFrame, arm: str, baseline: str, metric: str,
             if side["seed"].duplicated().any():
                 files = side.loc[side["seed"].duplicated(keep=False), "file"].tolist() if "file" in side else []
                 raise DuplicateResultsError(f"{which} {where} has more than one result per seed in "
-                                            f"{source_of(rows)}: {files}; keep one configuration per results folder")
+                                            f"{source_of(rows)}: {files}; {duplicate_advice(side)}")
             sides.append(side.set_index("seed"))
         common = sorted(set(sides[0].index) & set(sides[1].index))
         only = sorted(int(s) for s in set(sides[0].index) ^ set(sides[1].index))
@@ -110,12 +110,33 @@ def summarize(frame: pd.DataFrame, by: Sequence[str], value: str, confidence: fl
         if "seed" in group and "seed" not in by and group["seed"].duplicated().any():
             # two results of one seed (e.g. two configurations in one folder) would count as two seeds
             files = group.loc[group["seed"].duplicated(keep=False), "file"].tolist() if "file" in group else []
-            raise DuplicateResultsError(
-                f"{dict(zip(by, key))} has more than one result per seed in {source_of(frame)}: {files}; "
-                "keep one configuration per results folder (move the others to a folder of their own)")
+            raise DuplicateResultsError(f"{dict(zip(by, key))} has more than one result per seed in "
+                                        f"{source_of(frame)}: {files}; {duplicate_advice(group)}")
         mean, half_width, n = mean_ci(group[value], confidence)
         rows.append({**dict(zip(by, key)), "mean": mean, "ci": half_width, "n": n})
     return pd.DataFrame(rows, columns=[*by, "mean", "ci", "n"])
+
+
+def _training_run(row: pd.Series) -> str | None:
+    """The training run a result evaluates: its checkpoint, else (a per-epoch probe, no checkpoint
+    file) its configuration's output folder and seed."""
+    if isinstance(row.get("checkpoint"), str):
+        return row["checkpoint"]
+    train = row.get("config", {}).get("train", {}) if isinstance(row.get("config"), dict) else {}
+    return f"{train.get('output_dir')}:{train.get('seed')}" if train else None
+
+
+def duplicate_advice(rows: pd.DataFrame) -> str:
+    """What to do about ``rows`` holding two results of one seed: several training runs probed with the
+    same probe seed (they evaluate different runs), or one run under several configurations."""
+    twice = rows[rows["seed"].duplicated(keep=False)]
+    runs = twice.apply(_training_run, axis=1) if not twice.empty else pd.Series(dtype=object)
+    if runs.notna().all() and runs.groupby(twice["seed"]).nunique().max() > 1:
+        return ("they evaluate different training runs with the same probe seed, and a seed of a results folder "
+                "stands for one training run: probe each run with its training seed (eval.seeds=[<train.seed>], "
+                "the default of slurm/eval_linear.sh, submit and reproduce), or give each run a results folder")
+    return "one training run was evaluated under several configurations: keep one configuration per results " \
+           "folder (move the others to a folder of their own)"
 
 
 # --- selecting results --------------------------------------------------------------------------

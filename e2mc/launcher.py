@@ -24,8 +24,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
+import re
+import shlex
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +39,7 @@ from typing import Any
 import submitit
 import yaml
 
-from e2mc.cluster import ClusterError, arm_overrides
+from e2mc.cluster import ClusterError, arm_overrides, check_time_limit
 from e2mc.config import load_config
 from e2mc.methods import method_names
 from e2mc.naming import ARMS
@@ -53,10 +58,11 @@ class RunSpec:
     output_dir: str
     point: tuple[tuple[str, Any], ...]  # the grid axes' values of this run, in axis order
 
-    def command(self) -> str:
-        import shlex
+    def argv(self) -> list[str]:
+        return ["python", "-m", "e2mc", "continue", "--config", self.config, *self.overrides]
 
-        return shlex.join(["python", "-m", "e2mc", "continue", "--config", self.config, *self.overrides])
+    def command(self) -> str:
+        return shlex.join(self.argv())
 
 
 class TrainingJob(submitit.helpers.Checkpointable):
@@ -74,6 +80,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         from e2mc.runs import run_training
 
         export_torch_distributed()  # several tasks per job: torch.distributed from SLURM's variables
+        sys.argv = self.spec.argv()  # provenance records the e2mc command this job runs, not submitit's _submit.py
         summary = run_training(load_config(self.spec.config, list(self.spec.overrides)))
         if summary["status"] == "interrupted":
             _hand_signal_back(summary["signal"])
@@ -158,6 +165,11 @@ def expand_grid(config: str, axes: dict[str, list[Any]], overrides: Sequence[str
         run_overrides = [*overrides, *(arm_overrides(point["arm"]) if "arm" in point else []),
                          *(f"{k}={_yaml_value(v)}" for k, v in point.items() if k not in SPECIAL_AXES)]
         cfg = load_config(path, run_overrides)
+        if cfg.eval.every_epoch and not any(o.startswith("eval.seeds=") for o in run_overrides):
+            # one probe per training run, seeded by it: a results folder then holds one result per seed
+            # (as reproduce writes it), which its figures and tables need
+            run_overrides.append(f"eval.seeds=[{cfg.train.seed}]")
+            cfg = load_config(path, run_overrides)
         output_dir = str(run_folder(output_root, cfg.method, _label(point), cfg.train.seed))
         if output_dir in seen:
             raise ClusterError(f"grid points {seen[output_dir]} and {point} would both train in {output_dir}; "
@@ -189,17 +201,113 @@ def read_grid_file(path: str) -> dict[str, Any]:
 
 # --- submission ---------------------------------------------------------------------------------
 
-def make_executor(args: argparse.Namespace) -> submitit.AutoExecutor:
-    """A submitit executor with the resources of ``args`` (the SLURM ones apply on SLURM only)."""
+# Resources of a run when not given: the paper's 2 GPUs on SLURM; on a local machine its GPUs (at most
+# 2), none on CPU. One task per GPU, one task without GPU (several CPU tasks would split one run's
+# batch over a gloo group on the same cores: slower, and not the single-process losses).
+SLURM_GPUS_PER_NODE = 2
+DEFAULT_CPUS_PER_TASK = 10
+POLL_S = 5.0  # --wait: how often job states are read
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each run of a submission asks for (per job; SLURM's meaning of each field)."""
+
+    nodes: int
+    tasks_per_node: int
+    gpus_per_node: int
+    cpus_per_task: int
+    mem_gb: float | None         # None: the partition's default (SLURM: DefMemPerCPU x CPUs)
+    time_min: int
+
+    def describe(self) -> str:
+        memory = f"{self.mem_gb:g} GB" if self.mem_gb else "the partition's default memory"
+        return (f"{self.nodes} node(s) x {self.tasks_per_node} task(s), {self.gpus_per_node} GPU(s) per node, "
+                f"{self.cpus_per_task} CPU(s) per task, {memory}, {self.time_min} min")
+
+
+def local_gpus() -> int:
+    import torch
+
+    return min(torch.cuda.device_count(), SLURM_GPUS_PER_NODE)
+
+
+def resources(args: argparse.Namespace) -> Resources:
+    """The resources of ``args``, defaults filled in for ``args.cluster`` (see the constants above)."""
+    gpus = args.gpus_per_node
+    if gpus is None:
+        gpus = SLURM_GPUS_PER_NODE if args.cluster == "slurm" else local_gpus()
+    tasks = args.tasks_per_node if args.tasks_per_node is not None else max(gpus, 1)
+    return Resources(args.nodes, tasks, gpus, args.cpus_per_task, args.mem_gb, args.time)
+
+
+def job_python() -> str:
+    """The interpreter command each job runs: E2MC_PYTHON (may be several words, e.g. ``apptainer exec
+    e2mc.sif python``), as for the slurm/ scripts, else the interpreter running ``submit``."""
+    return os.environ.get("E2MC_PYTHON") or shlex.quote(sys.executable)
+
+
+def node_resources(partition: str | None, run=subprocess.run) -> list[dict[str, Any]]:
+    """One dict per node of ``partition`` (default: the default partition): its CPUs, memory in MB and
+    GPUs, read from ``sinfo``. Raises ClusterError when sinfo fails or the partition has no node."""
+    command = ["sinfo", "--Node", "--noheader", "--format=%P|%c|%m|%G"]
+    try:
+        result = run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ClusterError(f"cannot run sinfo ({e}); is this a SLURM login node? (--cluster local runs here)") from None
+    if result.returncode != 0:
+        raise ClusterError(f"sinfo failed: {result.stderr.strip()}")
+    nodes = []
+    for line in result.stdout.splitlines():
+        name, cpus, memory, gres = (line.strip().split("|") + ["", "", "", ""])[:4]
+        default = name.endswith("*")
+        if (partition is None and not default) or (partition is not None and name.rstrip("*") != partition):
+            continue
+        gpus = sum(int(m.group(1)) for m in re.finditer(r"gpu(?::[^:,(]+)?:(\d+)", gres))
+        nodes.append({"cpus": int(cpus.rstrip("+") or 0), "memory_mb": int(memory.rstrip("+") or 0), "gpus": gpus})
+    if not nodes:
+        where = f"partition {partition!r}" if partition else "a default partition"
+        raise ClusterError(f"sinfo lists no node in {where}; choose one with --partition (sinfo lists them)")
+    return nodes
+
+
+def check_fits(request: Resources, nodes: list[dict[str, Any]], partition: str | None) -> None:
+    """Raise a one-line ClusterError when no node of the partition can host ``request`` (the job
+    would sit PENDING for ever, or be rejected for its gres), naming the option to change."""
+    where = f"partition {partition}" if partition else "the default partition"
+    cpus = request.tasks_per_node * request.cpus_per_task
+    most_gpus, most_cpus = max(n["gpus"] for n in nodes), max(n["cpus"] for n in nodes)
+    if request.gpus_per_node > most_gpus:
+        fix = "--gpus-per-node 0 on CPU nodes" if most_gpus == 0 else f"--gpus-per-node {most_gpus} or fewer"
+        raise ClusterError(f"{request.gpus_per_node} GPU(s) per node requested, but no node of {where} has more "
+                           f"than {most_gpus} (sinfo's gres); pass {fix}")
+    if cpus > most_cpus:
+        raise ClusterError(f"{request.tasks_per_node} task(s) x {request.cpus_per_task} CPU(s) = {cpus} CPUs per node "
+                           f"requested, but the largest node of {where} has {most_cpus}; lower --cpus-per-task or "
+                           "--tasks-per-node")
+    if request.mem_gb and request.mem_gb * 1024 > max(n["memory_mb"] for n in nodes):
+        raise ClusterError(f"--mem-gb {request.mem_gb:g} requested, but the largest node of {where} has "
+                           f"{max(n['memory_mb'] for n in nodes) / 1024:.1f} GB")
+    fitting = [n for n in nodes if n["gpus"] >= request.gpus_per_node and n["cpus"] >= cpus and
+               (not request.mem_gb or n["memory_mb"] >= request.mem_gb * 1024)]
+    if len(fitting) < request.nodes:
+        raise ClusterError(f"{request.nodes} node(s) requested, but only {len(fitting)} node(s) of {where} can host "
+                           f"one run's share ({request.describe()}); lower --nodes")
+
+
+def make_executor(args: argparse.Namespace, request: Resources) -> submitit.AutoExecutor:
+    """A submitit executor for ``request`` (the SLURM options of ``args`` apply on SLURM only) whose jobs
+    run :func:`job_python`."""
     executor = submitit.AutoExecutor(folder=args.log_dir, cluster=args.cluster,
-                                     slurm_max_num_timeout=args.max_timeouts)
+                                     slurm_max_num_timeout=args.max_timeouts, slurm_python=job_python(),
+                                     local_python=job_python())
     slurm = {"slurm_partition": args.partition, "slurm_account": args.account,
              "slurm_constraint": args.constraint, "slurm_qos": args.qos,
              "slurm_signal_delay_s": args.signal_delay_s, "slurm_array_parallelism": args.array_parallelism,
              "slurm_setup": args.setup or None, "slurm_additional_parameters": {"requeue": True}}
-    executor.update_parameters(name=args.job_name, timeout_min=args.time, nodes=args.nodes,
-                               tasks_per_node=args.tasks_per_node, gpus_per_node=args.gpus_per_node,
-                               cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
+    executor.update_parameters(name=args.job_name, timeout_min=request.time_min, nodes=request.nodes,
+                               tasks_per_node=request.tasks_per_node, gpus_per_node=request.gpus_per_node,
+                               cpus_per_task=request.cpus_per_task, mem_gb=request.mem_gb,
                                **({k: v for k, v in slurm.items() if v is not None} if args.cluster == "slurm" else {}))
     return executor
 
@@ -211,8 +319,33 @@ def submit(specs: list[RunSpec], executor: submitit.AutoExecutor) -> list[submit
     return jobs
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help names each option's default, where it has one."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default in (None, [], False) else super()._get_help_string(action)
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """Reads options and key=value words in any order (``submit --config c data.limit=64 --dry-run
+    train.epochs=1``); plain argparse takes the positional words once and rejects the later ones."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:  # parse_known_intermixed_args calls back here for its two passes
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``python -m e2mc submit``."""
+    """The options of ``python -m e2mc submit`` (``p`` is made an :class:`IntermixedParser`)."""
+    p.__class__ = IntermixedParser
+    p.formatter_class = _DefaultsFormatter
     p.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides for every run")
     p.add_argument("--config", help="configuration file; {method} is replaced by the method axis")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
@@ -222,16 +355,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", choices=("slurm", "local", "debug"), default="slurm",
                    help="slurm: job array; local: subprocesses here; debug: in this process, one by one")
     p.add_argument("--log-dir", default="runs/submitit/%j", help="submitit's pickles and logs (%%j: job id)")
-    p.add_argument("--dry-run", action="store_true", help="print the runs and their commands; submit nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the runs, their commands and resources; submit nothing")
     p.add_argument("--wait", action="store_true",
-                   help="wait for every job and print its status (on SLURM this needs sacct)")
-    g = p.add_argument_group("resources (per job)")
-    g.add_argument("--job-name", default="e2mc")
-    g.add_argument("--nodes", type=int, default=1)
-    g.add_argument("--tasks-per-node", type=int, default=2, help="one task per GPU (the paper: 2 GPUs)")
-    g.add_argument("--gpus-per-node", type=int, default=2, help="0 on CPU nodes")
-    g.add_argument("--cpus-per-task", type=int, default=10)
-    g.add_argument("--mem-gb", type=float)
+                   help="wait for every job, printing each as it ends (on SLURM this needs sacct)")
+    g = p.add_argument_group("resources (per job; checked against sinfo before submitting to SLURM)")
+    g.add_argument("--job-name", default="e2mc", help="SLURM's job name")
+    g.add_argument("--nodes", type=int, default=1, help="nodes per run")
+    g.add_argument("--tasks-per-node", type=int,
+                   help="default: one per GPU, one without GPU (several CPU tasks share one run's batch)")
+    g.add_argument("--gpus-per-node", type=int,
+                   help=f"default: {SLURM_GPUS_PER_NODE} (the paper) on slurm, this machine's GPUs (at most "
+                        f"{SLURM_GPUS_PER_NODE}) with --cluster local/debug; 0 on CPU nodes")
+    g.add_argument("--cpus-per-task", type=int, default=DEFAULT_CPUS_PER_TASK,
+                   help="data.workers follows it (one CPU for the training process)")
+    g.add_argument("--mem-gb", type=float, help="default: the partition's (SLURM's DefMemPerCPU x CPUs)")
     g.add_argument("--time", type=int, default=720, help="time limit in minutes")
     g = p.add_argument_group("SLURM")
     g.add_argument("--partition")
@@ -246,8 +384,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                               "(preemptions are not counted)")
 
 
+def wait_for(jobs: list[submitit.Job], specs: list[RunSpec]) -> int:
+    """Wait for ``jobs``, printing each one's outcome as it ends and the count still running every
+    :data:`POLL_S` seconds; returns the number that failed."""
+    pending, failed, started = dict(zip(range(len(jobs)), jobs)), 0, time.monotonic()
+    print(f"[e2mc] waiting for {len(jobs)} run(s); their logs are in the submitit folder", flush=True)
+    while pending:
+        for i, job in list(pending.items()):
+            if not job.done():
+                continue
+            del pending[i]
+            try:
+                # results(): one per task; a job of several tasks (one per GPU) refuses result()
+                status = job.results()[0]["status"]
+            except Exception as e:  # submitit re-raises the job's error; report it and go on
+                status, failed = f"failed: {e}", failed + 1
+            print(f"{job.job_id}\t{status}\t{specs[i].output_dir}", flush=True)
+        if pending:
+            print(f"[e2mc] {len(pending)} run(s) still running after {time.monotonic() - started:.0f} s", flush=True)
+            time.sleep(POLL_S)
+    return failed
+
+
 def submit_command(args: argparse.Namespace) -> int:
-    """``python -m e2mc submit``: expand the grid, check every configuration, submit, print the jobs."""
+    """``python -m e2mc submit``: expand the grid, check every configuration and the resources, submit,
+    print the jobs."""
+    request = resources(args)
     try:
         spec = read_grid_file(args.grid_file) if args.grid_file else {}
         axes = dict(spec.get("grid", {}))
@@ -258,26 +420,26 @@ def submit_command(args: argparse.Namespace) -> int:
                                "e.g. --config configs/imagenet/{method}.yaml")
         specs = expand_grid(config, axes, [*spec.get("overrides", []), *args.overrides],
                             args.output_root or spec.get("output_root") or "runs/grid")
+        if args.cluster == "slurm":
+            check_time_limit(request.time_min * 60, args.signal_delay_s)
+            if not args.dry_run:
+                check_fits(request, node_resources(args.partition), args.partition)
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    where = f"{args.cluster}" + (f" partition {args.partition}" if args.partition else "")
+    print(f"[e2mc] each run on {where}: {request.describe()}; jobs run {job_python()} "
+          f"({'E2MC_PYTHON' if os.environ.get('E2MC_PYTHON') else 'this interpreter; set E2MC_PYTHON to change'})",
+          flush=True)
     if args.dry_run:
         for run in specs:
             print(f"{run.output_dir}\n    {run.command()}")
         print(f"[e2mc] {len(specs)} run(s); nothing submitted (--dry-run)")
         return 0
-    jobs = submit(specs, make_executor(args))
+    jobs = submit(specs, make_executor(args, request))
     print(f"[e2mc] submitted {len(jobs)} run(s) to {args.cluster}; submitit logs in {args.log_dir}", flush=True)
     for job, run in zip(jobs, specs, strict=True):
         print(f"{job.job_id}\t{run.output_dir}", flush=True)
     if not args.wait:
         return 0
-    failed = 0
-    for job, run in zip(jobs, specs, strict=True):
-        try:
-            # results(): one per task; a job of several tasks (one per GPU) refuses result()
-            status = job.results()[0]["status"]
-        except Exception as e:  # submitit re-raises the job's error; report it and go on
-            status, failed = f"failed: {e}", failed + 1
-        print(f"{job.job_id}\t{status}\t{run.output_dir}", flush=True)
-    return 1 if failed else 0
+    return 1 if wait_for(jobs, specs) else 0

@@ -2,14 +2,16 @@
 
 Every launcher goes through :func:`run_training`: the command line (``python -m e2mc continue`` and
 ``pretrain``, which the sbatch scripts in ``slurm/`` call), ``python -m e2mc submit`` (submitit, every
-cluster kind) and the mini reproduction. So whichever way a run starts, it sizes its threads from its
-allocation, evaluates after every epoch when ``eval.every_epoch`` is set, and lives in the folder
-:func:`run_folder` names.
+cluster kind) and the mini reproduction. So whichever way a run starts, it sizes its threads and
+data-loading workers from its allocation, evaluates after every epoch when ``eval.every_epoch`` is set,
+and lives in the folder :func:`run_folder` names.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,18 @@ def pinned_threads():
         torch.set_num_threads(previous)
 
 
+def sized_workers(cfg: Config) -> Config:
+    """``cfg`` with ``data.workers`` at most the allocation's CPUs less one (the training process's): 8
+    loader processes in a 2-CPU task only compete for its cores. ``data.workers`` says where the data is
+    read, not what is computed, so the configuration's hash stays."""
+    most = allocated_cpus() - 1
+    if cfg.data.workers <= most:
+        return cfg
+    print(f"[e2mc] data.workers={cfg.data.workers} lowered to {most}: this task has {most + 1} CPU(s)",
+          file=sys.stderr, flush=True)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, workers=most))
+
+
 def epoch_hooks(cfg: Config) -> list:
     """The hooks a run's configuration asks for: evaluation after every epoch (``eval.every_epoch``)."""
     if not cfg.eval.every_epoch:
@@ -67,5 +81,6 @@ def run_training(cfg: Config, extra_hooks: list | None = None) -> dict[str, Any]
     configuration asks for; returns the run summary (see :func:`e2mc.train.train`)."""
     from e2mc.train import train
 
+    cfg = sized_workers(cfg)
     with pinned_threads():
         return train(cfg, epoch_end_hooks=[*epoch_hooks(cfg), *(extra_hooks or [])])

@@ -7,7 +7,8 @@
 #   E2MC_METHOD=barlowtwins sbatch slurm/continue.sh                   # E2MC, seeds 0-2
 #   E2MC_METHOD=barlowtwins E2MC_ARM=original sbatch slurm/continue.sh  # the original loss alone
 #
-# sbatch options override the #SBATCH lines; key=value arguments override the configuration
+# sbatch options override the # Submit from the repository root (the log path is relative to it; docs/cluster.md, Logs).
+#SBATCH lines; key=value arguments override the configuration
 # (configs/imagenet/<method>.yaml unless E2MC_CONFIG is set). Everything else: docs/cluster.md.
 #SBATCH --job-name=e2mc-continue
 #SBATCH --nodes=1
@@ -20,13 +21,7 @@
 #SBATCH --open-mode=append
 #SBATCH --array=0-2
 #SBATCH --output=slurm/logs/%x-%A_%a.out
-set -euo pipefail
-E2MC_ROOT=${E2MC_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
-if [[ ! -f $E2MC_ROOT/slurm/common.sh ]]; then
-    echo "error: $E2MC_ROOT is not the e2mc repository; submit from its root or set E2MC_ROOT" >&2
-    exit 2
-fi
-source "$E2MC_ROOT/slurm/common.sh"
+# shellcheck source=slurm/common.sh
+source "${E2MC_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh" || { echo "error: submit from the e2mc repository root or set E2MC_ROOT" >&2; exit 2; }
 
-e2mc_arguments continue-args "${E2MC_METHOD:?set E2MC_METHOD to the method to continue, e.g. E2MC_METHOD=vicreg}" -- "$@"
-e2mc_srun -m e2mc "${e2mc_args[@]}"
+e2mc_run continue-args "${E2MC_METHOD:?set E2MC_METHOD to the method to continue, e.g. E2MC_METHOD=vicreg}" -- "$@"

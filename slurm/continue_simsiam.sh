@@ -7,8 +7,11 @@
 #   sbatch slurm/continue_simsiam.sh                                   # E2MC, seeds 0-2
 #   E2MC_ARM=original sbatch slurm/continue_simsiam.sh                 # the original loss alone
 #   sbatch --array=0 --partition=gpu --account=me slurm/continue_simsiam.sh train.epochs=5
-#   E2MC_CONFIG=configs/mini/simsiam.yaml sbatch --gpus-per-node=0 --ntasks-per-node=1 --cpus-per-task=1 \
-#       slurm/continue_simsiam.sh                                     # the mini config on a CPU node
+#   E2MC_CONFIG=configs/mini/simsiam.yaml sbatch --gpus-per-node=0 --ntasks-per-node=1 --cpus-per-task=2 \
+#       --mem=8G --time=01:00:00 slurm/continue_simsiam.sh data.limit=1024 train.epochs=1   # CPU smoke test
+#
+# Submit from the repository root: the log path below is relative to it, and from another folder the
+# job fails at launch with no log (JobLaunchFailure, exit 0:53); else pass --output=/abs/path and E2MC_ROOT.
 #
 # sbatch options override the #SBATCH lines; key=value arguments override the configuration.
 # E2MC_CONFIG, E2MC_ARM, E2MC_SEEDS, E2MC_OUTPUT, E2MC_OVERRIDES, E2MC_PYTHON, E2MC_SETUP: docs/cluster.md.
@@ -23,13 +26,7 @@
 #SBATCH --open-mode=append
 #SBATCH --array=0-2
 #SBATCH --output=slurm/logs/%x-%A_%a.out
-set -euo pipefail
-E2MC_ROOT=${E2MC_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
-if [[ ! -f $E2MC_ROOT/slurm/common.sh ]]; then
-    echo "error: $E2MC_ROOT is not the e2mc repository; submit from its root or set E2MC_ROOT" >&2
-    exit 2
-fi
-source "$E2MC_ROOT/slurm/common.sh"
+# shellcheck source=slurm/common.sh
+source "${E2MC_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh" || { echo "error: submit from the e2mc repository root or set E2MC_ROOT" >&2; exit 2; }
 
-e2mc_arguments continue-args simsiam -- "$@"
-e2mc_srun -m e2mc "${e2mc_args[@]}"
+e2mc_run continue-args simsiam -- "$@"

@@ -13,6 +13,7 @@
 #
 # No --signal here: an evaluation has no checkpoint to stop at; if preempted, the requeued task
 # starts it again (each result file is written whole or not at all).
+# Submit from the repository root (the log path is relative to it; docs/cluster.md, Logs).
 #SBATCH --job-name=e2mc-eval-linear
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
@@ -23,13 +24,7 @@
 #SBATCH --open-mode=append
 #SBATCH --array=0-2
 #SBATCH --output=slurm/logs/%x-%A_%a.out
-set -euo pipefail
-E2MC_ROOT=${E2MC_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
-if [[ ! -f $E2MC_ROOT/slurm/common.sh ]]; then
-    echo "error: $E2MC_ROOT is not the e2mc repository; submit from its root or set E2MC_ROOT" >&2
-    exit 2
-fi
-source "$E2MC_ROOT/slurm/common.sh"
+# shellcheck source=slurm/common.sh
+source "${E2MC_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh" || { echo "error: submit from the e2mc repository root or set E2MC_ROOT" >&2; exit 2; }
 
-e2mc_arguments evaluate-args
-e2mc_srun -m e2mc "${e2mc_args[@]}" "$@"
+e2mc_run evaluate-args -- "$@"

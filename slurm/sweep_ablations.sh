@@ -8,6 +8,7 @@
 #   E2MC_METHOD=swav sbatch --array=0-2 slurm/sweep_ablations.sh   # SwAV, seed 0
 #
 # Everything else as in continue_<method>.sh (docs/cluster.md).
+# Submit from the repository root (the log path is relative to it; docs/cluster.md, Logs).
 #SBATCH --job-name=e2mc-ablations
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=2
@@ -19,14 +20,8 @@
 #SBATCH --open-mode=append
 #SBATCH --array=0-8
 #SBATCH --output=slurm/logs/%x-%A_%a.out
-set -euo pipefail
-E2MC_ROOT=${E2MC_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
-if [[ ! -f $E2MC_ROOT/slurm/common.sh ]]; then
-    echo "error: $E2MC_ROOT is not the e2mc repository; submit from its root or set E2MC_ROOT" >&2
-    exit 2
-fi
-source "$E2MC_ROOT/slurm/common.sh"
+# shellcheck source=slurm/common.sh
+source "${E2MC_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh" || { echo "error: submit from the e2mc repository root or set E2MC_ROOT" >&2; exit 2; }
 
 # e2mc_other_transform: the transform the method does not use (e2mc.naming.method_arm)
-e2mc_arguments continue-args "${E2MC_METHOD:-vicreg}" entropy_only covariance_only e2mc_other_transform -- "$@"
-e2mc_srun -m e2mc "${e2mc_args[@]}"
+e2mc_run continue-args "${E2MC_METHOD:-vicreg}" entropy_only covariance_only e2mc_other_transform -- "$@"

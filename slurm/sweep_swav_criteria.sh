@@ -8,6 +8,7 @@
 #
 # Arms are named in e2mc/cluster.py (ARMS). E2MC_SEEDS="3 4" picks seeds instead of 0, 1, 2, ...
 # Everything else as in continue_swav.sh (docs/cluster.md).
+# Submit from the repository root (the log path is relative to it; docs/cluster.md, Logs).
 #SBATCH --job-name=e2mc-swav-criteria
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=2
@@ -19,13 +20,7 @@
 #SBATCH --open-mode=append
 #SBATCH --array=0-17
 #SBATCH --output=slurm/logs/%x-%A_%a.out
-set -euo pipefail
-E2MC_ROOT=${E2MC_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
-if [[ ! -f $E2MC_ROOT/slurm/common.sh ]]; then
-    echo "error: $E2MC_ROOT is not the e2mc repository; submit from its root or set E2MC_ROOT" >&2
-    exit 2
-fi
-source "$E2MC_ROOT/slurm/common.sh"
+# shellcheck source=slurm/common.sh
+source "${E2MC_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh" || { echo "error: submit from the e2mc repository root or set E2MC_ROOT" >&2; exit 2; }
 
-e2mc_arguments continue-args swav original e2mc uniformity mmcr vc vc_raw -- "$@"
-e2mc_srun -m e2mc "${e2mc_args[@]}"
+e2mc_run continue-args swav original e2mc uniformity mmcr vc vc_raw -- "$@"

@@ -1,5 +1,6 @@
 """e2mc.cluster and e2mc.launcher without SLURM: environment detection, requeue decisions, job arguments,
 grids, and the submitit hand-over (the real cluster is exercised in test_slurm_jobs.py)."""
+import json
 import os
 import signal
 import subprocess
@@ -151,6 +152,39 @@ def test_failed_requeue_is_reported_not_raised():
     assert not outcome.requeued and "scontrol" in outcome.message and "not requeued" in outcome.message
 
 
+def test_requeues_are_capped_like_submitits_max_num_timeout():
+    """A job requeued E2MC_MAX_REQUEUES times stops requeueing (a too-short time limit loops otherwise)."""
+    stopped = {"status": "interrupted", "signal": "SIGUSR2"}
+    capped = cluster.requeue_after_stop(stopped, {**BATCH_ENV, "SLURM_RESTART_COUNT": "3", "E2MC_MAX_REQUEUES": "3"},
+                                        refuse_to_run)
+    assert not capped.requeued and "requeued 3 times" in capped.message and "E2MC_MAX_REQUEUES=3" in capped.message
+    run = FakeScontrol()
+    below = cluster.requeue_after_stop(stopped, {**BATCH_ENV, "SLURM_RESTART_COUNT": "2", "E2MC_MAX_REQUEUES": "3"},
+                                       run)
+    assert below.requeued and "restart 3 of at most 3" in below.message
+    assert "DUE TO JOB REQUEUE" in below.message  # the log explains the noise SLURM prints next
+    default = cluster.requeue_after_stop(
+        stopped, {**BATCH_ENV, "SLURM_RESTART_COUNT": str(cluster.DEFAULT_MAX_REQUEUES)}, refuse_to_run)
+    assert not default.requeued
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("00:02:00", 120), ("1-02:00:00", 93600), ("10:30", 630),
+                                               ("45", 2700), ("UNLIMITED", None), ("Partition_Limit", None)])
+def test_time_limit_reads_scontrols_formats(text, seconds):
+    assert cluster.time_limit_seconds(text) == seconds
+
+
+def test_a_time_limit_at_the_signal_lead_is_refused_in_the_batch_shell():
+    """--time=00:02:00 with --signal=USR2@120: the warning fires at start; continue-args refuses it."""
+    short = FakeScontrol(show="JobId=77 JobState=RUNNING Reason=None Requeue=1 Restarts=0 TimeLimit=00:02:00")
+    with pytest.raises(ClusterError, match=r"not well above the USR2 warning sent 120 s before it.*--time=8:00"):
+        cluster.check_job_time_limit({**BATCH_ENV, "E2MC_SIGNAL_LEAD_S": "120"}, short)
+    long = FakeScontrol(show="JobId=77 JobState=RUNNING Reason=None Requeue=1 Restarts=0 TimeLimit=00:08:00")
+    cluster.check_job_time_limit({**BATCH_ENV, "E2MC_SIGNAL_LEAD_S": "120"}, long)
+    cluster.check_job_time_limit({**BATCH_ENV, "E2MC_SIGNAL_LEAD_S": "0"}, refuse_to_run)  # no --signal
+    cluster.check_job_time_limit({**STEP_ENV, "E2MC_SIGNAL_LEAD_S": "120"}, refuse_to_run)  # only the batch shell
+
+
 # --- job arguments ------------------------------------------------------------------------------
 
 def test_array_tasks_map_to_arms_fastest_then_seeds():
@@ -198,7 +232,10 @@ def test_evaluate_arguments_point_at_the_training_output():
     environ = {"E2MC_METHOD": "simsiam", "E2MC_ARM": "original", "SLURM_ARRAY_TASK_ID": "2"}
     assert cluster.evaluate_arguments(environ) == [
         "evaluate", "--checkpoint", "runs/slurm/simsiam/original/seed2/checkpoint.pt", "--method", "simsiam",
-        "--arm", "original", "--results-dir", "results/slurm/simsiam"]
+        "--arm", "original", "--results-dir", "results/slurm/simsiam", "--seeds", "2"]
+    # the training seed is the probe seed unless the script's arguments choose the probe seeds
+    assert cluster.evaluate_arguments(environ, ["--seeds", "0", "1"])[-3:] == ["--seeds", "0", "1"]
+    assert cluster.evaluate_arguments(environ, ["--seeds", "0", "1"]).count("--seeds") == 1
     release = {"E2MC_METHOD": "vicreg", "E2MC_CHECKPOINT": "/ckpt/resnet50_fullckpt.pth", "E2MC_RESULTS": "out"}
     assert cluster.evaluate_arguments(release) == [
         "evaluate", "--checkpoint", "/ckpt/resnet50_fullckpt.pth", "--method", "vicreg", "--results-dir", "out/vicreg"]
@@ -312,29 +349,41 @@ def test_shipped_grid_files_expand(name, runs):
     assert len(specs) == runs == len({s.output_dir for s in specs})
 
 
-def test_submit_local_with_every_epoch_writes_the_per_epoch_probes(tmp_path, capsys):
-    """Regression: submit ran train() without the hooks that continue and reproduce attach, so
-    eval.every_epoch=true trained but wrote no probe files. Every launcher now starts runs through
-    e2mc.runs.run_training; here submitit's local executor, with its default two tasks per node
-    reported through results() (--wait used to fail "use results()" on such jobs)."""
-    from e2mc import results
+def test_submit_local_grid_of_seeds_with_every_epoch_draws_fig6(tmp_path, capsys, monkeypatch):
+    """A submit grid over train.seed with per-epoch probes into one results folder is plottable: each run
+    is probed with its training seed (issue 23: probe seed 0 for both gave DuplicateResultsError "arm:
+    base, epoch: 0"). Also: every run goes through e2mc.runs.run_training (the probes are written), on
+    CPU --cluster local asks for one task per run by default (two made a gloo group on the same cores),
+    --wait reports as runs end, options may follow key=value words, and the provenance of each run
+    records the e2mc command it ran, not submitit's _submit.py."""
+    from e2mc import plots, results
     from e2mc.__main__ import main
 
+    monkeypatch.setattr(launcher, "local_gpus", lambda: 0)  # a CPU machine, whatever runs the tests
     data = write_fake_fashion_mnist(tmp_path / "data", n_train=128, n_test=32)
     init = tmp_path / "init"
     tiny = [f"data.root={data}", "data.batch_size=32", "model.heads={expander: [32, 32]}"]
     train(load_config(ROOT / "configs/mini/pretrain/vicreg.yaml",
                       [*tiny, "train.epochs=0", f"train.output_dir={init}"]))
-    code = main(["submit", "--cluster", "local", "--wait", "--gpus-per-node", "0",
-                 "--cpus-per-task", "1", "--config", str(ROOT / "configs/mini/vicreg.yaml"), "--grid", "arm=e2mc",
-                 "--output-root", str(tmp_path / "runs"), "--log-dir", str(tmp_path / "submitit"), *tiny,
-                 "train.epochs=2", f"train.init={init / 'checkpoint.pt'}", "eval.every_epoch=true",
+    code = main(["submit", "--cluster", "local", "--config", str(ROOT / "configs/mini/vicreg.yaml"),
+                 "--grid", "arm=e2mc", "--grid", "train.seed=0,1", *tiny, "train.epochs=1",
+                 "--output-root", str(tmp_path / "runs"), "--log-dir", str(tmp_path / "submitit"),
+                 f"train.init={init / 'checkpoint.pt'}", "eval.every_epoch=true", "--wait", "--cpus-per-task", "1",
                  "eval.label_fractions=[0.1]", f"eval.results_dir={tmp_path / 'probes'}"])
     out = capsys.readouterr().out
     assert code == 0, out
+    assert "1 node(s) x 1 task(s), 0 GPU(s) per node, 1 CPU(s) per task" in out and "waiting for 2 run(s)" in out
     table = results.load(tmp_path / "probes")
-    assert sorted(table["epoch"]) == [0, 1, 2]  # the starting point, then after each epoch
+    assert sorted(zip(table["seed"], table["epoch"])) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert set(table["arm"]) == {"e2mc"} and set(table["label_fraction"]) == {0.1}
+    for seed in (0, 1):  # the probe seed is the training seed
+        assert {c["train"]["seed"] for c in table[table["seed"] == seed]["config"]} == {seed}
+    written = plots.save_figure(plots.fig6_epochs(plots.load_results(tmp_path / "probes"), label_fraction=0.1),
+                                tmp_path / "figs", "fig6_epochs", ["png"])
+    assert [p.stat().st_size > 0 for p in map(Path, written)] == [True]
+    summary = json.loads((tmp_path / "runs" / "vicreg" / "e2mc" / "seed1" / "summary.json").read_text())
+    command = summary["provenance"]["command"]
+    assert command.startswith("python -m e2mc continue --config") and "train.seed=1" in command, command
 
 
 @pytest.mark.parametrize(("method", "expected"), [("vicreg", "gaussian_cdf"), ("swav", "sigmoid"),
@@ -353,14 +402,21 @@ def test_continue_args_checks_the_configuration():
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "slurm").glob("*.sh")))
-def test_every_job_script_parses_and_checks_its_configuration_first(script):
-    """bash reads every script, and each training script asks e2mc.cluster for its arguments (which
-    loads and checks the configuration) before it starts any step."""
+def test_every_job_script_is_a_thin_wrapper_of_common_sh(script):
+    """bash reads every script; each job script runs two commands, the shared preamble (found through the
+    folder sbatch was called from, since sbatch runs a spooled copy) and e2mc_run, which asks e2mc.cluster
+    for the arguments (loading and checking the configuration) before it starts any step."""
     path = ROOT / "slurm" / script
     assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
     text = path.read_text()
-    if script != "common.sh":
-        assert text.index("e2mc_arguments") < text.index("e2mc_srun -m e2mc")
+    if script == "common.sh":
+        run = text[text.index("e2mc_run() {"):]
+        assert run.index("e2mc_arguments") < run.index("e2mc_srun -m e2mc")
+        return
+    commands = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    assert len(commands) == 2, commands
+    assert commands[0].startswith('source "${E2MC_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/common.sh" || {')
+    assert commands[1].startswith("e2mc_run ") and commands[1].endswith(' -- "$@"')
 
 
 def test_the_generic_script_continues_any_registered_method(tmp_path):
@@ -373,3 +429,88 @@ def test_the_generic_script_continues_any_registered_method(tmp_path):
     words = listing.stdout.splitlines()
     assert words[:3] == ["continue", "--config", "configs/mini/barlowtwins.yaml"]
     assert f"train.output_dir={tmp_path}/barlowtwins/e2mc/seed0" in words and words[-1] == "train.epochs=1"
+
+
+def test_data_workers_fit_the_allocation(monkeypatch):
+    """data.workers: 8 in a 2-CPU task would put 9 processes on 2 cores: one CPU stays for training."""
+    from e2mc.runs import sized_workers
+
+    cfg = load_config(ROOT / "configs/mini/vicreg.yaml", ["data.workers=8"])
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
+    sized = sized_workers(cfg)
+    assert sized.data.workers == 1 and cfg.data.workers == 8 and sized.hash() == cfg.hash()
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "16")
+    assert sized_workers(cfg) is cfg
+
+
+# --- submit: resources and interpreter ----------------------------------------------------------
+
+SINFO = "gpu|64|512000|gpu:a100:4(S:0-1)\ncpu*|2|24000|(null)\ncpu*|8|64000|(null)\n"
+
+
+class FakeSinfo:
+    def __init__(self, stdout=SINFO):
+        self.stdout = stdout
+
+    def __call__(self, command, **kwargs):
+        assert command[0] == "sinfo", command
+        return subprocess.CompletedProcess(command, 0, self.stdout, "")
+
+
+def submit_args(*words):
+    from e2mc.__main__ import build_parser
+
+    return build_parser().parse_args(["submit", "--config", "configs/mini/vicreg.yaml", *words])
+
+
+@pytest.mark.parametrize(("words", "fits"), [
+    ([], "GPU"),                                                   # the default 2 GPUs on the CPU partition
+    (["--gpus-per-node", "0"], "largest node of the default partition has 8"),  # 1 x 10 CPUs
+    (["--gpus-per-node", "0", "--cpus-per-task", "8"], None),
+    (["--gpus-per-node", "0", "--cpus-per-task", "2", "--mem-gb", "100"], "has 62.5 GB"),
+    (["--gpus-per-node", "0", "--cpus-per-task", "2", "--nodes", "2"], None),
+    (["--gpus-per-node", "0", "--cpus-per-task", "2", "--nodes", "3"], "only 2 node"),
+    (["--partition", "gpu", "--gpus-per-node", "4", "--tasks-per-node", "4"], None),
+    (["--partition", "gpu", "--gpus-per-node", "8"], "no node of partition gpu has more than 4"),
+])
+def test_a_request_is_checked_against_sinfo_before_submitting(words, fits):
+    args = submit_args(*words)
+    nodes = launcher.node_resources(args.partition, FakeSinfo())
+    if fits is None:
+        launcher.check_fits(launcher.resources(args), nodes, args.partition)
+    else:
+        with pytest.raises(ClusterError, match=fits):
+            launcher.check_fits(launcher.resources(args), nodes, args.partition)
+
+
+def test_default_resources_follow_the_cluster_and_the_gpus(monkeypatch):
+    monkeypatch.setattr(launcher, "local_gpus", lambda: 0)
+    assert launcher.resources(submit_args()) == launcher.Resources(1, 2, 2, 10, None, 720)  # the paper on SLURM
+    assert launcher.resources(submit_args("--gpus-per-node", "0")).tasks_per_node == 1
+    local = launcher.resources(submit_args("--cluster", "local"))
+    assert (local.tasks_per_node, local.gpus_per_node) == (1, 0)
+
+
+def test_submit_shows_resources_defaults_and_the_jobs_interpreter(monkeypatch, capsys):
+    from e2mc.__main__ import build_parser, main
+
+    monkeypatch.setenv("E2MC_PYTHON", "apptainer exec e2mc.sif python")
+    # options after key=value words are read too
+    assert main(["submit", "--config", "configs/mini/vicreg.yaml", "train.epochs=1", "--dry-run",
+                 "--gpus-per-node", "0", "data.limit=512"]) == 0
+    out = capsys.readouterr().out
+    assert "each run on slurm: 1 node(s) x 1 task(s), 0 GPU(s) per node, 10 CPU(s) per task, the partition's " \
+           "default memory, 720 min; jobs run apptainer exec e2mc.sif python (E2MC_PYTHON)" in out
+    assert "train.epochs=1 data.limit=512" in out
+    parser = build_parser()
+    help_text = " ".join(parser._subparsers._group_actions[0].choices["submit"].format_help().split())
+    assert "time limit in minutes (default: 720)" in help_text and "(default: 10)" in help_text
+    executor = launcher.make_executor(submit_args("--cluster", "local"), launcher.Resources(1, 1, 0, 1, None, 5))
+    assert executor._executor.python == "apptainer exec e2mc.sif python"
+
+
+def test_submit_refuses_a_time_limit_near_the_signal_delay(capsys):
+    from e2mc.__main__ import main
+
+    assert main(["submit", "--config", "configs/mini/vicreg.yaml", "--time", "2", "--dry-run"]) == 2
+    assert "not well above the USR2 warning sent 120 s" in capsys.readouterr().err

@@ -506,3 +506,15 @@ def test_a_truncated_gzip_names_its_file(tmp_path):
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(ValueError, match=f"{path} is a truncated or corrupt gzip file"):
         read_idx(path)
+
+
+def test_the_folder_fashion_mnist_was_read_from_is_logged_once(tmp_path, capsys, monkeypatch):
+    """A run's log says which copy of Fashion-MNIST it read (issue 23: it was logged nowhere)."""
+    from fake_data import write_fake_fashion_mnist
+
+    monkeypatch.setattr(fmnist, "_ANNOUNCED", set())
+    root = write_fake_fashion_mnist(tmp_path, n_train=16, n_test=8)
+    fmnist.load_fashion_mnist("train", root=root)
+    fmnist.load_fashion_mnist("test", root=root)
+    folder = fmnist.find_fashion_mnist(root, download=False)
+    assert capsys.readouterr().err.count(f"[e2mc] Fashion-MNIST from {folder}\n") == 1

@@ -128,6 +128,18 @@ def test_summarize_refuses_two_results_of_one_seed():
     assert tables.summarize(frame.iloc[:2], ["arm"], "top1")["n"].item() == 2
 
 
+def test_two_training_runs_probed_with_one_seed_are_told_to_tie_the_probe_seed():
+    """Seeds 0 and 1 of a run each probed with probe seed 0 (eval_linear.sh before the fix): the advice is to
+    probe each run with its training seed, not "one configuration per folder" (it is one configuration)."""
+    frame = pd.DataFrame({"arm": ["e2mc"] * 2, "seed": [0, 0], "top1": [1.0, 2.0], "file": ["a.json", "b.json"],
+                          "checkpoint": ["runs/e2mc/seed0/checkpoint.pt", "runs/e2mc/seed1/checkpoint.pt"]})
+    advice = r"different training runs.*eval.seeds=\[<train.seed>\]"
+    with pytest.raises(tables.DuplicateResultsError, match=advice):
+        tables.summarize(frame, ["arm"], "top1")
+    with pytest.raises(tables.DuplicateResultsError, match="keep one configuration per results folder"):
+        tables.summarize(frame.assign(checkpoint="runs/e2mc/seed0/checkpoint.pt"), ["arm"], "top1")
+
+
 # --- Fig. 2 reference distributions -------------------------------------------------------------
 
 @pytest.mark.parametrize("sampler", [plots.sample_uniform_2d, plots.sample_x_distribution])

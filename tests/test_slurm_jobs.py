@@ -1,7 +1,8 @@
 """The job scripts in slurm/ and `python -m e2mc submit` on the real one-node SLURM cluster.
 
-The mini configuration on tiny fake data (1 CPU per task, no GPU): an array of two seeds and the
-linear probes of both, a job preempted with USR2 that requeues itself and ends where an
+The mini configuration on tiny fake data (1 CPU per task, no GPU): an array of two seeds, the
+linear probes of both and the Fig. 6 notebook drawn from them (the documented workflow), a job whose
+time limit is at its USR2 lead (refused), a job preempted with USR2 that requeues itself and ends where an
 uninterrupted run ends, a two-task DDP run on gloo whose ranks hold the same weights, and a
 submitit job array, one task of it preempted.
 All jobs are submitted by one module fixture so that they overlap on the two CPUs; a requeued job
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import papermill as pm
 import pytest
 import torch
 
@@ -23,11 +25,14 @@ from e2mc.config import load_config
 from e2mc.train import read_metrics, train
 from fake_data import write_fake_fashion_mnist
 from run_records import comparable_records, segment_starts
-from slurm_cluster import _clean_environment, job_info, slurm_cluster, submit, wait_for  # noqa: F401
+from slurm_cluster import TERMINAL_STATES, _clean_environment, job_info, slurm_cluster, submit, wait_for  # noqa: F401
+from test_notebooks import kernel  # noqa: F401  (pytest fixture)
+from test_plots import assert_png
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB_TIMEOUT_S = 150  # every job here normally ends within ~60 s; the node is shared
-SIGNAL_AFTER_S = 90  # how long a job may take to log its first step before the test gives up
+SIGNAL_AFTER_S = 90  # how long a running job may take to log its first step before the test gives up
+QUEUE_TIMEOUT_S = 600  # how long a job may wait for a CPU: on a loaded node it queues behind the others
 HEADS = {"vicreg": "{expander: [64, 64]}", "swav": "{hidden_dim: 32, output_dim: 16, n_prototypes: 10}",
          "simsiam": "{dim: 32, pred_dim: 8, hidden_dim: 32}"}
 ONE_CPU = ["--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1"]
@@ -68,6 +73,8 @@ def quoted(overrides):
 
 
 def wait_for_first_step(output_dir, job_id, log):
+    # The step clock starts when the job does: on a shared node it may queue behind the other jobs first.
+    wait_for(job_id, QUEUE_TIMEOUT_S, until={"RUNNING", *TERMINAL_STATES})
     deadline = time.monotonic() + SIGNAL_AFTER_S
     metrics = Path(output_dir) / "metrics.jsonl"
     while not (metrics.exists() and '"kind": "step"' in metrics.read_text()):
@@ -114,8 +121,9 @@ def _submit_all(submitted: dict, root: Path, data: Path, inits: dict, env: dict)
         options=[*ONE_CPU, "--array=0-1", "--job-name=e2mc-test-array", f"--output={root}/array-%A_%a.out"])
 
     # Linear probes of the two seeds once they are trained (a cheap probe: 2 epochs on half the labels).
+    # (No --seeds: each training seed is its own probe seed, so the results folder is plottable.)
     submitted["eval"] = submit(
-        ROOT / "slurm/eval_linear.sh", "--label-fractions", "0.5", "--seeds", "0", "--probe-epochs", "2",
+        ROOT / "slurm/eval_linear.sh", "--label-fractions", "0.5", "--probe-epochs", "2",
         "--workers", "0",
         env={**env, "E2MC_METHOD": "vicreg", "E2MC_OUTPUT": str(root / "array"), "E2MC_RESULTS": str(root / "results")},
         options=["--gpus-per-node=0", "--cpus-per-task=1", "--array=0-1", f"--dependency=afterok:{submitted['array']}",
@@ -143,6 +151,15 @@ def _submit_all(submitted: dict, root: Path, data: Path, inits: dict, env: dict)
              "E2MC_OVERRIDES": quoted(continued("simsiam", data, inits, epochs=1, limit=256))},
         options=["--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1", "--array=0",
                  "--job-name=e2mc-test-ddp", f"--output={root}/ddp-%A_%a.out"])
+
+    # Last, so that it delays no other job: a time limit at the script's USR2 lead (--signal=USR2@120),
+    # refused at once (it would stop and requeue in a loop).
+    submitted["short"] = submit(
+        ROOT / "slurm/continue_vicreg.sh",
+        env={**env, "E2MC_CONFIG": "configs/mini/vicreg.yaml", "E2MC_OUTPUT": str(root / "short"),
+             "E2MC_OVERRIDES": quoted(continued("vicreg", data, inits, epochs=1, limit=256))},
+        options=[*ONE_CPU, "--array=0", "--time=00:02:00", "--job-name=e2mc-test-short",
+                 f"--output={root}/short-%A_%a.out"])
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +211,7 @@ def test_preempted_job_requeues_itself_and_ends_like_an_uninterrupted_run(jobs):
     assert info["Restarts"] == "1", explain(job, log)
     text = log.read_text()
     assert "stopped by SIGUSR2 at epoch" in text and "requeued job" in text, text
+    assert "DUE TO JOB REQUEUE' and 'srun: error: ... Terminated' below are expected" in text, text
     assert f"resumed from {run / 'checkpoint.pt'}" in text, text
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
     assert_same_weights(checkpoints.load(run / "checkpoint.pt")["model"],
@@ -208,6 +226,7 @@ def test_array_of_two_seeds_writes_two_runs(jobs):
     for seed in (0, 1):
         job, log = f"{array}_{seed}", root / f"array-{array}_{seed}.out"
         finished(job, log)
+        assert f"[e2mc] job {array}_{seed} (job id " in log.read_text()  # the id squeue and scancel show
         run = root / "array" / "vicreg" / "e2mc" / f"seed{seed}"
         summary = json.loads((run / "summary.json").read_text())
         assert (summary["status"], summary["epoch"], summary["config"]["train"]["seed"]) == ("finished", 1, seed)
@@ -218,7 +237,9 @@ def test_array_of_two_seeds_writes_two_runs(jobs):
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "seeds 0 and 1 trained alike"
 
 
-def test_eval_script_probes_the_checkpoint_of_each_seed(jobs):
+def test_eval_script_probes_each_seed_and_the_notebook_draws_them(jobs, kernel):
+    """The documented workflow: training array -> eval_linear.sh array -> notebook -> figure. Each training
+    seed is probed with its own seed (probe seeds 0, 1, 2 for every run made the folder unplottable)."""
     root, array = jobs["root"], jobs["eval"]
     for task in (0, 1):
         finished(f"{array}_{task}", root / f"eval-{array}_{task}.out")
@@ -228,8 +249,20 @@ def test_eval_script_probes_the_checkpoint_of_each_seed(jobs):
     for r in results:
         assert (r["kind"], r["method"], r["arm"], r["label_fraction"], r["epoch"]) == \
             ("linear_probe", "vicreg", "e2mc", 0.5, 1)
-        assert r["config"]["train"]["seed"] == runs[r["checkpoint"]]
+        assert r["config"]["train"]["seed"] == r["seed"] == runs[r["checkpoint"]]
         assert 0 <= r["metrics"]["top1"] <= 100
+    pm.execute_notebook("notebooks/fig6_epochs.ipynb", str(root / "fig6.ipynb"), kernel_name=kernel, cwd=str(ROOT),
+                        parameters={"results_dir": str(root / "results"), "output_dir": str(root / "figs"),
+                                    "formats": ["png"], "label_fraction": 0.5}, progress_bar=False)
+    assert_png(root / "figs" / "fig6_epochs.png")
+
+
+def test_a_time_limit_at_the_signal_lead_is_refused_with_a_reason(jobs):
+    root, job = jobs["root"], f"{jobs['short']}_0"
+    log = root / f"short-{job}.out"
+    assert wait_for(job, JOB_TIMEOUT_S) == "FAILED", explain(job, log)
+    assert "not well above the USR2 warning sent 120 s before it" in log.read_text()
+    assert not (root / "short").exists()  # refused before training
 
 
 def test_two_task_ddp_run_ends_with_both_ranks_agreeing(jobs):

@@ -12,6 +12,7 @@ Where the files are looked for, in order:
 from __future__ import annotations
 
 import gzip
+import sys
 import zlib
 from pathlib import Path
 
@@ -140,6 +141,9 @@ def find_fashion_mnist(root: str | Path | None = None, download: bool = True) ->
     )
 
 
+_ANNOUNCED: set[Path] = set()
+
+
 def load_fashion_mnist(
     split: str = "train", root: str | Path | None = None, download: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,6 +161,9 @@ def load_fashion_mnist(
     if split not in FASHION_MNIST_FILES:
         raise ValueError(f"split must be one of {sorted(FASHION_MNIST_FILES)}, got {split!r}")
     folder = find_fashion_mnist(root, download=download)
+    if folder not in _ANNOUNCED:  # once per process: which copy a run read, for its log
+        _ANNOUNCED.add(folder)
+        print(f"[e2mc] Fashion-MNIST from {folder}", file=sys.stderr, flush=True)
     image_path, label_path = (_idx_file(folder, name) for name in FASHION_MNIST_FILES[split])
     images, labels = read_idx(image_path), read_idx(label_path)
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
