@@ -245,3 +245,18 @@ def test_a_foreign_epoch_checkpoint_is_refused_by_sweep(tmp_path, data_root):
                                          r"would have written vicreg .* at epoch 5"):
         sweep(run, tmp_path / "results", epochs=[5], device="cpu", workers=0)
     assert not (tmp_path / "results").exists()
+
+
+def test_reproduce_does_not_mark_an_entry_done_with_a_gap_in_its_probes(tmp_path, monkeypatch):
+    """An entry whose per-epoch probes had a gap (lost to a kill) was marked done and drawn with it."""
+    from test_reproduce import one_epoch_grid
+
+    data_root, bases = one_epoch_grid(tmp_path, monkeypatch)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    assert reproduce.run_one("vicreg", "e2mc", 0, results, runs, str(data_root), bases) == "done"
+    next((results / "training").glob("training_vicreg_e2mc_*.json")).unlink()
+    next((results / "linear_probe").glob("linear_probe_vicreg_e2mc_*_e001_f1pct_*.json")).unlink()
+    with pytest.raises(RuntimeError, match=r"vicreg/e2mc seed 0 trained, but its per-epoch probes are missing "
+                                           r"\(epoch 1 at 0.01\)"):
+        reproduce.run_one("vicreg", "e2mc", 0, results, runs, str(data_root), bases)
+    assert not list((results / "training").glob("training_vicreg_e2mc_*.json"))
