@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from e2mc.config import ConfigError, load_config
@@ -38,6 +40,12 @@ def _train_command(args) -> int:
         outcome = cluster.requeue_after_stop(summary)  # under SLURM, rank 0 requeues the job if warranted
         print(f"[e2mc] stopped by {summary['signal']} at epoch {summary['epoch']}; checkpoint saved in "
               f"{summary['output_dir']}; {outcome.message}", flush=True)
+        # Unfinished: rank 0 exits as the signal would have (128 + its number: 143 for SIGTERM, 130 for
+        # Ctrl-C) unless it requeued the job. Other ranks exit 0: srun --kill-on-bad-exit would otherwise
+        # kill rank 0 while it requeues.
+        if outcome.requeued or os.environ.get("RANK", "0") != "0":
+            return 0
+        return 128 + signal.Signals[summary["signal"]].value
     return 0
 
 
@@ -82,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C in training, or one outside it: nothing was saved then
+        print("\n[e2mc] interrupted (Ctrl-C)", file=sys.stderr)
+        return 128 + signal.SIGINT
     # Bad input of any kind is a one-line error naming the file or the setting, not a traceback.
     except (CheckpointError, RunFolderBusyError, FileNotFoundError, PermissionError, IsADirectoryError,
             NotADirectoryError, ValueError, RuntimeError) as e:

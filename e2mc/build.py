@@ -18,8 +18,6 @@ from e2mc.criteria import get_criterion
 from e2mc.methods import get_method
 from e2mc.provenance import repo_relative
 
-CHECKPOINT_FORMAT = "e2mc-train-v1"  # the ``format`` entry of every training checkpoint we write
-
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> the local rank's GPU when one is visible, else the CPU."""
@@ -74,7 +72,7 @@ def load_initial_weights(path: str | Path, method: str, network: nn.Module,
     SGD state is not); True or False forces it.
     """
     state = checkpoints.load(path)
-    if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
+    if checkpoints.is_training_checkpoint(state):
         if state["method"] != method:
             raise ValueError(f"{path} holds a {state['method']} network but method={method}; "
                              "choose the matching config")

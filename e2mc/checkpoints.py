@@ -10,6 +10,9 @@
   onto the networks of :mod:`e2mc.models`.
 * :func:`capture_rng_state` / :func:`restore_rng_state` store python, numpy and torch RNG states
   as tensors and numbers, so a training checkpoint holding them still loads with weights_only.
+* Our own training checkpoints (``"format": FORMAT``) are recognised, read, slimmed and exported
+  here and nowhere else: :func:`is_training_checkpoint`, :func:`load_training`, :func:`slim`,
+  :func:`export_slim`. :mod:`e2mc.train` writes them with :func:`save_atomic`.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from torch import nn
 
 from e2mc.methods import Method, get_method
 from e2mc.provenance import write_atomic
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be read, written or matched to a model."""
@@ -154,6 +158,38 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
             )
 
     return write_atomic(path, lambda handle: torch.save(obj, handle), verify=check_loadable)
+
+
+# ----------------------------------------------------------------------------- our training checkpoints
+
+FORMAT = "e2mc-train-v1"  # the ``format`` entry of every training checkpoint we write
+# What a checkpoint needs to be evaluated or continued from (no optimizer, RNG or position): the
+# per-epoch ``checkpoint-epochNNN.pt`` files and exported base checkpoints hold only these.
+SLIM_KEYS = ("format", "method", "config", "epoch", "model")
+
+
+def is_training_checkpoint(state: Any) -> bool:
+    """True for a loaded checkpoint written by e2mc training (full or slim)."""
+    return isinstance(state, Mapping) and state.get("format") == FORMAT
+
+
+def load_training(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """:func:`load` a checkpoint that must be one of ours; :class:`CheckpointError` naming it otherwise."""
+    state = load(path, map_location)
+    if not is_training_checkpoint(state):
+        raise CheckpointError(f"{path} is not a training checkpoint of e2mc (no \"format\": {FORMAT!r}); "
+                              "name a checkpoint.pt written by e2mc training, or move the file away")
+    return state
+
+
+def slim(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`SLIM_KEYS` of a training checkpoint: the model and what it is."""
+    return {key: state[key] for key in SLIM_KEYS}
+
+
+def export_slim(state: Mapping[str, Any], destination: str | os.PathLike) -> Path:
+    """Write :func:`slim` ``(state)`` to ``destination`` atomically; returns the path."""
+    return save_atomic(slim(state), destination)
 
 
 # ----------------------------------------------------------------------------- official releases

@@ -221,15 +221,13 @@ def base_checkpoint(checkpoints: Path, method: str) -> Path:
 def export_base_checkpoint(run_dir: Path, destination: Path) -> Path:
     """Copy the model of a finished pre-training run to ``destination`` (weights only, no optimizer)
     and write its provenance next to it as ``<name>.json``."""
-    state = checkpoints.load(run_dir / "checkpoint.pt")
-    if state.get("format") != "e2mc-train-v1":
-        raise ValueError(f"{run_dir / 'checkpoint.pt'} is not a checkpoint written by e2mc training")
+    state = checkpoints.load_training(run_dir / "checkpoint.pt")
     epochs = state["config"]["train"]["epochs"]
     if state["epoch"] != epochs or state["step"] != 0:
         raise ValueError(f"{run_dir} stopped at epoch {state['epoch']} of {epochs}; finish it "
                          "(rerun the same pretrain command) before exporting")
-    checkpoints.save_atomic({k: state[k] for k in ("format", "method", "config", "epoch", "model")}, destination)
-    records = read_metrics(run_dir)
+    records = read_metrics(run_dir)  # before writing anything: broken metrics leave no .pt without .json
+    checkpoints.export_slim(state, destination)
     write_json_atomic(destination.with_suffix(".json"), {
         "what": f"mini {state['method']} base checkpoint: pre-trained from scratch on Fashion-MNIST",
         "epochs": state["epoch"], "config": state["config"],
@@ -260,7 +258,7 @@ def ensure_bases(part: Part) -> None:
         try:
             export_base_checkpoint(run_dir, path)
             print(f"[reproduce] exported the base {path} from {run_dir}", flush=True)
-        except ValueError as error:
+        except (ValueError, checkpoints.CheckpointError) as error:
             problems.append(f"{path} is missing: {error} (`{part.pretrain_hint}` resumes it)")
     if problems:
         raise FileNotFoundError(f"the {part.name} part cannot run yet: " + "; ".join(problems))
@@ -375,6 +373,13 @@ def run_entry(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root:
             result_filename("diagnostics", cfg.method, arm.name, cfg.data.dataset, part.epochs, None, seed, "*"))):
         diagnose_checkpoint(final, results_dir / "diagnostics", arm=arm.name, epoch=part.epochs, data_root=data_root,
                             n_images=DIAGNOSTIC_IMAGES)
+    missing = [f"epoch {e} at {f:g}" for e in range(part.epochs + 1) for f in sorted(set(part.epoch_fractions))
+               if existing_result(results_dir / "linear_probe", "linear_probe", cfg.method, arm.name,
+                                  cfg.data.dataset, e, f, seed, cfg.hash()) is None]
+    if missing:  # not done: a table would draw the gap
+        raise RuntimeError(f"{arm.method}/{arm.label} seed {seed} trained, but its per-epoch probes are missing "
+                           f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); move "
+                           f"{cfg.train.output_dir} away and run the command again to train and probe it anew")
     records = read_metrics(Path(cfg.train.output_dir))
     epochs = [r for r in records if r["kind"] == "epoch"]
     last = epochs[-1]

@@ -5,15 +5,18 @@
 (resume from the run folder, or load ``train.init``), :func:`train_one_epoch` (repeated), and
 :func:`finish` (the summary). Everything a run writes lives in its run folder ``cfg.train.output_dir``:
 
-* ``checkpoint.pt``: model, optimiser, loss state (SwAV queue), RNG, position; written atomically at
-  the end of every epoch and when SIGUSR1 / SIGUSR2 / SIGTERM asks the run to stop. A restarted run
-  resumes from it on its own, at the exact step, and only under the same training configuration.
+* ``checkpoint.pt``: model, optimiser, every rank's loss state (SwAV queue), RNG, position; one file,
+  written atomically at the end of every epoch and when SIGUSR1 / SIGUSR2 / SIGTERM / SIGINT (Ctrl-C)
+  asks the run to stop. A restarted run resumes from it on its own, at the exact step, and only under
+  the same training configuration; first it redoes the epoch-end hooks (per-epoch evaluation) that the
+  last completed epoch still owed (``epoch-hooks.json`` records the last epoch whose hooks finished).
 * ``metrics.jsonl``: one JSON line per ``log_every`` steps (``"kind": "step"``) and per epoch
   (``"kind": "epoch"``): every loss term, embedding diagnostics, learning rate, images/s. Each start
   or resume first writes a ``"kind": "segment"`` line (where it started, from what, and its
   provenance), so a run trained in several pieces says which code and machine trained each.
-* ``config.yaml``, ``summary.json`` (with provenance) and ``run.lock``, held by the process training
-  in the folder so that a second one cannot write into it at the same time.
+* ``config.yaml`` and ``summary.json`` (with provenance). The process training in the folder holds a
+  lock on the folder itself, so that a second one cannot write into it at the same time; while it
+  trains, ``run.lock`` says who it is (removed when the run ends).
 
 The loop knows no method and no criterion by name: it asks the method (:mod:`e2mc.methods`) how views
 reach the loss, and the criterion (:mod:`e2mc.criteria`) what it consumes. Evaluation after each
@@ -23,9 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import gc
 import json
+import math
 import os
 import signal
 import socket
@@ -42,8 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from e2mc import checkpoints
 from e2mc.batches import LoaderViews, TensorViews
-from e2mc.build import (CHECKPOINT_FORMAT, build_added_criterion, build_network, build_objective,  # noqa: F401
-                        load_initial_weights, resolve_device)
+from e2mc.build import build_added_criterion, build_network, build_objective, load_initial_weights, resolve_device
 from e2mc.config import LOCATION_FIELDS, Config, ConfigError, save_config
 from e2mc.criteria import get_criterion
 from e2mc.diagnostics import embedding_stats
@@ -54,6 +58,7 @@ from e2mc.optim import build_optimizer, learning_rate, set_learning_rate
 from e2mc.provenance import provenance, repo_relative, write_json_atomic
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+HOOKS_DONE = "epoch-hooks.json"  # {"epoch": the last epoch whose epoch-end hooks all returned}
 EpochHook = Callable[[int, nn.Module, Path], None]
 
 
@@ -61,44 +66,63 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the run stopped without touching its last checkpoint."""
 
 
-class RunFolderBusyError(RuntimeError):
+class RunFolderError(RuntimeError):
+    """The run folder holds something a run cannot resume from or start over (one line names the fix)."""
+
+
+class RunFolderBusyError(RunFolderError):
     """Another process is training in this run folder."""
 
 
 # --- the run folder ----------------------------------------------------------------------------
 
 class RunLock:
-    """An exclusive lock on a run folder (``run.lock``), held while a process trains in it.
+    """An exclusive lock on a run folder, held while a process trains in it.
 
-    The lock is an ``flock`` on the file, so the kernel releases it when its process dies: a lock
-    left by a killed run is free at once. The file says who holds it (pid, host, start time)."""
+    The lock is an ``flock`` on the folder itself, which no one deletes by hand while a run is in it
+    (a lock file could be deleted, and a second trainer would then run beside the first); the kernel
+    releases it when its process dies, so a killed run leaves nothing locked. While held, ``run.lock``
+    says who holds it (pid, host, start time); the file goes when the lock is released. On a
+    filesystem that cannot lock a folder (some NFS setups), ``metrics.jsonl`` is locked instead."""
 
     def __init__(self, output_dir: Path) -> None:
-        self.path = Path(output_dir) / "run.lock"
-        self._handle = None
+        self.folder = Path(output_dir)
+        self.path = self.folder / "run.lock"
+        self._fd: int | None = None
 
     def __enter__(self) -> "RunLock":
-        handle = open(self.path, "a+")
+        fd = os.open(self.folder, os.O_RDONLY)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise RunFolderBusyError(f"{self.path.parent} is in use by {holder}; wait for that run to end, or "
-                                     "choose another train.output_dir") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
-        self._handle = handle
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno not in (errno.EBADF, errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP):
+                self._busy()
+            fd = os.open(self.folder / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                self._busy()
+        self._fd = fd
+        self.path.write_text(f"pid {os.getpid()} on {socket.gethostname()} since "
+                             f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         return self
 
+    def _busy(self) -> None:
+        try:
+            holder = self.path.read_text().strip() or "another process"
+        except OSError:
+            holder = "another process"
+        raise RunFolderBusyError(f"{self.folder} is in use by {holder}; wait for that run to end, or "
+                                 "choose another train.output_dir") from None
+
     def __exit__(self, *exc) -> None:
-        if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 def remove_partial_writes(output_dir: Path) -> list[Path]:
@@ -293,27 +317,32 @@ def setup(cfg: Config) -> Run:
                criterion.measured_transform(section, cfg.method))
 
 
+FRESH, RESUME, ORPHANED = 0, 1, 2  # what start() finds in the run folder
+
+
 def start(run: Run) -> None:
     """Resume from the run folder's checkpoint, or start from ``train.init`` (or random weights), and
-    write the segment record; a fresh run saves epoch 0 at once (resumable, and the baseline)."""
+    write the segment record; a fresh run saves epoch 0 first (resumable, and the baseline), so that a
+    folder holding records but no checkpoint was tampered with, and is refused."""
     cfg, resume_path = run.cfg, run.output_dir / "checkpoint.pt"
-    resuming = resume_path.exists()
+    found = RESUME if resume_path.exists() else ORPHANED if run.metrics.size() > 0 else FRESH
     if is_distributed():  # rank 0 decides: the others must not see the epoch-0 checkpoint it writes below
-        flag = torch.tensor([int(resuming)], device=run.device)
+        flag = torch.tensor([found], device=run.device)
         dist.broadcast(flag, 0)
-        resuming = bool(flag.item())
+        found = int(flag.item())
+    if found == ORPHANED:
+        raise RunFolderError(f"{run.output_dir} holds metrics.jsonl but no checkpoint.pt: it cannot resume, and "
+                             "starting over would append a second run's records to the first's; choose a new "
+                             "train.output_dir, or delete the folder to start clean")
+    resuming = found == RESUME
     if resuming:
-        state = checkpoints.load(resume_path)
-        if not (isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT):
-            raise checkpoints.CheckpointError(f"{resume_path} is not a training checkpoint of e2mc; move it away")
+        state = checkpoints.load_training(resume_path)
         check_resumable(state["config"], cfg, state["epoch"], resume_path)
         run.network.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         checkpoints.restore_rng_state(state["rng"])
-        run.metrics.truncate(state["metrics_bytes"])
-        loss_state = _objective_state_path(run.output_dir, rank())
-        if loss_state.exists():
-            run.objective.load_state_dict(checkpoints.load(loss_state, map_location=run.device))
+        run.metrics.truncate(state["metrics_bytes"], resume_path)
+        _restore_objective_state(run, state, resume_path)
         run.epoch, run.step, run.global_step = state["epoch"], state["step"], state["global_step"]
         run.carried = state["epoch_sums"]
         run.earlier_seconds = float(state.get("run_seconds", 0.0))
@@ -325,27 +354,28 @@ def start(run: Run) -> None:
             checkpoints.apply_optimizer_state(run.optimizer, run.network, released)
     else:
         run.origin = "random initialisation"
+    if not resuming:  # before any record: a folder with records always has a checkpoint
+        save_checkpoint(run)
     if run.main_process:
         save_config(cfg, run.output_dir / "config.yaml")
         print(f"[e2mc] {cfg.method} + {cfg.criterion.name} on {run.device}, world size {world_size()}; "
               f"{run.origin}", flush=True)
     run.metrics.write({"kind": "segment", "epoch": run.epoch, "step": run.step, "global_step": run.global_step,
                        "origin": run.origin, "provenance": provenance(run.device)})
-    if not resuming:
-        save_checkpoint(run)
 
 
 # --- interruption ------------------------------------------------------------------------------
 
 class StopRequest:
-    """Turns SIGUSR1, SIGUSR2 and SIGTERM into a flag the loop checks after every step."""
+    """Turns SIGUSR1, SIGUSR2, SIGTERM and SIGINT (Ctrl-C) into a flag the loop checks after every
+    step; a second Ctrl-C aborts at once, without saving."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopRequest":
-        for s in STOP_SIGNALS:
+        for s in (*STOP_SIGNALS, signal.SIGINT):
             try:
                 self._previous[s] = signal.signal(s, self._handle)
             except ValueError:  # not the main thread: leave handlers alone
@@ -357,6 +387,11 @@ class StopRequest:
             signal.signal(s, handler)
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT:
+            if self.signal == signal.SIGINT:
+                raise KeyboardInterrupt
+            print("\n[e2mc] Ctrl-C: saving after this step (press it again to abort without saving)",
+                  file=sys.stderr, flush=True)
         self.signal = signum
 
     def requested(self, device: torch.device) -> bool:
@@ -380,7 +415,13 @@ class MetricsLog:
     def size(self) -> int:
         return self.path.stat().st_size if self.path.exists() else 0
 
-    def truncate(self, size: int) -> None:
+    def truncate(self, size: int, checkpoint: Path) -> None:
+        """Cut the file back to the ``size`` bytes that ``checkpoint`` recorded. A shorter file was cut
+        or replaced after the checkpoint was written: refused, never padded to ``size``."""
+        if self.size() < size:
+            raise RunFolderError(f"{self.path} holds {self.size()} bytes but {checkpoint} recorded {size}: the "
+                                 "metrics were cut or replaced after the checkpoint was written; restore the "
+                                 "file, or start over in a new train.output_dir")
         if self.enabled and self.path.exists():
             with open(self.path, "r+b") as f:
                 f.truncate(size)
@@ -397,32 +438,81 @@ def read_metrics(output_dir: Path, kind: str | None = None) -> list[dict[str, An
     path = Path(output_dir) / "metrics.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: {output_dir} is not the output_dir of a training run")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_bytes().decode(errors="replace").splitlines(), start=1):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} line {number} is not a JSON record ({error.msg}): the file is damaged; "
+                                 "restore it, or train the run again in a new folder") from None
+            if not (isinstance(record, dict) and "kind" in record):
+                raise ValueError(f"{path} line {number} is not a metrics record (no \"kind\"): the file is damaged")
+            records.append(record)
     return [r for r in records if kind is None or r["kind"] == kind]
 
 
-def _objective_state_path(output_dir: Path, r: int) -> Path:
+def _legacy_objective_state_path(output_dir: Path, r: int) -> Path:
+    """Where run folders written before the loss state moved into checkpoint.pt keep rank r's."""
     return output_dir / f"loss-state-rank{r}.pt"
 
 
+def _objective_states(run: Run) -> list[dict] | None:
+    """Every rank's loss state (the SwAV queue differs between ranks), by rank, on CPU; None for an
+    objective without state. A collective: every rank calls it."""
+    own = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in run.objective.state_dict().items()}
+    if not own:
+        return None
+    if not is_distributed():
+        return [own]
+    states: list[Any] = [None] * world_size()
+    dist.all_gather_object(states, own)
+    return states
+
+
+def _restore_objective_state(run: Run, state: dict, path: Path) -> None:
+    """Load this rank's loss state from the checkpoint (or, for an older run folder, from its
+    ``loss-state-rank<r>.pt``); refuse to resume without it, which would not be exact."""
+    if not run.objective.state_dict():
+        return
+    states = state.get("objective_states")
+    if states is None:
+        legacy = _legacy_objective_state_path(run.output_dir, rank())
+        if not legacy.exists():
+            raise RunFolderError(f"{path} holds no loss state ({run.cfg.method}'s queue) and {legacy} is missing: "
+                                 "resuming would restart with an empty queue, not exactly; restore the file, or "
+                                 "start over in a new train.output_dir")
+        own = checkpoints.load(legacy, map_location=run.device)
+    elif len(states) != world_size():
+        raise RunFolderError(f"{path} holds the loss state of {len(states)} processes but this run has "
+                             f"{world_size()}; resume with {len(states)}")
+    else:
+        own = states[rank()]
+    run.objective.load_state_dict(own)
+
+
 def save_checkpoint(run: Run, epoch_sums: dict[str, Any] | None = None) -> None:
-    """Write the state to resume at (``run.epoch``, ``run.step``); rank 0 the model, every rank its loss
-    state. ``epoch_sums`` carries the running sums of a part-done epoch, so that its summary line after
-    a resume is the one an uninterrupted run writes."""
-    if run.objective.state_dict():  # the SwAV queue differs between ranks
-        checkpoints.save_atomic(run.objective.state_dict(), _objective_state_path(run.output_dir, rank()))
+    """Write the state to resume at (``run.epoch``, ``run.step``) into one file on rank 0: the model,
+    optimizer, RNG and every rank's loss state together, so a kill leaves all of it old or all new.
+    ``epoch_sums`` carries the running sums of a part-done epoch, so that its summary line after a
+    resume is the one an uninterrupted run writes."""
+    objective_states = _objective_states(run)
     if run.main_process:
         state = {
-            "format": CHECKPOINT_FORMAT, "method": run.cfg.method, "config": run.cfg.to_dict(),
+            "format": checkpoints.FORMAT, "method": run.cfg.method, "config": run.cfg.to_dict(),
             "epoch": run.epoch, "step": run.step, "global_step": run.global_step,
             "model": run.network.state_dict(), "optimizer": run.optimizer.state_dict(),
             "rng": checkpoints.capture_rng_state(), "metrics_bytes": run.metrics.size(),
             "epoch_sums": epoch_sums or {}, "run_seconds": run.run_seconds(),
         }
-        checkpoints.save_atomic(state, run.output_dir / "checkpoint.pt")
+        if objective_states is not None:
+            state["objective_states"] = objective_states
         if run.cfg.train.keep_epoch_checkpoints and run.step == 0:
-            checkpoints.save_atomic({k: state[k] for k in ("format", "method", "config", "epoch", "model")},
-                                    run.output_dir / f"checkpoint-epoch{run.epoch:03d}.pt")
+            # before checkpoint.pt: a kill in between resumes the epoch, which writes this file again
+            checkpoints.export_slim(state, run.output_dir / f"checkpoint-epoch{run.epoch:03d}.pt")
+        checkpoints.save_atomic(state, run.output_dir / "checkpoint.pt")
+        for legacy in run.output_dir.glob("loss-state-rank*.pt"):  # superseded by objective_states
+            legacy.unlink(missing_ok=True)
     if is_distributed():
         dist.barrier()
 
@@ -528,30 +618,59 @@ def train(cfg: Config, epoch_end_hooks: list[EpochHook] | None = None) -> dict[s
     """Train ``cfg`` to ``cfg.train.epochs`` (resuming from its run folder's checkpoint if there is one).
 
     ``epoch_end_hooks`` are called on rank 0 as ``hook(epochs_done, network, output_dir)`` after each
-    epoch's checkpoint is written (evaluation after every epoch). Returns the run summary; its
-    ``status`` is ``"finished"`` or ``"interrupted"``. Raises :class:`NonFiniteLossError`,
-    :class:`RunFolderBusyError`, and ConfigError when the folder holds a run of another configuration.
+    epoch's checkpoint is written (evaluation after every epoch); a run resumed at the end of an epoch
+    whose hooks did not all return (killed, or one raised) calls them again for that epoch first.
+    Returns the run summary; its ``status`` is ``"finished"`` or ``"interrupted"``. Raises
+    :class:`NonFiniteLossError`, :class:`RunFolderError` (:class:`RunFolderBusyError`), and ConfigError
+    when the folder holds a run of another configuration.
     """
     run = setup(cfg)
+    created = not run.output_dir.exists()
     run.output_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run.output_dir) if run.main_process else contextlib.nullcontext()
+    hooks = epoch_end_hooks or []
     status = "finished"
-    with lock, StopRequest() as stop:
-        if run.main_process:
-            remove_partial_writes(run.output_dir)
-        start(run)
-        while run.epoch < run.cfg.train.epochs:
-            if not train_one_epoch(run, stop):
-                status = "interrupted"
-                break
+    try:
+        with lock, StopRequest() as stop:
             if run.main_process:
-                for hook in epoch_end_hooks or []:
-                    hook(run.epoch, run.network, run.output_dir)
-        summary = finish(run, status, stop)
+                remove_partial_writes(run.output_dir)
+            start(run)
+            if run.step == 0 and run.epoch > 0 and _hooks_done(run.output_dir) != run.epoch:
+                _run_hooks(run, hooks)  # the last completed epoch's evaluation was lost with its process
+            while run.epoch < run.cfg.train.epochs:
+                if not train_one_epoch(run, stop):
+                    status = "interrupted"
+                    break
+                _run_hooks(run, hooks)
+                if run.epoch < run.cfg.train.epochs and stop.requested(run.device):  # arrived during the hooks
+                    status = "interrupted"
+                    break
+            summary = finish(run, status, stop)
+    except BaseException:
+        if created and run.main_process:  # a start that failed before writing anything leaves no folder
+            with contextlib.suppress(OSError):
+                run.output_dir.rmdir()
+        raise
     if run.owns_process_group:  # not on an exception: a barrier could wait for ranks stuck elsewhere
         del run
         end_distributed()
     return summary
+
+
+def _hooks_done(output_dir: Path) -> int | None:
+    """The last epoch whose epoch-end hooks all returned (see :data:`HOOKS_DONE`); None if unknown."""
+    try:
+        return int(json.loads((output_dir / HOOKS_DONE).read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _run_hooks(run: Run, hooks: list[EpochHook]) -> None:
+    """Call the epoch-end hooks for ``run.epoch`` on rank 0, then record that they all returned."""
+    if run.main_process and hooks:
+        for hook in hooks:
+            hook(run.epoch, run.network, run.output_dir)
+        write_json_atomic(run.output_dir / HOOKS_DONE, {"epoch": run.epoch})
 
 
 def _progress(total: int, initial: int, epoch: int, enabled: bool):
@@ -561,8 +680,26 @@ def _progress(total: int, initial: int, epoch: int, enabled: bool):
                 disable=not (enabled and sys.stderr.isatty()))
 
 
+def _non_finite_settings(tree: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of ``tree`` (a configuration dict) whose numbers are NaN or inf."""
+    if isinstance(tree, dict):
+        return [k for key, value in tree.items() for k in _non_finite_settings(value, f"{prefix}{key}.")]
+    if isinstance(tree, (list, tuple)):
+        return [k for i, value in enumerate(tree) for k in _non_finite_settings(value, f"{prefix}{i}.")]
+    return [prefix.rstrip(".")] if isinstance(tree, float) and not math.isfinite(tree) else []
+
+
 def _non_finite_report(terms: dict[str, torch.Tensor], run: Run, step: int, lr: float, cause: str = "") -> str:
+    """What went wrong and what to do that works: a run resumes only under its own settings, so a
+    rerun hits the same NaN; a new run can start from the last good weights with a lower LR."""
     values = cause or ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-    return (f"non-finite loss at epoch {run.epoch} step {step} (lr {lr:.4g}): {values}. The run stopped; "
-            f"{run.output_dir / 'checkpoint.pt'} still holds the last good state. Lower optim.base_lr, "
-            "or check the inputs and the initial checkpoint, then rerun to resume.")
+    last_good = run.output_dir / "checkpoint.pt"
+    report = (f"non-finite loss at epoch {run.epoch} step {step} (lr {lr:.4g}): {values}. The run stopped; "
+              f"{last_good} still holds the last good state. ")
+    infinite = _non_finite_settings(run.cfg.to_dict())
+    if infinite:
+        return report + f"The configuration sets {', '.join(infinite)} to a non-finite number: give a finite value."
+    return report + ("Rerunning the same command resumes into the same loss. To go on from the last good "
+                     f"weights, start a new run from them with a lower learning rate: `python -m e2mc continue` "
+                     f"with train.init={last_good}, a lower optim.base_lr and a new train.output_dir; or check "
+                     "the inputs and the initial checkpoint.")

@@ -63,14 +63,16 @@ def test_sweep_runs_through_the_command_line(tmp_path, data_root):
 def test_a_second_process_cannot_train_in_a_busy_run_folder(tmp_path, data_root):
     run = tmp_path / "run"
     run.mkdir()
-    with open(run / "run.lock", "w") as holder:  # another live process holds the lock
+    holder = os.open(run, os.O_RDONLY)  # another live process holds the lock on the folder
+    try:
         fcntl.flock(holder, fcntl.LOCK_EX)
-        holder.write("pid 4242 on elsewhere\n")
-        holder.flush()
+        (run / "run.lock").write_text("pid 4242 on elsewhere\n")
         with pytest.raises(RunFolderBusyError, match="in use by pid 4242 on elsewhere"):
             train(load_config(PRETRAIN, tiny(data_root, run)))
         assert not (run / "metrics.jsonl").exists()
-    # the lock of a process that is gone (the file stays) does not block: the kernel released it
+    finally:
+        os.close(holder)
+    # the lock of a process that is gone (its run.lock stays) does not block: the kernel released it
     assert train(load_config(PRETRAIN, tiny(data_root, run)))["status"] == "finished"
     assert len(read_metrics(run, "epoch")) == 1
 

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from e2mc import checkpoints, data
-from e2mc.build import CHECKPOINT_FORMAT, build_network, check_finite_weights, load_initial_weights, resolve_device
-from e2mc.config import LABEL_FRACTIONS, PROTOCOLS, Config, EvalConfig, config_from_dict
+from e2mc.build import build_network, check_finite_weights, load_initial_weights, resolve_device
+from e2mc.config import LABEL_FRACTIONS, PROTOCOLS, Config, EvalConfig, config_from_dict, load_config
 from e2mc.criteria import criterion_record
 from e2mc.diagnostics import dimension_pairs, pair_coordinates, rankme, transformed_statistics
 from e2mc.methods import build_model, get_method, method_names
@@ -88,7 +88,8 @@ def evaluation_root(cfg: Config) -> str | None:
 
 
 def load_checkpoint(path: str | Path, method: str | None = None, device: str | torch.device = "auto",
-                    arm: str | None = None, epoch: int | None = None) -> LoadedCheckpoint:
+                    arm: str | None = None, epoch: int | None = None, run_config: dict | None = None
+                    ) -> LoadedCheckpoint:
     """Open a checkpoint for evaluation.
 
     Our training checkpoints (``"format": "e2mc-train-v1"``) carry method, configuration and epoch;
@@ -99,13 +100,17 @@ def load_checkpoint(path: str | Path, method: str | None = None, device: str | t
     of continued training, epoch 0 (its own epoch count goes to ``extra["pretrain_epochs"]``).
     The network is in eval mode, on ``device``, in the memory layout its run trained in
     (``train.channels_last``; channels_last for releases), so evaluating a saved epoch gives what the
-    per-epoch hook measured in training.
+    per-epoch hook measured in training. With ``run_config`` (the configuration of the run folder the
+    file lies in) the file must be that run's checkpoint of ``epoch``: same method and arm, and that
+    epoch recorded in it; a file another run wrote is refused rather than labelled as this run's.
     """
     path = Path(path)
     device = resolve_device(device) if isinstance(device, str) else device
     state = checkpoints.load(path)
     extra: dict[str, Any] = {}
-    if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
+    if run_config is not None:
+        _check_of_run(path, state, run_config, epoch)
+    if checkpoints.is_training_checkpoint(state):
         if method is not None and method != state["method"]:
             raise ValueError(f"{path} holds a {state['method']} network, not {method}; drop --method for our "
                              "checkpoints (they say what they hold)")
@@ -441,6 +446,18 @@ def evaluate_checkpoint(checkpoint: str | Path, results_dir: str | Path, plan: E
     return evaluate_network(loaded.network, loaded.context, evaluation, plan, results_dir, skip_existing, workers)
 
 
+def _check_of_run(path: Path, state: Any, run_config: dict, epoch: int | None) -> None:
+    """Refuse ``path`` unless it is the checkpoint of ``epoch`` of the run configured by ``run_config``."""
+    expected = f"{run_config['method']} {infer_arm(run_config)} at epoch {epoch}"
+    if not checkpoints.is_training_checkpoint(state):
+        raise ValueError(f"{path} is not a checkpoint written by the run in {path.parent} (that run is "
+                         f"{run_config['method']} {infer_arm(run_config)}); move the file out of the run folder")
+    found = f"{state['method']} {infer_arm(state['config'])} at epoch {state['epoch']}"
+    if found != expected:
+        raise ValueError(f"{path} holds {found}, but the run in {path.parent} would have written {expected} there: "
+                         "another run's file was copied in; move it out of the run folder")
+
+
 def epoch_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """(epoch, path) of every ``checkpoint-epochNNN.pt`` in ``run_dir``, by epoch."""
     run_dir = Path(run_dir)
@@ -472,6 +489,8 @@ def sweep(run_dir: str | Path, results_dir: str | Path | None = None, plan: Eval
     written: list[Path] = []
     evaluation = None
     kept = epoch_checkpoints(run_dir)
+    config_file = Path(run_dir) / "config.yaml"
+    run_config = load_config(config_file).to_dict() if config_file.is_file() else None
     if epochs is not None:
         missing = sorted(set(epochs) - {epoch for epoch, _ in kept})
         if missing:
@@ -479,7 +498,7 @@ def sweep(run_dir: str | Path, results_dir: str | Path | None = None, plan: Eval
                                     f"{', '.join(map(str, missing))}")
         kept = [(epoch, path) for epoch, path in kept if epoch in set(epochs)]
     for epoch, path in kept:
-        loaded = load_checkpoint(path, device=device, epoch=epoch)
+        loaded = load_checkpoint(path, device=device, epoch=epoch, run_config=run_config)
         target = Path(results_dir) if results_dir is not None else default_results_dir(loaded.context.config, run_dir)
         if evaluation is None and plan.uses_own_data:
             evaluation = open_evaluation_data(loaded, dataset, data_root, subset_dir, workers)
