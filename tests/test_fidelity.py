@@ -25,7 +25,7 @@ def test_imagenet_configs_use_each_methods_eps(method, eps):
     assert get_criterion("e2mc").build(cfg.criterion).eps == eps
 
 
-# Config.hash() of configs/mini/<method>.yaml before criterion.eps existed (main at 95fb833).
+# Config.hash() of configs/mini/<method>.yaml before criterion.eps existed (main, 2026-12-06).
 MINI_HASHES = {"vicreg": "7491f1bb8bc532b1", "swav": "be92716dbfe1b190", "simsiam": "97f22feda9fcc417",
                "barlowtwins": "7cdccbe8d30cd239"}
 
