@@ -70,13 +70,27 @@ def build_parser() -> argparse.ArgumentParser:
     from e2mc import migrations
 
     migrations.add_commands(sub)  # migrate
-    from e2mc import launcher
-
     text = "submit a grid of training runs (method x arm x configuration values x seed) as a submitit job array"
-    p = sub.add_parser("submit", help=text, description=text)
-    launcher.add_arguments(p)
-    p.set_defaults(run=launcher.submit_command)
+    try:
+        from e2mc import launcher  # imports submitit, an optional dependency (the `repro` extra)
+    except ModuleNotFoundError as e:
+        if e.name != "submitit":
+            raise
+        # Without it `submit` takes any arguments (no option is parsed) and says what to install.
+        p = sub.add_parser("submit", help=text, description=text, prefix_chars="\0", add_help=False)
+        p.add_argument("arguments", nargs="*")
+        p.set_defaults(run=_needs_repro_extra)
+    else:
+        p = sub.add_parser("submit", help=text, description=text)
+        launcher.add_arguments(p)
+        p.set_defaults(run=launcher.submit_command)
     return parser
+
+
+def _needs_repro_extra(args) -> int:
+    print(f"error: `{args.command}` needs submitit, which the core install leaves out: "
+          "pip install 'e2mc[repro]'", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

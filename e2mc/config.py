@@ -57,6 +57,8 @@ class CriterionConfig:
     transform: str = "sigmoid"        # e2mc: sigmoid or gaussian_cdf
     ent_coeff: float = 10.0           # e2mc: lambda_ent (0 = covariance-only ablation)
     cov_coeff: float = 1.0            # e2mc: lambda_cov (0 = entropy-only ablation)
+    eps: float = 1e-7                 # e2mc: added inside the entropy's log; the authors: 1e-7 for VICReg,
+                                      # float32 eps 1.1920929e-07 for SwAV and SimSiam (docs/fidelity.md)
     params: dict = field(default_factory=dict)  # keyword arguments of an alternative criterion
 
 
@@ -170,7 +172,8 @@ LOCATION_FIELDS = (("train", "output_dir"), ("data", "root"), ("data", "workers"
 # Fields added after results were first committed: left out of Config.hash() at their default value, so
 # that the hash of every configuration that existed before them (and the result files named by it) stays.
 ADDED_AFTER_FIRST_RESULTS = (("train", "restore_release_optimizer"), ("eval", "protocols"), ("eval", "probe"),
-                             ("eval", "finetune"), ("eval", "transfer"), ("optim", "bias_base_lr"))
+                             ("eval", "finetune"), ("eval", "transfer"), ("optim", "bias_base_lr"),
+                             ("criterion", "eps"))
 
 
 def _suggest(key: str, valid: list[str]) -> str:
@@ -300,6 +303,7 @@ def validate(cfg: Config) -> None:
     number(cfg.train.log_every, "train.log_every", 1)
     number(cfg.criterion.ent_coeff, "criterion.ent_coeff", 0)
     number(cfg.criterion.cov_coeff, "criterion.cov_coeff", 0)
+    number(cfg.criterion.eps, "criterion.eps", 0, strict=True)
     number(cfg.optim.base_lr, "optim.base_lr", 0, strict=True)
     number(cfg.optim.bias_base_lr, "optim.bias_base_lr", 0, strict=True)
     number(cfg.optim.momentum, "optim.momentum", 0)

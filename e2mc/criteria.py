@@ -66,15 +66,16 @@ class OriginalLossOnly(AddedCriterion):
 
 
 class E2MCCriterion(AddedCriterion):
-    """E2MC: ``criterion.transform``, ``criterion.ent_coeff`` (lambda_ent), ``criterion.cov_coeff`` (lambda_cov)."""
+    """E2MC: ``criterion.transform``, ``criterion.ent_coeff`` (lambda_ent), ``criterion.cov_coeff`` (lambda_cov),
+    ``criterion.eps`` (inside the entropy's logarithm)."""
 
     name, label = "e2mc", "E2MC"
 
     def build(self, section):
         if section.params:
             raise ValueError("criterion.params is for the alternative criteria; E2MC takes "
-                             "criterion.transform, criterion.ent_coeff and criterion.cov_coeff")
-        return E2MC(section.transform, ent_coeff=section.ent_coeff, cov_coeff=section.cov_coeff)
+                             "criterion.transform, criterion.ent_coeff, criterion.cov_coeff and criterion.eps")
+        return E2MC(section.transform, ent_coeff=section.ent_coeff, cov_coeff=section.cov_coeff, eps=section.eps)
 
     def record(self, section):
         return {"name": self.name, "transform": section["transform"], "ent_coeff": float(section["ent_coeff"]),

@@ -65,8 +65,9 @@ class LARC(torch.optim.SGD):
     """SGD with layer-wise adaptive rates in the form of NVIDIA apex's ``LARC(clip=False)``, used by SwAV.
 
     Before the SGD step every parameter's gradient becomes
-    ``(g + wd * p) * trust * ||p|| / (||g|| + wd * ||p|| + eps)`` when both norms are non-zero (otherwise
-    ``g + wd * p``); SGD then applies momentum and the learning rate without further weight decay.
+    ``(g + wd * p) * trust * ||p|| / (||g|| + wd * ||p|| + eps)`` when both norms are non-zero; otherwise
+    it is left as it is, without weight decay, as apex does. SGD then applies momentum and the learning
+    rate without further weight decay.
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
@@ -86,8 +87,9 @@ class LARC(torch.optim.SGD):
                     continue
                 param_norm, grad_norm = torch.norm(p), torch.norm(p.grad)
                 scale = self.trust_coefficient * param_norm / (grad_norm + wd * param_norm + self.eps)
-                scale = torch.where((param_norm > 0) & (grad_norm > 0), scale, torch.ones_like(scale))
-                p.grad.add_(p, alpha=wd).mul_(scale)
+                adapted = p.grad.add(p, alpha=wd).mul_(scale)
+                # torch.where rather than an `if` on the norms: no host-device synchronisation per parameter.
+                p.grad.copy_(torch.where((param_norm > 0) & (grad_norm > 0), adapted, p.grad))
         return super().step(closure)
 
 

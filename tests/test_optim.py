@@ -90,3 +90,38 @@ def test_without_bias_lr_one_group_at_lr():
     assert len(optimizer.param_groups) == 1 and optimizer.param_groups[0]["lr"] == 0.3
     set_learning_rate(optimizer, 0.05)
     assert optimizer.param_groups[0]["lr"] == 0.05
+
+
+def _apex_larc_sgd(params, grads, buffers, lr, momentum, wd, trust, eps=1e-8):
+    """One step of apex ``LARC(SGD(weight_decay=wd), trust, clip=False)``, written from apex's rule: the
+    gradient is decayed and rescaled only when the parameter's and the gradient's norms are both
+    non-zero; otherwise it is left alone (no weight decay: LARC zeroes SGD's own). Then plain momentum SGD."""
+    new_params = []
+    for i, (p, g) in enumerate(zip(params, grads)):
+        p_norm, g_norm = p.norm().item(), g.norm().item()
+        if p_norm != 0 and g_norm != 0:
+            g = (g + wd * p) * (trust * p_norm / (g_norm + p_norm * wd + eps))
+        buffers[i] = g.clone() if buffers[i] is None else momentum * buffers[i] + g
+        new_params.append(p - lr * buffers[i])
+    return new_params
+
+
+def test_larc_leaves_zero_gradients_and_zero_parameters_as_apex(generator):
+    """Issue 20 item 17: a parameter whose gradient is 0 is not moved (we used to add weight decay to it)."""
+    lr, momentum, wd, trust = 0.5, 0.9, 0.1, 0.02
+    live = torch.randn(4, 3, generator=generator, dtype=torch.float64)
+    idle = torch.randn(5, generator=generator, dtype=torch.float64)          # its gradient is 0
+    zero = torch.zeros(2, 2, dtype=torch.float64)                            # a parameter at 0
+    params = [t.clone().requires_grad_(True) for t in (live, idle, zero)]
+    expected, buffers = [live, idle, zero], [None, None, None]
+    opt = LARC(params, lr=lr, momentum=momentum, weight_decay=wd, trust_coefficient=trust)
+    for _ in range(2):
+        grads = [torch.randn(4, 3, generator=generator, dtype=torch.float64), torch.zeros(5, dtype=torch.float64),
+                 torch.randn(2, 2, generator=generator, dtype=torch.float64)]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        expected = _apex_larc_sgd(expected, grads, buffers, lr, momentum, wd, trust)
+        for p, e in zip(params, expected):
+            torch.testing.assert_close(p.detach(), e)
+    torch.testing.assert_close(params[1].detach(), idle)  # never moved

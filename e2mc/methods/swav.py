@@ -14,7 +14,7 @@ from torch import nn
 
 from e2mc.data.recipes import SWAV_IMAGENET_STD, ViewRecipe, grey_recipe
 from e2mc.methods.base import CriterionViews, Method, Release, register
-from e2mc.models import check_dims
+from e2mc.models import EmbeddingHead, check_dims
 from e2mc.objectives.swav import SwAVLoss, normalize_prototypes_
 
 
@@ -38,7 +38,7 @@ class SwAVNet(nn.Module):
         super().__init__()
         check_dims(feature_dim=feature_dim, hidden_dim=hidden_dim, output_dim=output_dim, n_prototypes=n_prototypes)
         self.backbone = backbone
-        self.projection_head = nn.Sequential(
+        self.projection_head = EmbeddingHead(  # the last Linear in float32 under autocast: E2MC's input
             nn.Linear(feature_dim, hidden_dim),
             nn.BatchNorm1d(hidden_dim),
             nn.ReLU(inplace=True),
