@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from e2mc.errors import UserError
 from e2mc.methods import Method, get_method
 from e2mc.provenance import write_atomic
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint could not be read, written or matched to a model."""
 
 
@@ -90,6 +91,8 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     safety; nothing in it runs) and :class:`CheckpointError` for a corrupt or foreign file.
     """
     path = require_file(path)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): a copy or a save that did not finish; copy it again")
     _check_expanded_size(path)
     try:
         with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
@@ -110,9 +113,12 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
             "the file is truncated or corrupt, or uses pickle features beyond tensors and plain containers. "
             "Nothing in the file was run; download or copy it again, or re-save it as a plain state dict."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    # A text or foreign file fails inside the unpickler with whatever its bytes provoke (KeyError: 101, ...)
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError) as error:
         raise CheckpointError(
-            f"could not read {path}: {error}. The file is truncated, corrupt or not written by torch.save; "
+            f"could not read {path} ({type(error).__name__}: {str(error).strip() or 'no detail'}). The file is "
+            "truncated, corrupt or not written by torch.save; "
             "download or copy it again"
         ) from error
 
@@ -190,7 +196,7 @@ def convert_official(state_dict: Mapping[str, torch.Tensor], method: str) -> dic
             raise TypeError(f"entry {key!r} is a {type(value).__name__}, not a tensor; pass a model state dict")
         ours = spec.official_key(key[len("module."):] if key.startswith("module.") else key)
         if ours in converted:
-            raise ValueError(f"official keys {sources[ours]!r} and {key!r} both map to {ours!r}")
+            raise UserError(f"official keys {sources[ours]!r} and {key!r} both map to {ours!r}")
         converted[ours] = value
         sources[ours] = key
     return converted
@@ -236,10 +242,11 @@ class OfficialLoadReport:
         return "\n".join(lines)
 
 
-def _split_checkpoint(checkpoint: Any) -> tuple[Mapping[str, torch.Tensor], dict[str, Any]]:
+def _split_checkpoint(checkpoint: Any, source: str) -> tuple[Mapping[str, torch.Tensor], dict[str, Any]]:
     """(model state dict, other top-level entries) of a full or a flat checkpoint."""
     if not isinstance(checkpoint, Mapping):
-        raise TypeError(f"expected a checkpoint dict or a state dict, got {type(checkpoint).__name__}")
+        raise CheckpointError(f"{source} holds a {type(checkpoint).__name__}, not a checkpoint dict or a state "
+                              "dict of named tensors; save model.state_dict() (or {'model': ...}) instead")
     for wrapper in ("model", "state_dict"):
         if isinstance(checkpoint.get(wrapper), Mapping):
             return checkpoint[wrapper], {k: v for k, v in checkpoint.items() if k != wrapper}
@@ -285,7 +292,7 @@ def load_official(
         source, checkpoint = str(path_or_state), load(path_or_state)
     else:
         source, checkpoint = source or "<in-memory checkpoint>", path_or_state
-    official_state, extras = _split_checkpoint(checkpoint)
+    official_state, extras = _split_checkpoint(checkpoint, source)
     converted = convert_official(official_state, method)
     renamed = {official: ours for official, ours in zip(official_state.keys(), converted.keys())}
 
@@ -417,7 +424,7 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available():
         if len(state["cuda"]) != torch.cuda.device_count():
-            raise ValueError(
+            raise UserError(
                 f"RNG state holds {len(state['cuda'])} CUDA generators but {torch.cuda.device_count()} GPUs are "
                 "visible; resume with the same CUDA_VISIBLE_DEVICES"
             )
