@@ -186,17 +186,18 @@ class _CountingLoader(yaml.SafeLoader):
         self.expanded: dict[int, int] = {}  # id(node) -> values it stands for, aliases expanded
 
     def compose_node(self, parent, index):
-        node = super().compose_node(parent, index)  # an alias returns the node it names, already counted
-        if id(node) in self.expanded:
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)  # the node the alias names, counted when complete
+            if id(node) not in self.expanded:
+                raise yaml.YAMLError("an alias refers to a node that contains it (a recursive structure)")
             return node
+        node = super().compose_node(parent, index)
         if isinstance(node, yaml.ScalarNode):
             children = []
         elif isinstance(node, yaml.SequenceNode):
             children = node.value
         else:
             children = [n for pair in node.value for n in pair]
-        if any(id(child) not in self.expanded for child in children):
-            raise yaml.YAMLError("an alias refers to the node that contains it (a recursive structure)")
         size = 1 + sum(self.expanded[id(child)] for child in children)
         if size > MAX_YAML_NODES:
             raise yaml.YAMLError(f"it expands to more than {MAX_YAML_NODES} values through its aliases "
@@ -359,6 +360,10 @@ def validate(cfg: Config) -> None:
     number(cfg.optim.weight_decay, "optim.weight_decay", 0)
     number(cfg.optim.eta, "optim.eta", 0, strict=True)
     number(cfg.optim.warmup_epochs, "optim.warmup_epochs", 0)
+    if cfg.optim.schedule == "cosine" and cfg.train.epochs > 0 and cfg.optim.warmup_epochs > cfg.train.epochs:
+        raise ConfigError(f"optim.warmup_epochs={cfg.optim.warmup_epochs} is longer than the training "
+                          f"(train.epochs={cfg.train.epochs}): the learning rate would never reach base_lr; "
+                          "lower it (e.g. optim.warmup_epochs=0 for a short run)")
     if cfg.data.limit is not None and cfg.data.limit < cfg.data.batch_size:
         raise ConfigError(f"data.limit={cfg.data.limit} is less than one batch (data.batch_size="
                           f"{cfg.data.batch_size}); raise it or lower the batch size")

@@ -94,10 +94,14 @@ def test_an_alias_bomb_is_refused_without_being_expanded(tmp_path):
         load_config(None, ["loss.params={" + ", ".join(items) + "}"])
 
 
-def test_yaml_aliases_in_a_normal_configuration_still_load(tmp_path):
+def test_yaml_aliases_in_a_normal_configuration_still_load_and_recursion_is_refused(tmp_path):
     path = tmp_path / "aliases.yaml"
-    path.write_text("method: vicreg\neval:\n  seeds: &s [0, 1]\n  label_fractions: [0.1]\n")
-    assert load_config(path).eval.seeds == [0, 1]
+    path.write_text("method: vicreg\neval:\n  seeds: &s [0, 1]\n  label_fractions: [0.1]\nloss: {params: {s: *s}}\n")
+    config = load_config(path)
+    assert config.eval.seeds == [0, 1] and config.loss.params == {"s": [0, 1]}
+    path.write_text("method: vicreg\ncriterion: {name: uniformity, params: &p {t: [*p]}}\n")
+    with pytest.raises(ConfigError, match="recursive structure"):
+        load_config(path)
 
 
 # --- item 12: malformed files ---------------------------------------------------------------------
@@ -172,10 +176,11 @@ def test_a_repeated_grid_axis_is_refused(capsys):
     ("optim.momentum=5", "optim.momentum must be < 1"),
     ("eval.seeds=[0, 0]", "eval.seeds repeats 0"),
     ("eval.label_fractions=[0.1, 0.1]", "eval.label_fractions repeats 0.1"),
+    ("train.epochs=1", "optim.warmup_epochs=2 is longer than the training (train.epochs=1)"),
 ])
 def test_out_of_range_values_are_refused_by_the_configuration(override, message):
     with pytest.raises(ConfigError) as info:
-        load_config(CONTINUE, [override])
+        load_config(PRETRAIN, [override])  # cosine, two warm-up epochs
     assert message in str(info.value)
 
 
