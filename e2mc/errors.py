@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from pathlib import Path
 
 # OSErrors that name a problem of the machine or of a path the user gave, not of the code.
 USER_ERRNOS = {errno.ENOSPC: "no space left on the device holding {path}",
@@ -45,6 +46,17 @@ def write_error(path: str | os.PathLike, error: OSError) -> Exception:
     user can act on it (a full disk, a read-only place, a file where a folder should be), else ``error``."""
     message = describe_os_error(error, path)
     return error if message is None else UserError(f"cannot write {path}: {message}; nothing was written there")
+
+
+def check_folder_path(path: str | os.PathLike, what: str) -> None:
+    """Refuse a folder path that a file blocks (the path itself or a folder above it), creating nothing."""
+    path = Path(path).absolute()
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                where = "is a file" if candidate == path else f"lies under the file {candidate}"
+                raise UserError(f"{what} {path} {where}, not a folder; name a folder")
+            return
 
 
 def check_writable_folder(path: str | os.PathLike, what: str) -> None:

@@ -296,6 +296,14 @@ def test_a_results_folder_that_is_a_file_is_refused_before_the_checkpoint_is_rea
     assert "lies under a file" in err
 
 
+def test_a_run_folder_blocked_by_a_file_is_named_before_any_data_are_read(capsys, tmp_path):
+    blocker = tmp_path / "runs"
+    blocker.write_text("a file")
+    err = one_line_error(capsys, ["pretrain", "--config", PRETRAIN, f"data.root={tmp_path / 'no-data'}",
+                                  f"train.output_dir={blocker / 'vicreg'}"])
+    assert f"train.output_dir {blocker / 'vicreg'} lies under the file {blocker}, not a folder" in err
+
+
 # --- item 9: notebooks' figures ---------------------------------------------------------------------
 
 def test_figures_of_a_results_folder_elsewhere_never_go_to_the_committed_ones(tmp_path, monkeypatch):
