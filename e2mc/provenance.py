@@ -25,14 +25,14 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
-from e2mc.errors import describe_os_error, write_error
+from e2mc.errors import UserError, describe_os_error, write_error
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Set to 1 to write into committed result folders from a checkout with uncommitted changes.
 ALLOW_DIRTY_VARIABLE = "E2MC_ALLOW_DIRTY"
 
 
-class DirtyTreeError(ValueError):
+class DirtyTreeError(UserError):
     """A command would write into committed result folders from a checkout with uncommitted changes."""
 
 
