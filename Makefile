@@ -32,7 +32,7 @@ data:
 pretrain-mini: $(STAMP) data
 	@for m in $(METHODS); do \
 	  $(PY) -m e2mc pretrain --config configs/mini/pretrain/$$m.yaml && \
-	  $(PY) -m e2mc export-base --run runs/mini/pretrain/$$m --to $(RESULTS)/checkpoints/$$m.pt || exit 1; \
+	  $(PY) -m e2mc export-base --force --run runs/mini/pretrain/$$m --to $(RESULTS)/checkpoints/$$m.pt || exit 1; \
 	done
 
 # Converged mini bases (issue 15): the same recipes pre-trained for $(CONVERGED_EPOCHS) epochs (cosine schedule over

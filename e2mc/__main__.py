@@ -15,6 +15,7 @@ import signal
 import sys
 
 from e2mc.config import ConfigError, load_config
+from e2mc.errors import UserError, describe_os_error
 from e2mc.provenance import code_state, require_clean_tree
 
 
@@ -94,9 +95,6 @@ def _needs_repro_extra(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from e2mc.checkpoints import CheckpointError
-    from e2mc.train import RunFolderBusyError
-
     args = build_parser().parse_args(argv)
     code_state()  # the commit the files of this process will name: the code it started with
     try:
@@ -107,10 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C in training, or one outside it: nothing was saved then
         print("\n[e2mc] interrupted (Ctrl-C)", file=sys.stderr)
         return 128 + signal.SIGINT
-    # Bad input of any kind is a one-line error naming the file or the setting, not a traceback.
-    except (CheckpointError, RunFolderBusyError, FileNotFoundError, PermissionError, IsADirectoryError,
-            NotADirectoryError, ValueError, RuntimeError) as e:
+    except UserError as e:  # bad input: one line naming the file or the setting; anything else is a bug
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user gave: missing, a folder, read-only, a full disk
+        message = describe_os_error(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

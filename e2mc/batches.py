@@ -15,6 +15,8 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from e2mc.errors import UserError
+
 
 def _mix(*numbers: int) -> int:
     """A 63-bit seed from a tuple of integers (deterministic across processes and runs)."""
@@ -39,10 +41,10 @@ class TensorViews:
     def __init__(self, images: torch.Tensor, augment, batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1, device: torch.device | str = "cpu") -> None:
         if batch_size % world_size:
-            raise ValueError(f"batch_size={batch_size} must be divisible by the number of processes ({world_size})")
+            raise UserError(f"batch_size={batch_size} must be divisible by the number of processes ({world_size})")
         self.local_batch = batch_size // world_size
         if len(images) < batch_size:
-            raise ValueError(f"the dataset has {len(images)} images, fewer than one global batch of {batch_size}; "
+            raise UserError(f"the dataset has {len(images)} images, fewer than one global batch of {batch_size}; "
                              "lower data.batch_size or raise data.limit")
         self.images = (images if images.dim() == 4 else images.unsqueeze(1)).to(device)
         self.augment, self.seed, self.rank, self.world_size = augment, seed, rank, world_size

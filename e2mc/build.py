@@ -15,8 +15,21 @@ from torch import nn
 from e2mc import checkpoints
 from e2mc.config import Config
 from e2mc.criteria import get_criterion
+from e2mc.errors import UserError
 from e2mc.methods import get_method
 from e2mc.provenance import repo_relative
+
+
+
+def load_model_weights(network: nn.Module, state: dict, source: str | Path) -> None:
+    """Load ``state["model"]`` (one of our checkpoints) into ``network``; a KeyMismatchError naming
+    ``source`` when the tensors do not fit (another model size, a hand-edited file)."""
+    try:
+        network.load_state_dict(state["model"])
+    except RuntimeError as e:  # torch lists missing, unexpected and misshapen keys
+        detail = " ".join(str(e).split())
+        raise checkpoints.KeyMismatchError(f"{source} does not fit the network its configuration builds: "
+                                           f"{detail[:300]}") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -25,7 +38,7 @@ def resolve_device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but no GPU is visible; use train.device=cpu or auto")
+            raise UserError("train.device=cuda but no GPU is visible; use train.device=cpu or auto")
         # One GPU per local rank. SLURM may already show each task only its own GPU(s)
         # (--gpus-per-task, --gpu-bind), so the index is taken among the visible ones.
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
@@ -38,7 +51,7 @@ def build_network(cfg: Config) -> nn.Module:
         return get_method(cfg.method).build_network(cfg.model.backbone, backbone_widths=cfg.model.widths,
                                                     **cfg.model.heads)
     except TypeError as e:
-        raise ValueError(f"model.heads does not fit {cfg.method}: {e}") from None
+        raise UserError(f"model.heads does not fit {cfg.method}: {e}") from None
 
 
 def build_objective(cfg: Config) -> nn.Module:
@@ -72,11 +85,11 @@ def load_initial_weights(path: str | Path, method: str, network: nn.Module,
     SGD state is not); True or False forces it.
     """
     state = checkpoints.load(path)
-    if checkpoints.is_training_checkpoint(state):
+    if checkpoints.training_state(state, path) is not None:
         if state["method"] != method:
-            raise ValueError(f"{path} holds a {state['method']} network but method={method}; "
+            raise UserError(f"{path} holds a {state['method']} network but method={method}; "
                              "choose the matching config")
-        network.load_state_dict(state["model"])
+        load_model_weights(network, state, path)
         check_finite_weights(network, str(path))
         return f"started from {repo_relative(path)} (epoch {state['epoch']})", None
     report = checkpoints.load_official(state, method, network, source=repo_relative(path))

@@ -30,11 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from e2mc.errors import UserError
 from e2mc.methods import Method, get_method
 from e2mc.provenance import write_atomic
 
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint could not be read, written or matched to a model."""
 
 
@@ -94,6 +96,8 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     safety; nothing in it runs) and :class:`CheckpointError` for a corrupt or foreign file.
     """
     path = require_file(path)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): a copy or a save that did not finish; copy it again")
     _check_expanded_size(path)
     try:
         with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
@@ -114,9 +118,12 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
             "the file is truncated or corrupt, or uses pickle features beyond tensors and plain containers. "
             "Nothing in the file was run; download or copy it again, or re-save it as a plain state dict."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    # A text or foreign file fails inside the unpickler with whatever its bytes provoke (KeyError: 101, ...)
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError) as error:
         raise CheckpointError(
-            f"could not read {path}: {error}. The file is truncated, corrupt or not written by torch.save; "
+            f"could not read {path} ({type(error).__name__}: {str(error).strip() or 'no detail'}). The file is "
+            "truncated, corrupt or not written by torch.save; "
             "download or copy it again"
         ) from error
 
@@ -165,7 +172,8 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
 FORMAT = "e2mc-train-v1"  # the ``format`` entry of every training checkpoint we write
 # What a checkpoint needs to be evaluated or continued from (no optimizer, RNG or position): the
 # per-epoch ``checkpoint-epochNNN.pt`` files and exported base checkpoints hold only these.
-SLIM_KEYS = ("format", "method", "config", "epoch", "model")
+SLIM_ENTRIES = {"method": str, "config": dict, "epoch": int, "model": dict}  # each with its type
+SLIM_KEYS = ("format", *SLIM_ENTRIES)
 
 
 def is_training_checkpoint(state: Any) -> bool:
@@ -173,10 +181,25 @@ def is_training_checkpoint(state: Any) -> bool:
     return isinstance(state, Mapping) and state.get("format") == FORMAT
 
 
+def training_state(state: Any, source: str | os.PathLike) -> dict[str, Any] | None:
+    """``state`` when it is one of our training checkpoints, None when it is something else (e.g. an
+    official release); a CheckpointError naming ``source`` when it claims our format but lacks one of
+    :data:`SLIM_ENTRIES` or holds one of the wrong type (a hand-edited or foreign file)."""
+    if not is_training_checkpoint(state):
+        return None
+    for key, kind in SLIM_ENTRIES.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            found = "no such entry" if key not in state else f"a {type(state[key]).__name__}"
+            raise CheckpointError(f"{source} says it is an {FORMAT} checkpoint but its {key!r} entry is not a "
+                                  f"{kind.__name__} ({found}); it is damaged or not written by e2mc: use another "
+                                  "checkpoint")
+    return state
+
+
 def load_training(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """:func:`load` a checkpoint that must be one of ours; :class:`CheckpointError` naming it otherwise."""
-    state = load(path, map_location)
-    if not is_training_checkpoint(state):
+    state = training_state(load(path, map_location), path)
+    if state is None:
         raise CheckpointError(f"{path} is not a training checkpoint of e2mc (no \"format\": {FORMAT!r}); "
                               "name a checkpoint.pt written by e2mc training, or move the file away")
     return state
@@ -226,7 +249,7 @@ def convert_official(state_dict: Mapping[str, torch.Tensor], method: str) -> dic
             raise TypeError(f"entry {key!r} is a {type(value).__name__}, not a tensor; pass a model state dict")
         ours = spec.official_key(key[len("module."):] if key.startswith("module.") else key)
         if ours in converted:
-            raise ValueError(f"official keys {sources[ours]!r} and {key!r} both map to {ours!r}")
+            raise UserError(f"official keys {sources[ours]!r} and {key!r} both map to {ours!r}")
         converted[ours] = value
         sources[ours] = key
     return converted
@@ -272,10 +295,11 @@ class OfficialLoadReport:
         return "\n".join(lines)
 
 
-def _split_checkpoint(checkpoint: Any) -> tuple[Mapping[str, torch.Tensor], dict[str, Any]]:
+def _split_checkpoint(checkpoint: Any, source: str) -> tuple[Mapping[str, torch.Tensor], dict[str, Any]]:
     """(model state dict, other top-level entries) of a full or a flat checkpoint."""
     if not isinstance(checkpoint, Mapping):
-        raise TypeError(f"expected a checkpoint dict or a state dict, got {type(checkpoint).__name__}")
+        raise CheckpointError(f"{source} holds a {type(checkpoint).__name__}, not a checkpoint dict or a state "
+                              "dict of named tensors; save model.state_dict() (or {'model': ...}) instead")
     for wrapper in ("model", "state_dict"):
         if isinstance(checkpoint.get(wrapper), Mapping):
             return checkpoint[wrapper], {k: v for k, v in checkpoint.items() if k != wrapper}
@@ -321,7 +345,7 @@ def load_official(
         source, checkpoint = str(path_or_state), load(path_or_state)
     else:
         source, checkpoint = source or "<in-memory checkpoint>", path_or_state
-    official_state, extras = _split_checkpoint(checkpoint)
+    official_state, extras = _split_checkpoint(checkpoint, source)
     converted = convert_official(official_state, method)
     renamed = {official: ours for official, ours in zip(official_state.keys(), converted.keys())}
 
@@ -453,7 +477,7 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available():
         if len(state["cuda"]) != torch.cuda.device_count():
-            raise ValueError(
+            raise UserError(
                 f"RNG state holds {len(state['cuda'])} CUDA generators but {torch.cuda.device_count()} GPUs are "
                 "visible; resume with the same CUDA_VISIBLE_DEVICES"
             )

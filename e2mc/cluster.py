@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from e2mc import naming
+from e2mc.errors import UserError
 from e2mc.methods import method_names
 from e2mc.runs import run_folder
 
@@ -39,7 +40,7 @@ DEFAULT_MAX_REQUEUES = 8
 MIN_LIMIT_PER_LEAD = 4
 
 
-class ClusterError(ValueError):
+class ClusterError(UserError):
     """A job was set up inconsistently (array size, E2MC_* variables); the message names the fix."""
 
 

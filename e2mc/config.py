@@ -20,13 +20,16 @@ from typing import Any
 
 import yaml
 
+from e2mc.errors import UserError
+
 # The label fractions every evaluation reports unless told otherwise (the paper's 1%, 10%, 100%).
 LABEL_FRACTIONS = (0.01, 0.1, 1.0)
 PROTOCOLS = ("linear_probe", "finetune", "transfer")
 MAX_CONFIG_BYTES = 1 << 20  # a configuration is small; a larger one is a mistake (or a YAML alias bomb)
+MAX_YAML_NODES = 100_000    # values in a YAML document once its aliases are expanded (a config has ~100)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration file or override is invalid; the message says how to fix it."""
 
 
@@ -176,6 +179,50 @@ ADDED_AFTER_FIRST_RESULTS = (("train", "restore_release_optimizer"), ("eval", "p
                              ("criterion", "eps"))
 
 
+class _CountingLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that counts, while composing, how many values each node stands for once its
+    aliases are expanded, and stops past :data:`MAX_YAML_NODES`: an alias bomb (``&a [x, x]``,
+    ``&b [*a, *a]``, ...) is refused after reading its few lines, without ever expanding it."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self.expanded: dict[int, int] = {}  # id(node) -> values it stands for, aliases expanded
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)  # the node the alias names, counted when complete
+            if id(node) not in self.expanded:
+                raise yaml.YAMLError("an alias refers to a node that contains it (a recursive structure)")
+            return node
+        node = super().compose_node(parent, index)
+        if isinstance(node, yaml.ScalarNode):
+            children = []
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            children = [n for pair in node.value for n in pair]
+        size = 1 + sum(self.expanded[id(child)] for child in children)
+        if size > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"it expands to more than {MAX_YAML_NODES} values through its aliases "
+                                 "(a YAML alias bomb?)")
+        self.expanded[id(node)] = size
+        return node
+
+
+def read_yaml(text: str, where: str) -> Any:
+    """Plain YAML (no ``!!python`` tags, at most :data:`MAX_YAML_NODES` values with aliases expanded);
+    a ConfigError that names ``where`` otherwise."""
+    loader = _CountingLoader(text)
+    loader.name = where  # positions in messages name it, not "<unicode string>"
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as e:  # PyYAML's message would name "<unicode string>", not the file
+        raise ConfigError(f"{where} is not valid YAML (only plain YAML is read, no !!python tags): "
+                          f"{' '.join(str(e).split())}") from None
+    finally:
+        loader.dispose()
+
+
 def _suggest(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -234,10 +281,7 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.epochs=3")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({' '.join(str(e).split())})") from None
+        value = read_yaml(raw, f"the value of override {item!r}")
         _set_dotted(tree, key.strip(), value)
     return tree
 
@@ -260,15 +304,21 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     tree: dict = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"configuration file {str(path)!r} is a folder; name a .yaml file (e.g. one in "
+                              "configs/)")
         if not path.is_file():
             raise ConfigError(f"configuration file {str(path)!r} not found; see configs/ for the shipped ones")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:  # the message would name "<unicode string>", not the file
-            raise ConfigError(f"{path} is not valid YAML (only plain YAML is read, no !!python tags): "
-                              f"{' '.join(str(e).split())}") from None
+            text = path.read_text()
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read configuration file {path}: {e}") from None
+        tree = read_yaml(text, str(path))
+        if tree is None:
+            tree = {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path} must be a mapping of sections (method:, data:, train:, ...), got a "
+                              f"{type(tree).__name__}: {str(tree)[:60]!r}")
     return config_from_dict(apply_overrides(tree, list(overrides or [])))
 
 
@@ -307,9 +357,17 @@ def validate(cfg: Config) -> None:
     number(cfg.optim.base_lr, "optim.base_lr", 0, strict=True)
     number(cfg.optim.bias_base_lr, "optim.bias_base_lr", 0, strict=True)
     number(cfg.optim.momentum, "optim.momentum", 0)
+    if cfg.optim.momentum >= 1:
+        raise ConfigError(f"optim.momentum must be < 1 (e.g. 0.9), got {cfg.optim.momentum!r}")
+    if not 0 <= cfg.train.seed < 2 ** 63:
+        raise ConfigError(f"train.seed must lie in [0, 2**63) (a 64-bit generator seed), got {cfg.train.seed}")
     number(cfg.optim.weight_decay, "optim.weight_decay", 0)
     number(cfg.optim.eta, "optim.eta", 0, strict=True)
     number(cfg.optim.warmup_epochs, "optim.warmup_epochs", 0)
+    if cfg.optim.schedule == "cosine" and cfg.train.epochs > 0 and cfg.optim.warmup_epochs > cfg.train.epochs:
+        raise ConfigError(f"optim.warmup_epochs={cfg.optim.warmup_epochs} is longer than the training "
+                          f"(train.epochs={cfg.train.epochs}): the learning rate would never reach base_lr; "
+                          "lower it (e.g. optim.warmup_epochs=0 for a short run)")
     if cfg.data.limit is not None and cfg.data.limit < cfg.data.batch_size:
         raise ConfigError(f"data.limit={cfg.data.limit} is less than one batch (data.batch_size="
                           f"{cfg.data.batch_size}); raise it or lower the batch size")
@@ -322,8 +380,12 @@ def validate(cfg: Config) -> None:
     if not cfg.eval.label_fractions or not cfg.eval.seeds:
         raise ConfigError("eval.label_fractions and eval.seeds must not be empty, e.g. eval.seeds=[0]")
     for s in cfg.eval.seeds:
-        if not isinstance(s, int) or isinstance(s, bool):
-            raise ConfigError(f"eval.seeds must hold integers, got {s!r}")
+        if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2 ** 63:
+            raise ConfigError(f"eval.seeds must hold integers in [0, 2**63), got {s!r}")
+    for key, values in (("eval.seeds", cfg.eval.seeds), ("eval.label_fractions", cfg.eval.label_fractions)):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:  # each (fraction, seed) is one result file: a repeat would be computed twice, kept once
+            raise ConfigError(f"{key} repeats {', '.join(map(str, repeated))}; list each once")
     for p in cfg.eval.protocols:
         choice(p, PROTOCOLS, "eval.protocols")
     probe, tune = cfg.eval.probe, cfg.eval.finetune

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from e2mc.criterion import E2MC, TRANSFORMS
+from e2mc.errors import UserError
 from e2mc.methods import CriterionViews, get_method
 from e2mc.objectives import MMCR, Uniformity, VarianceCovariance
 
@@ -54,7 +55,7 @@ class OriginalLossOnly(AddedCriterion):
 
     def build(self, section):
         if section.params:
-            raise ValueError("criterion.params is ignored with criterion.name=none; remove it, or name the "
+            raise UserError("criterion.params is ignored with criterion.name=none; remove it, or name the "
                              "criterion it belongs to")
         return None
 
@@ -73,8 +74,8 @@ class E2MCCriterion(AddedCriterion):
 
     def build(self, section):
         if section.params:
-            raise ValueError("criterion.params is for the alternative criteria; E2MC takes "
-                             "criterion.transform, criterion.ent_coeff, criterion.cov_coeff and criterion.eps")
+            raise UserError("criterion.params is for the alternative criteria; E2MC takes "
+                            "criterion.transform, criterion.ent_coeff, criterion.cov_coeff and criterion.eps")
         return E2MC(section.transform, ent_coeff=section.ent_coeff, cov_coeff=section.cov_coeff, eps=section.eps)
 
     def record(self, section):
@@ -113,7 +114,7 @@ class Alternative(AddedCriterion):
         try:
             return self.module(**section.params)
         except TypeError as e:
-            raise ValueError(f"criterion.params does not fit {self.module.__name__}: {e}") from None
+            raise UserError(f"criterion.params does not fit {self.module.__name__}: {e}") from None
 
 
 class VarianceCovarianceCriterion(Alternative):
@@ -141,7 +142,7 @@ def get_criterion(name: str) -> AddedCriterion:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown criterion {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+        raise UserError(f"unknown criterion {name!r}; choose one of {', '.join(_REGISTRY)}") from None
 
 
 def criterion_record(config: dict | None) -> dict[str, Any]:

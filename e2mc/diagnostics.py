@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from e2mc.criterion import covariance_penalty, m_spacings_entropy, to_compact
+from e2mc.errors import UserError
 
 
 @torch.no_grad()
@@ -70,7 +71,7 @@ def dimension_pairs(dim: int, n_pairs: int, seed: int) -> list[tuple[int, int]]:
         raise ValueError(f"need at least 2 dimensions to form pairs, got {dim}")
     total = dim * (dim - 1) // 2
     if not 1 <= n_pairs <= total:
-        raise ValueError(f"n_pairs must lie in [1, {total}] for {dim} dimensions, got {n_pairs}")
+        raise UserError(f"n_pairs must lie in [1, {total}] for {dim} dimensions, got {n_pairs}")
     generator = torch.Generator().manual_seed(int(seed))
     pairs: list[tuple[int, int]] = []
     seen: set[tuple[int, int]] = set()

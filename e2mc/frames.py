@@ -13,16 +13,17 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from e2mc.errors import UserError
 from e2mc.naming import PROBE_METRICS, method_order
 
 REPRODUCE_HINT = "run make reproduce first"
 
 
-class MissingResultsError(LookupError):
+class MissingResultsError(UserError, LookupError):
     """The results a figure or table needs are not in the frame (or its directory)."""
 
 
-class DuplicateResultsError(ValueError):
+class DuplicateResultsError(UserError):
     """A cell of a table or figure would average two results of the same seed."""
 
 
@@ -38,7 +39,7 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, f
     if x.size == 0:
         raise ValueError("mean_ci needs at least one value")
     if np.isnan(x).any():
-        raise ValueError(f"mean_ci got NaN among {x.tolist()}; a result file lacks this metric")
+        raise UserError(f"mean_ci got NaN among {x.tolist()}; a result file lacks this metric")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     n = x.size

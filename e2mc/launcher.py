@@ -28,6 +28,7 @@ import os
 import re
 import shlex
 import signal
+import string
 import subprocess
 import sys
 import time
@@ -39,8 +40,9 @@ from typing import Any
 import submitit
 import yaml
 
+from e2mc import checkpoints
 from e2mc.cluster import ClusterError, arm_overrides, check_time_limit
-from e2mc.config import load_config
+from e2mc.config import ConfigError, load_config, read_yaml
 from e2mc.methods import method_names
 from e2mc.naming import ARMS
 from e2mc.runs import run_folder
@@ -115,7 +117,7 @@ def _parse_values(text: str) -> list[Any]:
         depth += char in "[{"
         depth -= char in "]}"
         if char == "," and depth == 0:
-            values.append(yaml.safe_load(text[start:i]))
+            values.append(read_yaml(text[start:i], f"the --grid value {text[start:i]!r}"))
             start = i + 1
     return values
 
@@ -152,6 +154,18 @@ def expand_grid(config: str, axes: dict[str, list[Any]], overrides: Sequence[str
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise ClusterError(f"grid axis {key!r} needs a non-empty list of values, got {values!r}")
+    if not isinstance(config, str):
+        raise ClusterError(f"the configuration path must be a string, got {config!r}")
+    if not isinstance(output_root, str) or not output_root:
+        raise ClusterError(f"output_root must be a folder path, got {output_root!r}")
+    try:
+        placeholders = {name for _, name, _, _ in string.Formatter().parse(config) if name is not None}
+    except ValueError as e:  # a lone { or }
+        raise ClusterError(f"configuration path {config!r}: {e}") from None
+    if placeholders - {"method"}:
+        raise ClusterError(f"configuration path {config!r} has the placeholder(s) "
+                           f"{', '.join('{' + p + '}' for p in sorted(placeholders - {'method'}))}; only "
+                           "{method} is filled (from the method axis)")
     if ("method" in axes) != ("{method}" in config):
         raise ClusterError(f"a method axis (--grid method=vicreg,swav) goes with a {{method}} placeholder in the "
                            f"configuration path (configs/imagenet/{{method}}.yaml); got {config!r} and axes "
@@ -170,6 +184,11 @@ def expand_grid(config: str, axes: dict[str, list[Any]], overrides: Sequence[str
             # (as reproduce writes it), which its figures and tables need
             run_overrides.append(f"eval.seeds=[{cfg.train.seed}]")
             cfg = load_config(path, run_overrides)
+        if cfg.train.init:  # a missing start checkpoint would fail only once the job runs
+            try:
+                checkpoints.require_file(cfg.train.init)
+            except FileNotFoundError as e:
+                raise ClusterError(f"grid point {point}: train.init: {e}") from None
         output_dir = str(run_folder(output_root, cfg.method, _label(point), cfg.train.seed))
         if output_dir in seen:
             raise ClusterError(f"grid points {seen[output_dir]} and {point} would both train in {output_dir}; "
@@ -185,17 +204,33 @@ def expand_grid(config: str, axes: dict[str, list[Any]], overrides: Sequence[str
 
 
 def read_grid_file(path: str) -> dict[str, Any]:
-    """A YAML grid: ``config``, ``grid`` (axis -> list), optional ``overrides`` and ``output_root``."""
+    """A YAML grid: ``config``, ``grid`` (axis -> list), optional ``overrides`` and ``output_root``,
+    each checked for its type here, before any configuration is read."""
     try:
-        spec = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise ClusterError(f"grid file {path!r} not found") from None
-    unknown = set(spec) - {"config", "grid", "overrides", "output_root"} if isinstance(spec, dict) else {"?"}
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        problem = "not found" if isinstance(e, FileNotFoundError) else f"cannot be read ({e})"
+        raise ClusterError(f"grid file {path!r} {problem}") from None
+    try:
+        spec = read_yaml(text, f"grid file {path}")
+    except ConfigError as e:
+        raise ClusterError(str(e)) from None
+    spec = {} if spec is None else spec
+    if not isinstance(spec, dict):
+        raise ClusterError(f"{path}: a grid file is a mapping of config, grid, overrides and output_root, "
+                           f"not a {type(spec).__name__}")
+    unknown = set(spec) - {"config", "grid", "overrides", "output_root"}
     if unknown:
         raise ClusterError(f"{path}: a grid file is a mapping of config, grid, overrides and output_root; "
-                           f"unknown keys {sorted(unknown)}")
-    if not isinstance(spec.get("grid", {}), dict) or not isinstance(spec.get("overrides", []), list):
-        raise ClusterError(f"{path}: grid must map axes to lists, overrides must be a list of key=value")
+                           f"unknown keys {sorted(map(str, unknown))}")
+    for key in ("config", "output_root"):
+        if key in spec and not (isinstance(spec[key], str) and spec[key]):
+            raise ClusterError(f"{path}: {key} must be a path, got {spec[key]!r}")
+    if not isinstance(spec.get("grid", {}), dict) or not all(isinstance(a, str) for a in spec.get("grid", {})):
+        raise ClusterError(f"{path}: grid must map axis names to lists of values")
+    overrides = spec.get("overrides", [])
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ClusterError(f"{path}: overrides must be a list of key=value strings, got {overrides!r}")
     return spec
 
 
@@ -413,7 +448,12 @@ def submit_command(args: argparse.Namespace) -> int:
     try:
         spec = read_grid_file(args.grid_file) if args.grid_file else {}
         axes = dict(spec.get("grid", {}))
-        axes.update(parse_axis(item) for item in args.grid)
+        given = [parse_axis(item) for item in args.grid]
+        repeated = sorted({key for key, _ in given if sum(k == key for k, _ in given) > 1})
+        if repeated:
+            raise ClusterError(f"--grid {', '.join(repeated)} is given more than once; list all its values in "
+                               "one --grid KEY=V1,V2")
+        axes.update(given)
         config = args.config or spec.get("config")
         if not config:
             raise ClusterError("give --config (or config: in --grid-file), "

@@ -18,6 +18,8 @@ import torch
 import torchvision
 from torch import nn
 
+from e2mc.errors import UserError
+
 BACKBONES = ("resnet50", "resnet18", "convnet")
 
 
@@ -36,7 +38,7 @@ class ConvNet(nn.Module):
     def __init__(self, in_channels: int = 1, widths: Sequence[int] = (32, 64, 128, 256)) -> None:
         super().__init__()
         if len(widths) != 4 or any(int(w) < 1 for w in widths):
-            raise ValueError(f"ConvNet needs four positive widths, got {tuple(widths)}")
+            raise UserError(f"ConvNet needs four positive widths, got {tuple(widths)}")
         layers: list[nn.Module] = []
         channels = in_channels
         for index, width in enumerate(widths):
@@ -84,19 +86,19 @@ def build_backbone(name: str, in_channels: int | None = None,
     """
     if name in ("resnet50", "resnet18"):
         if widths is not None:
-            raise ValueError(f"widths is a ConvNet option; {name} has fixed widths")
+            raise UserError(f"widths is a ConvNet option; {name} has fixed widths")
         return _resnet(name, 3 if in_channels is None else in_channels)
     if name == "convnet":
         channels = 1 if in_channels is None else in_channels
         net = ConvNet(channels) if widths is None else ConvNet(channels, tuple(widths))
         return net, net.feature_dim
-    raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
 
 
 def check_dims(**dims: int) -> None:
     for name, value in dims.items():
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise UserError(f"{name} must be a positive integer, got {value!r}")
 
 
 class EmbeddingHead(nn.Sequential):
@@ -132,7 +134,7 @@ def projector_mlp(sizes: Sequence[int], hidden_bias: bool = True) -> EmbeddingHe
     follow the official repositories (0, 1, 3, 4, 6 for three layers), so releases load as they are.
     The last Linear runs in float32 under autocast (:class:`EmbeddingHead`)."""
     if len(sizes) < 2:
-        raise ValueError(f"a projector needs at least an input and an output size, got {list(sizes)}")
+        raise UserError(f"a projector needs at least an input and an output size, got {list(sizes)}")
     check_dims(**{f"sizes[{i}]": s for i, s in enumerate(sizes)})
     layers: list[nn.Module] = []
     for width_in, width_out in zip(sizes[:-2], sizes[1:-1]):

@@ -14,6 +14,7 @@ import math
 import re
 
 from e2mc.criteria import get_criterion
+from e2mc.errors import UserError
 from e2mc.methods import get_method, method_names
 
 # Overrides on top of a method's config, whose criterion section holds that method's E2MC transform
@@ -35,7 +36,7 @@ ARMS: dict[str, tuple[str, ...]] = {
 def arm_overrides(arm: str) -> list[str]:
     """The configuration overrides of ``arm``; raises ValueError naming the arms for an unknown one."""
     if arm not in ARMS:
-        raise ValueError(f"unknown arm {arm!r}; choose one of {', '.join(ARMS)}")
+        raise UserError(f"unknown arm {arm!r}; choose one of {', '.join(ARMS)}")
     return list(ARMS[arm])
 
 

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from e2mc.errors import UserError
+
 
 def is_bias_or_norm(p: torch.Tensor) -> bool:
     """Biases and normalisation parameters are the 1-D ones."""
@@ -28,7 +30,7 @@ class LARS(torch.optim.Optimizer):
     def __init__(self, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9, eta: float = 1e-3,
                  exclude_bias_and_norm: bool = True):
         if lr < 0:
-            raise ValueError(f"learning rate must be >= 0, got {lr}")
+            raise UserError(f"learning rate must be >= 0, got {lr}")
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta,
                                       exclude_bias_and_norm=exclude_bias_and_norm))
 
@@ -104,7 +106,7 @@ def build_optimizer(name: str, model: nn.Module, lr: float, momentum: float, wei
     groups = [{"params": params, "lr_scale": 1.0}]
     if bias_lr is not None:
         if lr <= 0:
-            raise ValueError(f"a separate bias learning rate needs a positive weight learning rate, got {lr}")
+            raise UserError(f"a separate bias learning rate needs a positive weight learning rate, got {lr}")
         groups = [{"params": [p for p in params if not is_bias_or_norm(p)], "lr_scale": 1.0},
                   {"params": [p for p in params if is_bias_or_norm(p)], "lr": bias_lr, "lr_scale": bias_lr / lr}]
         groups = [g for g in groups if g["params"]]
@@ -114,7 +116,7 @@ def build_optimizer(name: str, model: nn.Module, lr: float, momentum: float, wei
         return LARC(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=eta)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; choose lars, sgd_larc or sgd")
+    raise UserError(f"unknown optimizer {name!r}; choose lars, sgd_larc or sgd")
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -133,7 +135,7 @@ def learning_rate(schedule: str, base_lr: float, step: int, total_steps: int, wa
     if schedule == "constant":
         return base_lr
     if schedule != "cosine":
-        raise ValueError(f"unknown schedule {schedule!r}; choose constant or cosine")
+        raise UserError(f"unknown schedule {schedule!r}; choose constant or cosine")
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)

@@ -33,6 +33,7 @@ import torch  # noqa: E402
 
 from e2mc import preregistration  # noqa: E402
 from e2mc.criterion import m_spacings_entropy  # noqa: E402
+from e2mc.errors import UserError  # noqa: E402
 from e2mc.methods import get_method  # noqa: E402
 from e2mc.naming import (ABLATION_ARMS, ALTERNATIVE_ARMS, ARM_ORDER, DYNAMICS_HEADERS, DYNAMICS_KEYS,  # noqa: E402
                          MAIN_ARMS, PROBE_METRICS, TRANSFORM_LABELS, ArmStyle, arm_label, arm_styles, method_label,
@@ -233,7 +234,7 @@ def fig2_marginals(frame: pd.DataFrame, method: str = "vicreg", arm: str = "e2mc
     pairs_b, samples_b, images_b, transform = diagnostics_samples(before_row, source, transform)
     pairs_a, samples_a, images_a, _ = diagnostics_samples(after_row, source, transform)
     if not 0 <= pair < len(pairs_b):
-        raise ValueError(f"pair={pair} but the {method} base diagnostics in {source} hold {len(pairs_b)} pairs")
+        raise UserError(f"pair={pair} but the {method} base diagnostics in {source} hold {len(pairs_b)} pairs")
     dims = pairs_b[pair]
     match = np.flatnonzero((pairs_a == dims).all(axis=1))
     if match.size == 0:
@@ -500,7 +501,7 @@ def save_figure(fig: Figure, output_dir: str | Path, name: str, formats: Sequenc
     PDFs carry no creation date, so regenerating an unchanged figure gives the same file."""
     unknown = [f for f in formats if f not in FIGURE_FORMATS]
     if unknown or not formats:
-        raise ValueError(f"formats {list(formats)}: choose from {list(FIGURE_FORMATS)}")
+        raise UserError(f"formats {list(formats)}: choose from {list(FIGURE_FORMATS)}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -532,8 +533,11 @@ def repo_root() -> Path | None:
 def resolve_io_dirs(results_dir: str | Path, output_dir: str | Path | None = None) -> tuple[Path, Path]:
     """The notebooks' paths: a relative ``results_dir`` is looked up in the current directory, then
     in the repository root (so a notebook run from ``notebooks/`` still finds ``results/mini``);
-    a relative ``output_dir`` is taken against the same base; ``None`` means ``figures/<name of
-    results_dir>``. Raises FileNotFoundError naming the directory when it is not there."""
+    a relative ``output_dir`` is taken against the same base. ``None`` means ``figures/<path under
+    results/>`` for a folder under the repository's (or the current directory's) ``results/``, so
+    results/mini draws into figures/mini, and ``<results_dir>/figures`` for any other folder: a results
+    folder elsewhere that is also called ``mini`` never overwrites the committed figures/mini.
+    Raises FileNotFoundError naming the directory when it is not there."""
     results_dir = Path(results_dir).expanduser()
     bases = [Path.cwd()]
     root = repo_root()
@@ -546,9 +550,21 @@ def resolve_io_dirs(results_dir: str | Path, output_dir: str | Path | None = Non
         looked = results_dir if results_dir.is_absolute() else " or ".join(str(b / results_dir) for b in bases)
         raise FileNotFoundError(f"results directory {results_dir} not found (looked for {looked}); "
                                 f"{REPRODUCE_HINT}, or pass -p results_dir <directory>")
-    output_dir = Path("figures") / (found / results_dir).resolve().name if output_dir is None else Path(output_dir)
-    output_dir = output_dir.expanduser()
+    if output_dir is None:
+        return found / results_dir, default_figures_dir(found / results_dir, [Path.cwd(), *([root] if root else [])])
+    output_dir = Path(output_dir).expanduser()
     return found / results_dir, output_dir if output_dir.is_absolute() else found / output_dir
+
+
+def default_figures_dir(results_dir: Path, bases: list[Path]) -> Path:
+    """``<base>/figures/<path under <base>/results>`` for the first base whose results/ holds
+    ``results_dir``; else ``<results_dir>/figures``."""
+    resolved = results_dir.resolve()
+    for base in bases:
+        results_root = (base / "results").resolve()
+        if resolved != results_root and resolved.is_relative_to(results_root):
+            return base / "figures" / resolved.relative_to(results_root)
+    return resolved / "figures"
 
 
 def load_variants(results_dir: str | Path) -> pd.DataFrame | None:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from e2mc.errors import UserError
 from e2mc.frames import DuplicateResultsError, MissingResultsError, require_columns, select, source_of
 
 METHOD = "swav"
@@ -103,7 +104,7 @@ def paired_t_test(differences: Sequence[float], endpoint: Endpoint = PRIMARY, se
     standard deviation gives t = ±inf (p = 0) for a non-zero mean and NaN for a zero one."""
     d = np.asarray(list(differences), dtype=float)
     if d.ndim != 1 or d.size < 2:
-        raise ValueError(f"a paired t-test needs at least two differences, got {d.size}")
+        raise UserError(f"a paired t-test needs at least two differences, got {d.size}")
     if not np.isfinite(d).all():
         raise ValueError(f"differences must be finite, got {d.tolist()}")
     n, mean, sd = d.size, float(d.mean()), float(d.std(ddof=1))
@@ -163,7 +164,7 @@ def power_analysis(pilot_differences: Sequence[float], n: int = len(SEEDS), alph
                    target: float = POWER, sd_confidence: float = 0.8) -> PowerAnalysis:
     d = np.asarray(list(pilot_differences), dtype=float)
     if d.size < 2:
-        raise ValueError("a power analysis needs at least two pilot differences")
+        raise UserError("a power analysis needs at least two pilot differences")
     sd = float(d.std(ddof=1))
     df = d.size - 1
     # (df s^2 / sigma^2) ~ chi2(df): the upper one-sided bound of sigma

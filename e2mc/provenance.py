@@ -25,12 +25,14 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
+from e2mc.errors import UserError, describe_os_error, write_error
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Set to 1 to write into committed result folders from a checkout with uncommitted changes.
 ALLOW_DIRTY_VARIABLE = "E2MC_ALLOW_DIRTY"
 
 
-class DirtyTreeError(ValueError):
+class DirtyTreeError(UserError):
     """A command would write into committed result folders from a checkout with uncommitted changes."""
 
 
@@ -177,8 +179,11 @@ def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], Non
     new file gets the usual permissions (0666 less the umask) and the rename is made durable.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(data):
@@ -191,8 +196,13 @@ def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], Non
             verify(Path(tmp))
         os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        # torch.save reports a failed write as "[enforce fail at inline_container.cc...]", the OSError
+        # (e.g. ENOSPC) as its context
+        cause = e if isinstance(e, OSError) else e.__context__ if isinstance(e, RuntimeError) else None
+        if isinstance(cause, OSError) and describe_os_error(cause, path) is not None:
+            raise write_error(path, cause) from e
         raise
     with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
         directory = os.open(path.parent, os.O_RDONLY)

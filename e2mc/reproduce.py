@@ -31,6 +31,8 @@ from pathlib import Path
 from e2mc import checkpoints
 from e2mc.config import LABEL_FRACTIONS, Config, config_from_dict, load_config
 from e2mc.criteria import criterion_record
+from e2mc.errors import UserError, check_writable_folder
+from e2mc.evaluation.cli import positive_int
 from e2mc.evaluation.runner import (EvaluationPlan, diagnose_checkpoint, evaluate_checkpoint,
                                     make_epoch_probe_hook, plan_from_config, sweep)
 from e2mc.methods import get_method, method_names
@@ -155,7 +157,7 @@ def get_part(part: str | Part, checkpoints: str | Path | None = None,
     restricts it to some of its methods."""
     if isinstance(part, str):
         if part not in PARTS:
-            raise ValueError(f"part must be one of {', '.join(PARTS)}, got {part!r}")
+            raise UserError(f"part must be one of {', '.join(PARTS)}, got {part!r}")
         part = PARTS[part]
     changes: dict = {}
     if checkpoints is not None:
@@ -165,7 +167,7 @@ def get_part(part: str | Part, checkpoints: str | Path | None = None,
     if methods:
         unknown = sorted(set(methods) - set(part.methods) - set(part.optional_methods))
         if unknown:
-            raise ValueError(f"the {part.name} part has no method {', '.join(unknown)}; it has "
+            raise UserError(f"the {part.name} part has no method {', '.join(unknown)}; it has "
                              + ", ".join(part.methods + part.optional_methods))
         changes["methods"] = tuple(m for m in part.methods + part.optional_methods if m in methods)
         changes["optional_methods"] = ()
@@ -204,7 +206,7 @@ def part_arms(part: Part) -> list[Arm]:
 def find_arm(part: Part, method: str, label: str) -> Arm:
     arm = next((a for a in part_arms(part) if (a.method, a.label) == (method, label)), None)
     if arm is None:
-        raise ValueError(f"no arm {label!r} for {method}; the grid has "
+        raise UserError(f"no arm {label!r} for {method}; the grid has "
                          + ", ".join(a.label for a in part_arms(part) if a.method == method))
     return arm
 
@@ -218,23 +220,52 @@ def base_checkpoint(checkpoints: Path, method: str) -> Path:
     return Path(checkpoints) / f"{method}.pt"
 
 
-def export_base_checkpoint(run_dir: Path, destination: Path) -> Path:
+DATASET_NAMES = {"fashion_mnist": "Fashion-MNIST", "imagenet": "ImageNet"}
+
+
+def export_base_checkpoint(run_dir: Path, destination: Path, force: bool = False) -> Path:
     """Copy the model of a finished pre-training run to ``destination`` (weights only, no optimizer)
-    and write its provenance next to it as ``<name>.json``."""
-    state = checkpoints.load_training(run_dir / "checkpoint.pt")
+    and write its provenance next to it as ``<name>.json``.
+
+    An existing ``destination`` is replaced only with ``force``. Everything is read and checked before
+    anything is written, and a failure to write the provenance removes the new ``.pt``: a base never
+    exists without the record of where it came from."""
+    run_dir, destination = Path(run_dir), Path(destination)
+    record_path = destination.with_suffix(".json")
+    if not force and (destination.exists() or record_path.exists()):
+        raise UserError(f"{destination if destination.exists() else record_path} exists; pass --force to "
+                        "replace it (committed bases are results: export elsewhere to compare)")
+    if destination.suffix != ".pt":
+        raise UserError(f"the destination must be a .pt file (its provenance goes beside it as .json), "
+                        f"got {destination}")
+    source = run_dir / "checkpoint.pt"
+    state = checkpoints.load_training(source)
     epochs = state["config"]["train"]["epochs"]
-    if state["epoch"] != epochs or state["step"] != 0:
-        raise ValueError(f"{run_dir} stopped at epoch {state['epoch']} of {epochs}; finish it "
-                         "(rerun the same pretrain command) before exporting")
-    records = read_metrics(run_dir)  # before writing anything: broken metrics leave no .pt without .json
+    if state["epoch"] != epochs or state.get("step") != 0:
+        raise UserError(f"{run_dir} stopped at epoch {state['epoch']} of {epochs}; finish it "
+                        "(rerun the same pretrain command) before exporting")
+    try:
+        records = read_metrics(run_dir)
+        segments = [r for r in records if r["kind"] == "segment"]
+        seconds = sum(r["seconds"] for r in records if r["kind"] == "epoch")
+    except (ValueError, KeyError, TypeError) as e:  # a truncated or hand-edited line
+        raise UserError(f"{run_dir / 'metrics.jsonl'} cannot be read ({type(e).__name__}: {e}); the provenance "
+                        "of the export comes from it: repair it or export another run") from None
+    init = state["config"]["train"].get("init")
+    origin = f"continued from {init}" if init else "pre-trained from scratch"
+    record = {
+        "what": f"mini {state['method']} base checkpoint: {origin} on "
+                f"{DATASET_NAMES.get(state['config']['data']['dataset'], state['config']['data']['dataset'])}",
+        "init": init, "epochs": state["epoch"], "config": state["config"], "training_segments": segments,
+        "training_seconds": seconds, "export_provenance": provenance(),
+    }
+    check_writable_folder(destination.parent, "destination folder")
     checkpoints.export_slim(state, destination)
-    write_json_atomic(destination.with_suffix(".json"), {
-        "what": f"mini {state['method']} base checkpoint: pre-trained from scratch on Fashion-MNIST",
-        "epochs": state["epoch"], "config": state["config"],
-        "training_segments": [r for r in records if r["kind"] == "segment"],
-        "training_seconds": sum(r["seconds"] for r in records if r["kind"] == "epoch"),
-        "export_provenance": provenance(),
-    })
+    try:
+        write_json_atomic(record_path, record)
+    except BaseException:
+        destination.unlink(missing_ok=True)
+        raise
     return destination
 
 
@@ -318,7 +349,7 @@ def _check_run_folder(cfg: Config) -> None:
         return
     recorded = config_from_dict(checkpoints.load(resume)["config"])
     if recorded.hash() != cfg.hash():
-        raise ValueError(
+        raise UserError(
             f"{resume} holds a run of another configuration (hash {recorded.hash()}, not {cfg.hash()}); "
             "pass another --runs folder for this configuration, or move that run away to train it again")
 
@@ -479,7 +510,7 @@ def entries(part: str | Part) -> list[tuple[str, str, int]]:
     try:
         part = get_part(part)
     except ValueError:
-        raise ValueError(f"part must be one of {', '.join(PARTS)} (quick or full for the paper's grid), "
+        raise UserError(f"part must be one of {', '.join(PARTS)} (quick or full for the paper's grid), "
                          f"got {part!r}") from None
     if part.fixed is not None:
         return list(part.fixed)
@@ -539,7 +570,7 @@ def run_one(method: str, arm_name: str, seed: int, results_dir: Path, runs_dir: 
         return evaluate_base(method, results_dir, data_root, part=part)
     if arm_name == "plateau":
         if not part.plateau_every:
-            raise ValueError(f"the {part.name} part has no plateau sweep")
+            raise UserError(f"the {part.name} part has no plateau sweep")
         return evaluate_plateau(method, results_dir, data_root, part)
     return run_entry(find_arm(part, method, arm_name), seed, results_dir, runs_dir, data_root, part=part)
 
@@ -635,7 +666,7 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict) -> None:
 
 
 def run_notebooks(results_dir: Path, executed_dir: Path | None = None, readme: Path | None = None) -> None:
-    """Execute every notebook with papermill on ``results_dir``; figures go to figures/<results name>/.
+    """Execute every notebook with papermill on ``results_dir``; figures go where plots.resolve_io_dirs says.
     With ``readme``, its table blocks are then refreshed from the tables written
     (:func:`e2mc.tables.sync_readme_tables`)."""
     from e2mc import plots, tables
@@ -669,7 +700,11 @@ def _reproduce_command(args) -> int:
               f"into {results} (--dry-run: nothing run)")
         return 0
     entry = _parse_entry(args.entry) if args.entry else None  # bad input first, then the tree's state
+    if entry and entry not in entries(part):
+        raise UserError(f"{args.entry} is not an entry of the {part.name} grid; `reproduce --part {part.name} "
+                        "--dry-run` lists the entries still to run")
     require_clean_tree(results)
+    check_writable_folder(results, "results folder")  # before hours of training, not after
     if entry:
         method, arm, seed = entry
         outcome = run_one(method, arm, int(seed), results, runs, args.data_root, part=part)
@@ -686,13 +721,13 @@ def _reproduce_command(args) -> int:
 def _parse_entry(text: str) -> tuple[str, str, int]:
     parts = text.split(":")
     if len(parts) != 3 or not parts[2].isdigit():
-        raise ValueError(f"--entry takes METHOD:ARM:SEED, e.g. vicreg:e2mc:0, got {text!r}")
+        raise UserError(f"--entry takes METHOD:ARM:SEED, e.g. vicreg:e2mc:0, got {text!r}")
     return parts[0], parts[1], int(parts[2])
 
 
 def _export_command(args) -> int:
     require_clean_tree(args.to)
-    path = export_base_checkpoint(Path(args.run_dir), Path(args.to))
+    path = export_base_checkpoint(Path(args.run_dir), Path(args.to), force=args.force)
     print(f"[e2mc] wrote {path} and {path.with_suffix('.json')}")
     return 0
 
@@ -725,7 +760,7 @@ def add_commands(sub) -> None:
                    help="where the result files go (default: the part's, results/mini or results/mini-converged)")
     p.add_argument("--runs", default=None, help="where training runs write checkpoints and logs (default: the "
                                                 "part's, runs/mini or runs/mini-converged)")
-    p.add_argument("--jobs", type=int, default=1, help="entries run at the same time")
+    p.add_argument("--jobs", type=positive_int, default=1, help="entries run at the same time")
     p.add_argument("--data-root", default=None, help="Fashion-MNIST folder (default: the usual places)")
     p.add_argument("--checkpoints", default=None,
                    help="folder of the base checkpoints <method>.pt (default: the part's, results/mini/checkpoints "
@@ -746,8 +781,10 @@ def add_commands(sub) -> None:
     p = sub.add_parser("export-base", help=text, description=text)
     p.add_argument("--run", dest="run_dir", required=True, help="the pre-training run folder (holds checkpoint.pt)")
     p.add_argument("--to", required=True, help="destination .pt, e.g. results/mini/checkpoints/vicreg.pt")
+    p.add_argument("--force", action="store_true", help="replace an existing destination (and its .json)")
     p.set_defaults(run=_export_command)
-    text = "execute every notebook on a results folder with papermill, writing figures/<results name>/"
+    text = ("execute every notebook on a results folder with papermill, writing figures/<path under results/> "
+            "(<results>/figures for a folder elsewhere)")
     p = sub.add_parser("notebooks", help=text, description=text)
     p.add_argument("--results", default="results/mini")
     p.add_argument("--readme", default=None,

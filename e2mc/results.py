@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from e2mc.errors import UserError
 from e2mc.methods import method_names
 from e2mc.provenance import provenance, repo_relative, utc_now, write_json_atomic
 
@@ -36,10 +37,10 @@ SCALAR_COLUMNS = ("kind", "method", "arm", "epoch", "label_fraction", "seed", "d
 
 
 # Folders that loading a results folder leaves out (see load).
-SEPARATE_FOLDERS = ("checkpoints", "plateau", "variants")
+SEPARATE_FOLDERS = ("checkpoints", "plateau", "variants", "figures")  # figures: drawn from a folder outside results/
 
 
-class ResultFileError(ValueError):
+class ResultFileError(UserError):
     """One or more result files do not follow the schema; the message names each file and its problems."""
 
 
@@ -115,7 +116,7 @@ def result_filename(kind: str, method: str, arm: str, dataset: str, epoch: int |
     return f"{safe}_e{epoch_text}_f{fraction}_s{seed}_{(config_hash or 'noconfig')[:8]}.json"
 
 
-class ConflictingResultError(ValueError):
+class ConflictingResultError(UserError):
     """A results folder already holds this result computed with another configuration."""
 
 

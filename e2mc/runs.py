@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from e2mc.config import Config
+from e2mc.errors import check_folder_path
 
 
 def run_folder(root: str | Path, method: str, label: str, seed: int) -> Path:
@@ -82,5 +83,8 @@ def run_training(cfg: Config, extra_hooks: list | None = None) -> dict[str, Any]
     from e2mc.train import train
 
     cfg = sized_workers(cfg)
+    for folder, what in ((cfg.train.output_dir, "train.output_dir"), (cfg.eval.results_dir, "eval.results_dir")):
+        if folder:  # a file in the way is named now, not after the data are loaded
+            check_folder_path(folder, what)
     with pinned_threads():
         return train(cfg, epoch_end_hooks=[*epoch_hooks(cfg), *(extra_hooks or [])])

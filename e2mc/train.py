@@ -52,6 +52,7 @@ from e2mc.config import LOCATION_FIELDS, Config, ConfigError, save_config
 from e2mc.criteria import get_criterion
 from e2mc.diagnostics import embedding_stats
 from e2mc.distributed import is_distributed, rank, world_size
+from e2mc.errors import UserError, write_error
 from e2mc.methods import Method, get_method
 from e2mc.naming import infer_arm
 from e2mc.optim import build_optimizer, learning_rate, set_learning_rate
@@ -66,7 +67,7 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the run stopped without touching its last checkpoint."""
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(UserError, RuntimeError):
     """The run folder holds something a run cannot resume from or start over (one line names the fix)."""
 
 
@@ -240,7 +241,7 @@ def build_stream(cfg: Config, device: torch.device):
         return TensorViews(images, data.make_mini_augment(cfg.method).to(device), cfg.data.batch_size,
                            cfg.train.seed, rank(), world_size(), device)
     if cfg.data.root is None:
-        raise ValueError("data.dataset=imagenet needs data.root, the ImageNet train/ folder")
+        raise UserError("data.dataset=imagenet needs data.root, the ImageNet train/ folder")
     dataset = data.imagenet_train_dataset(cfg.data.root, cfg.method)
     if cfg.data.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(cfg.data.limit, len(dataset))))
@@ -428,8 +429,17 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            size = self.size()
+            try:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:  # full disk, ...: no half line, and no empty file, left behind
+                with contextlib.suppress(OSError):
+                    if size:
+                        os.truncate(self.path, size)
+                    else:
+                        self.path.unlink()
+                raise write_error(self.path, e) from e
 
 
 def read_metrics(output_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:

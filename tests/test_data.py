@@ -21,6 +21,7 @@ from torchvision.datasets.mnist import read_image_file, read_label_file
 
 import e2mc.data.fashion_mnist as fmnist
 import e2mc.data.subsets as subsets
+from e2mc.errors import UserError
 from e2mc.methods import get_method, method_names
 from e2mc.data import (
     IMAGENET_SUBSET_SHA256,
@@ -193,6 +194,7 @@ def test_failed_download_is_reported_with_the_fixes(tmp_path, no_default_places,
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: Name or service not known")
 
     monkeypatch.setattr(torchvision.datasets.FashionMNIST, "download", offline)
+    (tmp_path / "root").mkdir()
     with pytest.raises(FileNotFoundError) as info:
         find_fashion_mnist(tmp_path / "root", download=True)
     message = str(info.value)
@@ -207,6 +209,7 @@ def test_successful_download_is_used(tmp_path, no_default_places, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets.FashionMNIST, "download", fake_download)
     raw = tmp_path / "root" / "FashionMNIST" / "raw"
+    (tmp_path / "root").mkdir()
     assert find_fashion_mnist(tmp_path / "root", download=True) == raw
     assert load_fashion_mnist("train", root=tmp_path / "root")[0].shape == (20, 28, 28)
 
@@ -488,7 +491,7 @@ def test_download_checks_sha256(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="sha256"):
         download_imagenet_subset("1percent", tmp_path / "other", url=corrupt.as_uri())
     assert not (tmp_path / "other" / "1percent.txt").exists()
-    with pytest.raises(RuntimeError, match="copy 1percent.txt from github.com/google-research/simclr"):
+    with pytest.raises(UserError, match="copy 1percent.txt from github.com/google-research/simclr"):
         download_imagenet_subset("1percent", tmp_path / "other", url=(tmp_path / "gone").as_uri())
     with pytest.raises(ValueError, match="name must be one of"):
         download_imagenet_subset("5percent", tmp_path)

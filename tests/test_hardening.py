@@ -31,7 +31,8 @@ def data_root(tmp_path_factory):
 
 def tiny(data_root, output_dir, epochs=1, *extra):
     return [f"data.root={data_root}", "data.batch_size=64", "model.heads={expander: [32, 32]}",
-            f"train.epochs={epochs}", f"train.output_dir={output_dir}", "train.log_every=1", *extra]
+            f"train.epochs={epochs}", f"train.output_dir={output_dir}", "train.log_every=1",
+            "optim.warmup_epochs=0", *extra]  # no warm-up longer than these short runs
 
 
 def e2mc_cli(*args, env=None):

@@ -542,7 +542,7 @@ def test_resolve_io_dirs_from_cwd_then_repo_root(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "notebooks")
     results, output = plots.resolve_io_dirs("tests/fixtures/results_small")
     assert results == root / "tests" / "fixtures" / "results_small"
-    assert output == root / "figures" / "results_small"
+    assert output == root / "tests" / "fixtures" / "results_small" / "figures"  # not under results/: beside it
 
 
 def test_save_figure_rejects_unknown_formats_and_pdfs_are_reproducible(tmp_path):

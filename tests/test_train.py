@@ -29,7 +29,8 @@ def tiny_overrides(method, data_root, output_dir, epochs=2, criterion="e2mc"):
     heads = {"vicreg": "{expander: [64, 64]}", "swav": "{hidden_dim: 32, output_dim: 16, n_prototypes: 10}",
              "simsiam": "{dim: 32, pred_dim: 8, hidden_dim: 32}"}[method]
     overrides = [f"data.root={data_root}", "data.batch_size=64", f"model.heads={heads}", f"train.epochs={epochs}",
-                 f"train.output_dir={output_dir}", "train.log_every=1", f"criterion.name={criterion}"]
+                 f"train.output_dir={output_dir}", "train.log_every=1", f"criterion.name={criterion}",
+                 "optim.warmup_epochs=0"]  # no warm-up longer than these short runs
     if method == "swav":
         overrides.append("loss.params={queue_length: 128}")
     return overrides

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from e2mc.errors import UserError
+
 # Per-pixel statistics of the 60,000 training images scaled to [0, 1] (measured on the
 # Debian package's files: mean 0.28604, std 0.35302).
 FASHION_MNIST_MEAN = 0.2860
@@ -51,16 +53,16 @@ def read_idx(path: str | Path) -> np.ndarray:
         try:
             raw = gzip.decompress(raw)
         except (EOFError, OSError, zlib.error) as error:
-            raise ValueError(f"{path} is a truncated or corrupt gzip file ({error}); download or copy it again") from None
+            raise UserError(f"{path} is a truncated or corrupt gzip file ({error}); download or copy it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()}); "
+        raise UserError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()}); "
                          "expected e.g. train-images-idx3-ubyte[.gz] from Fashion-MNIST")
     dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     offset = 4 + 4 * ndim
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - offset != expected:
-        raise ValueError(f"{path} is truncated or corrupt: header says shape {shape} "
+        raise UserError(f"{path} is truncated or corrupt: header says shape {shape} "
                          f"({expected} bytes) but {len(raw) - offset} bytes follow; download it again")
     data = np.frombuffer(raw, dtype=dtype, offset=offset).reshape(shape)
     return data.astype(dtype.newbyteorder("="))  # a native-endian, writable copy
@@ -97,7 +99,10 @@ def find_fashion_mnist(root: str | Path | None = None, download: bool = True) ->
     place tried and the ways to fix it.
     """
     root = Path(root).expanduser() if root is not None else None
-    if root is not None and root.exists() and not root.is_dir():
+    if root is not None and not root.exists():  # a typo: no FashionMNIST/ folders are downloaded under it
+        raise FileNotFoundError(f"data.root={root} does not exist; give the folder that holds the four "
+                                "Fashion-MNIST IDX files (or create it first, to download them into it)")
+    if root is not None and not root.is_dir():
         raise FileNotFoundError(f"data.root={root} is a file; give the folder that holds the four Fashion-MNIST "
                                 "IDX files (train-images-idx3-ubyte[.gz], ...)")
     tried = []
@@ -159,7 +164,7 @@ def load_fashion_mnist(
         labels: int64 tensor (N,), class indices 0..9 (names in FASHION_MNIST_CLASSES).
     """
     if split not in FASHION_MNIST_FILES:
-        raise ValueError(f"split must be one of {sorted(FASHION_MNIST_FILES)}, got {split!r}")
+        raise UserError(f"split must be one of {sorted(FASHION_MNIST_FILES)}, got {split!r}")
     folder = find_fashion_mnist(root, download=download)
     if folder not in _ANNOUNCED:  # once per process: which copy a run read, for its log
         _ANNOUNCED.add(folder)
@@ -167,11 +172,11 @@ def load_fashion_mnist(
     image_path, label_path = (_idx_file(folder, name) for name in FASHION_MNIST_FILES[split])
     images, labels = read_idx(image_path), read_idx(label_path)
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise ValueError(f"{image_path} holds {images.dtype} data of shape {images.shape}, "
+        raise UserError(f"{image_path} holds {images.dtype} data of shape {images.shape}, "
                          "expected uint8 images of shape (N, 28, 28); is it the right file?")
     if labels.dtype != np.uint8 or labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(f"{label_path} holds {labels.dtype} data of shape {labels.shape}, expected "
+        raise UserError(f"{label_path} holds {labels.dtype} data of shape {labels.shape}, expected "
                          f"{len(images)} uint8 labels to match {image_path}; is it the right file?")
     if labels.max(initial=0) >= len(FASHION_MNIST_CLASSES):
-        raise ValueError(f"{label_path} has label {labels.max()}, Fashion-MNIST has 10 classes (0..9)")
+        raise UserError(f"{label_path} has label {labels.max()}, Fashion-MNIST has 10 classes (0..9)")
     return torch.from_numpy(images), torch.from_numpy(labels).long()

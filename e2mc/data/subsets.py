@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from e2mc.errors import UserError
+
 SIMCLR_SUBSET_URL = "https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/{name}.txt"
 IMAGENET_SUBSET_SHA256 = {
     "1percent": "71e82a48ba78252683ae334c4d019ebd5c6e855b9599c1389fbe83eb9549cf17",
@@ -79,14 +81,14 @@ def read_imagenet_subset(path: str | Path) -> list[str]:
         if not name:
             continue
         if not _SUBSET_NAME.fullmatch(name):
-            raise ValueError(f"{path}:{line_number}: expected an ImageNet training file name like "
+            raise UserError(f"{path}:{line_number}: expected an ImageNet training file name like "
                              f"n04235860_14959.JPEG, got {line!r}; is this SimCLR's subset list?")
         if name in seen:
-            raise ValueError(f"{path}:{line_number}: {name} repeats line {seen[name]}")
+            raise UserError(f"{path}:{line_number}: {name} repeats line {seen[name]}")
         seen[name] = line_number
         names.append(name)
     if not names:
-        raise ValueError(f"{path} lists no file names")
+        raise UserError(f"{path} lists no file names")
     return names
 
 
@@ -116,14 +118,14 @@ def imagenet_subset_indices(dataset, subset: str | Path | Sequence[str]) -> torc
         index_of.setdefault(os.path.basename(path), index)
     missing = [name for name in names if name not in index_of]
     if missing:
-        raise ValueError(f"{len(missing)} of {len(names)} listed images are not in the dataset "
+        raise UserError(f"{len(missing)} of {len(names)} listed images are not in the dataset "
                          f"({len(dataset.samples)} images), e.g. {', '.join(missing[:5])}; point the "
                          "dataset at ImageNet's full train folder (root/<wnid>/<wnid>_<n>.JPEG)")
     indices = []
     for name in names:
         folder = Path(dataset.samples[index_of[name]][0]).parent.name
         if folder != subset_wnid(name):
-            raise ValueError(f"{name} sits in class folder {folder!r}, not {subset_wnid(name)!r}; "
+            raise UserError(f"{name} sits in class folder {folder!r}, not {subset_wnid(name)!r}; "
                              "the train folder must hold one folder per wnid")
         indices.append(index_of[name])
     return torch.tensor(sorted(indices), dtype=torch.long)
@@ -146,7 +148,7 @@ def download_imagenet_subset(name: str, dest: str | Path, url: str | None = None
     :data:`SIMCLR_SUBSET_URL` (e.g. a mirror or a ``file://`` URL). Returns the file's path.
     """
     if name not in IMAGENET_SUBSET_SHA256:
-        raise ValueError(f"name must be one of {sorted(IMAGENET_SUBSET_SHA256)}, got {name!r}")
+        raise UserError(f"name must be one of {sorted(IMAGENET_SUBSET_SHA256)}, got {name!r}")
     expected = IMAGENET_SUBSET_SHA256[name]
     target = Path(dest) / f"{name}.txt"
     if target.is_file() and sha256_of(target) == expected:
@@ -156,12 +158,12 @@ def download_imagenet_subset(name: str, dest: str | Path, url: str | None = None
         with urllib.request.urlopen(url, timeout=timeout) as response:
             payload = response.read()
     except OSError as error:  # URLError and socket timeouts are OSErrors
-        raise RuntimeError(f"could not download {url} ({error}); without internet, copy {name}.txt from "
+        raise UserError(f"could not download {url} ({error}); without internet, copy {name}.txt from "
                            "github.com/google-research/simclr/tree/master/imagenet_subsets by hand "
                            f"into {target.parent}") from error
     actual = hashlib.sha256(payload).hexdigest()
     if actual != expected:
-        raise ValueError(f"{url} has sha256 {actual}, expected {expected}; the file is corrupt or "
+        raise UserError(f"{url} has sha256 {actual}, expected {expected}; the file is corrupt or "
                          "not SimCLR's list, nothing was written")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:  # no half-written file

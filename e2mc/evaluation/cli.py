@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 import yaml
 
-from e2mc.checkpoints import CheckpointError
 from e2mc.config import LABEL_FRACTIONS, PROTOCOLS, ConfigError
 from e2mc.evaluation.runner import EvaluationPlan
 from e2mc.methods import method_names
@@ -41,13 +39,21 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="dataset folder (Fashion-MNIST files; ImageNet: the folder holding train/ "
                                        "and val/); default: the checkpoint's data.root")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--workers", type=int, default=8, help="DataLoader workers (ImageNet, transfer datasets)")
+    p.add_argument("--workers", type=non_negative_int, default=8,
+                   help="DataLoader workers (ImageNet, transfer datasets)")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
     return value
 
 
@@ -70,19 +76,19 @@ def _add_plan_arguments(p: argparse.ArgumentParser, seeds: list[int]) -> None:
     p.add_argument("--probe-on", choices=("features", "images"),
                    help="features: fast probe on cached standardised features (the mini default); images: the "
                         "authors' protocol, augmented images through the frozen backbone (the ImageNet default)")
-    p.add_argument("--probe-epochs", type=_positive_int)
+    p.add_argument("--probe-epochs", type=positive_int)
     p.add_argument("--probe-lr", type=float)
     p.add_argument("--probe-weight-decay", type=float)
     p.add_argument("--probe-weight-decays", nargs="+", type=float, metavar="WD",
                    help="choose the probe's weight decay from this grid on a held-out part of the labelled set")
-    p.add_argument("--probe-batch-size", type=_positive_int)
+    p.add_argument("--probe-batch-size", type=positive_int)
     p.add_argument("--probe-val-fraction", type=float,
                    help="hold out this fraction of the labelled set to choose the probe's epoch (top1_val_selected)")
-    p.add_argument("--finetune-epochs", type=_positive_int)
+    p.add_argument("--finetune-epochs", type=positive_int)
     p.add_argument("--finetune-backbone-lr", type=float)
     p.add_argument("--finetune-head-lr", type=float)
     p.add_argument("--finetune-schedule", choices=("step", "cosine"))
-    p.add_argument("--batch-size", type=_positive_int, default=512, help="images per forward pass when encoding")
+    p.add_argument("--batch-size", type=positive_int, default=512, help="images per forward pass when encoding")
 
 
 def plan_from_args(args: argparse.Namespace) -> EvaluationPlan:
@@ -118,11 +124,7 @@ def plan_from_args(args: argparse.Namespace) -> EvaluationPlan:
 
 def _run(command):
     def run(args: argparse.Namespace) -> int:
-        try:
-            command(args)
-        except (FileNotFoundError, ValueError, CheckpointError, PermissionError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        command(args)  # bad input raises a UserError, which `python -m e2mc` prints as one line
         return 0
     return run
 
@@ -162,7 +164,8 @@ def _add_identity_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="one of our checkpoint.pt files, or an official release")
     p.add_argument("--method", choices=method_names(), help="required for official releases (read on a ResNet-50)")
     p.add_argument("--arm", help="experiment arm recorded in the results (default: inferred from the configuration)")
-    p.add_argument("--epoch", type=int, help="epochs of continued pre-training recorded (default: from the file)")
+    p.add_argument("--epoch", type=non_negative_int,
+                   help="epochs of continued pre-training recorded (default: from the file)")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -194,6 +197,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_data_arguments(p)
     p.add_argument("--results-dir", required=True)
     p.add_argument("--n-images", type=int, default=2048, help="test images measured (a fixed seeded choice)")
-    p.add_argument("--n-pairs", type=int, default=8, help="dimension pairs whose 2-D samples are stored")
+    p.add_argument("--n-pairs", type=positive_int, default=8, help="dimension pairs whose 2-D samples are stored")
     p.add_argument("--seed", type=int, default=0, help="chooses the images and the dimension pairs")
     p.set_defaults(run=_run(_diagnose))

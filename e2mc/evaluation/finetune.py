@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from e2mc.errors import UserError
 from e2mc.evaluation.linear import ProbeResult, cosine_lr, topk_correct
 from e2mc.evaluation.sources import ImageSource, backbone_of, like_network, network_device
 
@@ -39,9 +40,9 @@ class FinetuneSettings:
 
     def __post_init__(self) -> None:
         if self.schedule not in ("step", "cosine"):
-            raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
+            raise UserError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"fine-tuning epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+            raise UserError(f"fine-tuning epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         self.decay_epochs = tuple(int(e) for e in self.decay_epochs)
 
     def to_dict(self) -> dict:

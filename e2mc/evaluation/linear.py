@@ -37,6 +37,7 @@ import torchvision
 from torch import nn
 
 from e2mc.data import balanced_subset
+from e2mc.errors import UserError
 from e2mc.models import ConvNet
 from e2mc.optim import set_learning_rate
 from e2mc.evaluation.sources import ImageSource, backbone_of, extract_features, like_network, network_device
@@ -81,24 +82,24 @@ class ProbeSettings:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"probe epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+            raise UserError(f"probe epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
         if self.lr <= 0:
-            raise ValueError(f"probe lr must be > 0, got {self.lr}")
+            raise UserError(f"probe lr must be > 0, got {self.lr}")
         if not 0 < self.holdout_fraction < 1:
-            raise ValueError(f"holdout_fraction must lie in (0, 1), got {self.holdout_fraction}")
+            raise UserError(f"holdout_fraction must lie in (0, 1), got {self.holdout_fraction}")
         if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must lie in [0, 1) (0: no validation split), got {self.val_fraction}")
+            raise UserError(f"val_fraction must lie in [0, 1) (0: no validation split), got {self.val_fraction}")
         self.val_fraction = float(self.val_fraction)
         self.weight_decays = tuple(float(w) for w in self.weight_decays)
         if self.schedule not in ("cosine", "step"):
-            raise ValueError(f"probe schedule must be 'cosine' or 'step', got {self.schedule!r}")
+            raise UserError(f"probe schedule must be 'cosine' or 'step', got {self.schedule!r}")
         milestones = tuple(self.milestones)
         if any(isinstance(m, bool) or int(m) != m or m < 1 for m in milestones) or \
                 any(b <= a for a, b in zip(milestones, milestones[1:])):
-            raise ValueError(f"probe milestones must be strictly increasing epochs >= 1, got {list(milestones)}")
+            raise UserError(f"probe milestones must be strictly increasing epochs >= 1, got {list(milestones)}")
         self.milestones = tuple(int(m) for m in milestones)
         if not (isinstance(self.gamma, (int, float)) and math.isfinite(self.gamma) and self.gamma > 0):
-            raise ValueError(f"probe gamma must be a finite number > 0, got {self.gamma!r}")
+            raise UserError(f"probe gamma must be a finite number > 0, got {self.gamma!r}")
         self.gamma = float(self.gamma)
 
     def to_dict(self) -> dict:
@@ -191,7 +192,7 @@ def holdout_split(labels: torch.Tensor, fraction: float, seed: int,
         kept = torch.bincount(labels[keep], minlength=len(counts))
         short = [c for c in range(len(counts)) if counts[c] > 0 and (kept[c] == 0 or kept[c] == counts[c])]
         if short:
-            raise ValueError(
+            raise UserError(
                 f"cannot hold out a class-balanced {fraction:g} of the labelled set with at least one image of "
                 f"each class on each side: class(es) {short} have {[int(counts[c]) for c in short]} image(s); "
                 "use more labels or a val_fraction of 0")
@@ -337,7 +338,7 @@ def _select_and_fit(train_x, train_y, test_x, test_y, num_classes, settings, see
         keep, held_out = (i.to(device) for i in holdout_split(train_y.cpu(), settings.holdout_fraction, seed,
                                                                every_class_both_sides=False))
         if len(keep) == 0:
-            raise ValueError("the labelled set is too small to hold out a part for choosing the weight decay; "
+            raise UserError("the labelled set is too small to hold out a part for choosing the weight decay; "
                              "give one weight_decay instead of a grid")
         for candidate in settings.weight_decays:
             trial = _fit_cached(train_x[keep], train_y[keep], train_x[held_out], train_y[held_out], num_classes,
@@ -365,7 +366,7 @@ def spatial_trunk(network: nn.Module) -> nn.Module:
                              backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)
     if isinstance(backbone, ConvNet):
         return backbone.blocks
-    raise ValueError(f"no spatial feature map known for a {type(backbone).__name__} backbone: the RegLog transfer "
+    raise UserError(f"no spatial feature map known for a {type(backbone).__name__} backbone: the RegLog transfer "
                      "head reads the last feature map of a torchvision ResNet (layer4) or of the mini ConvNet "
                      "(blocks); use the pooled transfer protocol for other backbones")
 
@@ -474,9 +475,9 @@ def train_linear_on_images(network: nn.Module, train_source: ImageSource, train_
     map, possible only with the clamped kernel of small maps) cannot be batch-normalised and is skipped.
     """
     if head not in IMAGE_PROBE_HEADS:
-        raise ValueError(f"image probe head must be one of {', '.join(IMAGE_PROBE_HEADS)}, got {head!r}")
+        raise UserError(f"image probe head must be one of {', '.join(IMAGE_PROBE_HEADS)}, got {head!r}")
     if settings.weight_decays:
-        raise ValueError("the image protocol uses one weight decay; weight_decays is for train_linear_probe")
+        raise UserError("the image protocol uses one weight decay; weight_decays is for train_linear_probe")
     backbone = backbone_of(network)
     device = network_device(network)
     was_training = backbone.training

@@ -22,10 +22,11 @@ import torch
 from torch import nn
 
 from e2mc import checkpoints, data
-from e2mc.build import build_network, check_finite_weights, load_initial_weights, resolve_device
-from e2mc.config import LABEL_FRACTIONS, PROTOCOLS, Config, EvalConfig, config_from_dict, load_config
+from e2mc.build import build_network, check_finite_weights, load_initial_weights, load_model_weights, resolve_device
+from e2mc.config import LABEL_FRACTIONS, PROTOCOLS, Config, ConfigError, EvalConfig, config_from_dict, load_config
 from e2mc.criteria import criterion_record
 from e2mc.diagnostics import dimension_pairs, pair_coordinates, rankme, transformed_statistics
+from e2mc.errors import UserError, check_writable_folder
 from e2mc.methods import build_model, get_method, method_names
 from e2mc.naming import infer_arm
 from e2mc.evaluation.finetune import FinetuneSettings, finetune, swav_finetune_settings
@@ -105,19 +106,24 @@ def load_checkpoint(path: str | Path, method: str | None = None, device: str | t
     epoch recorded in it; a file another run wrote is refused rather than labelled as this run's.
     """
     path = Path(path)
+    if epoch is not None and epoch < 0:  # refused now, not after the evaluation when its result is written
+        raise UserError(f"epoch must be >= 0 (epochs of continued pre-training), got {epoch}")
     device = resolve_device(device) if isinstance(device, str) else device
     state = checkpoints.load(path)
     extra: dict[str, Any] = {}
     if run_config is not None:
         _check_of_run(path, state, run_config, epoch)
-    if checkpoints.is_training_checkpoint(state):
+    if checkpoints.training_state(state, path) is not None:
         if method is not None and method != state["method"]:
-            raise ValueError(f"{path} holds a {state['method']} network, not {method}; drop --method for our "
+            raise UserError(f"{path} holds a {state['method']} network, not {method}; drop --method for our "
                              "checkpoints (they say what they hold)")
         config = state["config"]
-        cfg = config_from_dict(config)
+        try:
+            cfg = config_from_dict(config)
+        except ConfigError as e:
+            raise checkpoints.CheckpointError(f"{path} holds a configuration this version cannot read: {e}") from None
         network = build_network(cfg)
-        network.load_state_dict(state["model"])
+        load_model_weights(network, state, path)
         file_epoch = int(state["epoch"])
         if not cfg.train.init:
             extra["pretrain_epochs"] = file_epoch
@@ -128,7 +134,7 @@ def load_checkpoint(path: str | Path, method: str | None = None, device: str | t
         channels_last = cfg.train.channels_last  # evaluate in the layout the run trained in
     else:
         if method is None:
-            raise ValueError(f"{path} is not one of our training checkpoints; give --method (one of "
+            raise UserError(f"{path} is not one of our training checkpoints; give --method (one of "
                              f"{', '.join(method_names())}) to read it as an official release")
         network = build_model(method, "resnet50")
         report = checkpoints.load_official(state, method, network, source=str(path))
@@ -208,9 +214,9 @@ def evaluation_data(dataset: str, root: str | Path | None, subset_dir: str | Pat
         return fashion_mnist_data(root)
     if dataset == "imagenet":
         if root is None:
-            raise ValueError("ImageNet evaluation needs --data-root, the folder holding train/ and val/")
+            raise UserError("ImageNet evaluation needs --data-root, the folder holding train/ and val/")
         return imagenet_data(root, subset_dir, workers)
-    raise ValueError(f"unknown evaluation dataset {dataset!r}; choose fashion_mnist or imagenet")
+    raise UserError(f"unknown evaluation dataset {dataset!r}; choose fashion_mnist or imagenet")
 
 
 def open_evaluation_data(loaded: LoadedCheckpoint, dataset: str | None = None, root: str | Path | None = None,
@@ -221,7 +227,7 @@ def open_evaluation_data(loaded: LoadedCheckpoint, dataset: str | None = None, r
     expected = {"fashion_mnist": 1, "imagenet": 3}.get(dataset)
     channels = input_channels(loaded.network)
     if expected is not None and channels != expected:
-        raise ValueError(f"the network takes {channels}-channel images but {dataset} has {expected}; evaluate it "
+        raise UserError(f"the network takes {channels}-channel images but {dataset} has {expected}; evaluate it "
                          f"on the dataset it was trained on ({loaded.dataset}), or on others through --transfer")
     return evaluation_data(dataset, root if root is not None else loaded.data_root, subset_dir, workers)
 
@@ -261,17 +267,17 @@ class EvaluationPlan:
         self.label_fractions = tuple(float(f) for f in self.label_fractions)
         unknown = [p for p in self.protocols if p not in PROTOCOLS]
         if unknown or not self.protocols:
-            raise ValueError(f"protocols must be among {', '.join(PROTOCOLS)}, got {list(self.protocols)}")
+            raise UserError(f"protocols must be among {', '.join(PROTOCOLS)}, got {list(self.protocols)}")
         bad = [f for f in self.label_fractions if not 0 < f <= 1]
         if bad or not self.label_fractions or not self.seeds:
-            raise ValueError(f"label fractions must lie in (0, 1] (e.g. 0.01 0.1 1.0) and seeds be given; "
+            raise UserError(f"label fractions must lie in (0, 1] (e.g. 0.01 0.1 1.0) and seeds be given; "
                              f"got {list(self.label_fractions)} and {list(self.seeds)}")
         if self.probe_on not in (None, "features", "images"):
-            raise ValueError(f"probe_on must be 'features' or 'images' (or None: by dataset), got {self.probe_on!r}")
+            raise UserError(f"probe_on must be 'features' or 'images' (or None: by dataset), got {self.probe_on!r}")
         if "transfer" in self.protocols and not self.transfer:
-            raise ValueError("the transfer protocol needs at least one dataset: --transfer NAME=ROOT, e.g. cifar10=/data")
+            raise UserError("the transfer protocol needs at least one dataset: --transfer NAME=ROOT, e.g. cifar10=/data")
         if self.transfer_protocol not in (None,) + TRANSFER_PROTOCOLS:
-            raise ValueError(f"transfer_protocol must be one of {', '.join(TRANSFER_PROTOCOLS)} (or None: reglog "
+            raise UserError(f"transfer_protocol must be one of {', '.join(TRANSFER_PROTOCOLS)} (or None: reglog "
                              f"when probing on images, pooled on cached features), got {self.transfer_protocol!r}")
 
     @property
@@ -441,6 +447,7 @@ def evaluate_checkpoint(checkpoint: str | Path, results_dir: str | Path, plan: E
     """Evaluate one checkpoint (see :func:`load_checkpoint`) on ``dataset`` (default: the one it was
     trained on; ImageNet for releases) with ``plan``; returns the result files written."""
     plan = plan or EvaluationPlan()
+    check_writable_folder(results_dir, "results folder")  # before the evaluation, not after it
     loaded = load_checkpoint(checkpoint, method, device, arm, epoch)
     evaluation = open_evaluation_data(loaded, dataset, data_root, subset_dir, workers) if plan.uses_own_data else None
     return evaluate_network(loaded.network, loaded.context, evaluation, plan, results_dir, skip_existing, workers)
@@ -488,6 +495,8 @@ def sweep(run_dir: str | Path, results_dir: str | Path | None = None, plan: Eval
     plan = plan or EvaluationPlan()
     written: list[Path] = []
     evaluation = None
+    if results_dir is not None:
+        check_writable_folder(results_dir, "results folder")
     kept = epoch_checkpoints(run_dir)
     config_file = Path(run_dir) / "config.yaml"
     run_config = load_config(config_file).to_dict() if config_file.is_file() else None
@@ -558,6 +567,9 @@ def make_epoch_probe_hook(cfg: Config, plan: EvaluationPlan | None = None, worke
 
 # ----------------------------------------------------------------------------- diagnostics
 
+MAX_DIAGNOSTIC_PAIRS = 256  # dimension pairs stored per diagnostics file (~11 KB each at 2048 images)
+
+
 def diagnose_network(network: nn.Module, source: ImageSource, method: str, n_images: int = 2048, n_pairs: int = 8,
                      seed: int = 0, batch_size: int = 512,
                      transforms: tuple[str, ...] = ("sigmoid", "gaussian_cdf")) -> tuple[dict, dict]:
@@ -572,7 +584,7 @@ def diagnose_network(network: nn.Module, source: ImageSource, method: str, n_ima
     rankme_embedding, rankme_features, embedding_std, n_images, embedding_dim.
     """
     if not 2 <= n_images <= len(source):
-        raise ValueError(f"n_images must lie in [2, {len(source)}] (the split's size), got {n_images}")
+        raise UserError(f"n_images must lie in [2, {len(source)}] (the split's size), got {n_images}")
     generator = torch.Generator().manual_seed(int(seed))
     indices = torch.randperm(len(source), generator=generator)[:n_images].sort().values
     embedding, labels = extract_features(network, source, indices, batch_size, output="embedding")
@@ -601,6 +613,10 @@ def diagnose_checkpoint(checkpoint: str | Path, results_dir: str | Path, *, meth
                         data_root: str | Path | None = None, n_images: int = 2048, n_pairs: int = 8, seed: int = 0,
                         device: str = "auto", workers: int = 8) -> Path:
     """Diagnostics of a checkpoint's embeddings on its dataset's test split, as a kind=diagnostics result."""
+    if not 1 <= n_pairs <= MAX_DIAGNOSTIC_PAIRS:
+        raise UserError(f"n_pairs must lie in [1, {MAX_DIAGNOSTIC_PAIRS}] (each pair stores the 2-D samples of "
+                        f"every image in the result file), got {n_pairs}")
+    check_writable_folder(results_dir, "results folder")
     started = utc_now()
     loaded = load_checkpoint(checkpoint, method, device, arm, epoch)
     evaluation = open_evaluation_data(loaded, dataset, data_root, None, workers)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from e2mc.batches import SeededItems
 from e2mc.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, BatchAugment, ViewRecipe, normalize_fashion_mnist
+from e2mc.errors import UserError
 
 # The grey 28 px counterpart of the linear probe's training transform (RandomResizedCrop + flip, no colour).
 MINI_PROBE_RECIPE = ViewRecipe(28, (0.08, 1.0), jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=0.0, grayscale_p=0.0,
@@ -135,7 +136,7 @@ def input_channels(network: nn.Module) -> int:
     for module in network.modules():
         if isinstance(module, nn.Conv2d):
             return module.in_channels
-    raise ValueError("the network has no Conv2d layer; cannot tell which images it takes")
+    raise UserError("the network has no Conv2d layer; cannot tell which images it takes")
 
 
 def network_device(network: nn.Module) -> torch.device:
@@ -185,6 +186,6 @@ def extract_features(network: nn.Module, source: ImageSource, indices: Sequence[
     values = torch.cat(outputs)
     if not torch.isfinite(values).all():  # a probe on them would report chance accuracy as a result
         bad = int((~torch.isfinite(values)).any(dim=1).sum())
-        raise ValueError(f"the network's {output} are not finite for {bad} of {len(values)} images; the "
+        raise UserError(f"the network's {output} are not finite for {bad} of {len(values)} images; the "
                          "checkpoint is not a usable model (evaluate an earlier one)")
     return values, torch.cat(labels)

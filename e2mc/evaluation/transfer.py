@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from e2mc.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, imagenet_eval_transform, imagenet_probe_transform
+from e2mc.errors import UserError
 from e2mc.evaluation.sources import DatasetImages, input_channels
 
 
@@ -31,7 +32,7 @@ class INaturalist2018(Dataset):
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None) -> None:
         if split not in ("train", "val"):
-            raise ValueError(f"iNaturalist 2018 has splits 'train' and 'val', got {split!r}")
+            raise UserError(f"iNaturalist 2018 has splits 'train' and 'val', got {split!r}")
         self.root, self.transform = Path(root), transform
         annotation_file = self.root / f"{split}2018.json"
         if not annotation_file.is_file():
@@ -176,10 +177,10 @@ def transfer_dataset(name: str, root: str | Path, split: str, transform: Callabl
     integrity check.
     """
     if name not in TRANSFER_DATASETS:
-        raise ValueError(f"unknown transfer dataset {name!r}; choose one of {', '.join(TRANSFER_DATASETS)}")
+        raise UserError(f"unknown transfer dataset {name!r}; choose one of {', '.join(TRANSFER_DATASETS)}")
     spec = TRANSFER_DATASETS[name]
     if split not in spec.splits:
-        raise ValueError(f"{name} has splits {', '.join(spec.splits)}, got {split!r}")
+        raise UserError(f"{name} has splits {', '.join(spec.splits)}, got {split!r}")
     root = Path(root)
     expected = f"expected layout: {spec.layout}. Copy the original files there (nothing is downloaded)."
     if spec.needs_root and not root.is_dir():
@@ -218,7 +219,7 @@ def transfer_sources(name: str, root: str | Path, network: nn.Module, workers: i
     """(train, test) image sources of transfer dataset ``name`` with the transforms ``network`` needs."""
     spec = TRANSFER_DATASETS.get(name)
     if spec is None:
-        raise ValueError(f"unknown transfer dataset {name!r}; choose one of {', '.join(TRANSFER_DATASETS)}")
+        raise UserError(f"unknown transfer dataset {name!r}; choose one of {', '.join(TRANSFER_DATASETS)}")
     eval_transform, train_transform = transfer_transforms(network)
     train = DatasetImages(transfer_dataset(name, root, spec.train_split, eval_transform),
                           transfer_dataset(name, root, spec.train_split, train_transform), workers)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from e2mc.data.recipes import grey_recipe
+from e2mc.errors import UserError
 from e2mc.methods.base import CriterionViews, Method, Release, register
 from e2mc.methods.vicreg import IMAGENET_VIEWS
 from e2mc.models import projector_mlp
@@ -32,7 +33,7 @@ class BarlowTwinsNet(nn.Module):
         super().__init__()
         sizes = [feature_dim, *projector]
         if len(sizes) < 2:
-            raise ValueError("projector needs at least one size, e.g. projector=(8192, 8192, 8192)")
+            raise UserError("projector needs at least one size, e.g. projector=(8192, 8192, 8192)")
         self.backbone = backbone
         self.projector = projector_mlp(sizes, hidden_bias=False)
         self.bn = nn.BatchNorm1d(sizes[-1], affine=False)

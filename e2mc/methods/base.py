@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from e2mc.data.recipes import ViewRecipe
+from e2mc.errors import UserError
 from e2mc.models import build_backbone
 
 RESNET_ROOTS = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
@@ -83,7 +84,7 @@ class Method:
         try:
             return self.objective_class(**params)
         except TypeError as e:
-            raise ValueError(f"loss.params does not fit {self.objective_class.__name__}: {e}") from None
+            raise UserError(f"loss.params does not fit {self.objective_class.__name__}: {e}") from None
 
     # --- one training step ------------------------------------------------------------------
     def before_step(self, network: nn.Module) -> None:
@@ -134,4 +135,4 @@ def get_method(name: str) -> Method:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+        raise UserError(f"unknown method {name!r}; choose one of {', '.join(_REGISTRY)}") from None

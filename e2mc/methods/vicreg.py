@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from e2mc.data.recipes import ViewRecipe, grey_recipe
+from e2mc.errors import UserError
 from e2mc.methods.base import CriterionViews, Method, Release, register
 from e2mc.models import projector_mlp
 from e2mc.objectives.vicreg import VICRegLoss
@@ -30,7 +31,7 @@ class VICRegNet(nn.Module):
         super().__init__()
         sizes = [feature_dim, *expander]
         if len(sizes) < 2:
-            raise ValueError("expander needs at least one size, e.g. expander=(8192, 8192, 8192)")
+            raise UserError("expander needs at least one size, e.g. expander=(8192, 8192, 8192)")
         self.backbone = backbone
         self.projector = projector_mlp(sizes, hidden_bias=True)
         self.feature_dim = feature_dim
