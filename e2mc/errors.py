@@ -61,17 +61,16 @@ def check_folder_path(path: str | os.PathLike, what: str) -> None:
 
 def check_writable_folder(path: str | os.PathLike, what: str) -> None:
     """Refuse, before any work is done, a folder that cannot be written: a file in its place (or above
-    it), or a read-only or full place. Creates the folder (as the command would anyway)."""
-    path = os.fspath(path)
-    try:
-        os.makedirs(path, exist_ok=True)
-    except FileExistsError:
-        raise UserError(f"{what} {path} is a file, not a folder; name a folder") from None
-    except NotADirectoryError:
-        raise UserError(f"{what} {path} lies under a file, not a folder; name a folder") from None
-    except OSError as e:
-        raise UserError(f"{what} {path} cannot be created: {describe_os_error(e, path) or e}") from None
+    it), or a read-only or full place. Creates nothing: a folder that does not exist yet is probed in
+    its nearest existing parent (the command creates it when it writes)."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file, not a folder" if existing == path else f"lies under a file ({existing}), not a folder"
+        raise UserError(f"{what} {path} {where}; name a folder")
     try:  # os.access says yes to root on a read-only mount's files; a real probe does not
-        tempfile.TemporaryFile(dir=path).close()
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as e:
-        raise UserError(f"{what} {path} cannot be written: {describe_os_error(e, path) or e}") from None
+        raise UserError(f"{what} {path} cannot be written: {describe_os_error(e, existing) or e}") from None
