@@ -85,3 +85,10 @@ def test_objectives_and_the_criterion_know_no_method():
 
 def test_the_claims_rules_read_frames_not_figures_or_tables():
     assert reaches("e2mc.claims", "e2mc.plots") is None and reaches("e2mc.claims", "e2mc.tables") is None
+
+
+def test_the_data_layer_imports_no_method():
+    """The methods build on the data layer's view recipes; the data layer takes a method as an argument
+    (its ``mini_views`` / ``imagenet_views``) instead of importing the registry back up."""
+    for module in [m for m in GRAPH if m.startswith("e2mc.data")]:
+        assert reaches(module, "e2mc.methods") is None, f"{module} imports the methods: {reaches(module, 'e2mc.methods')}"
