@@ -8,7 +8,8 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.e2mc-installed
 RESULTS    ?= results/mini
 JOBS       ?= 2
-# The registered methods (e2mc.methods), read when a recipe needs them (after the venv exists).
+# The registered methods (e2mc.methods), read when a recipe needs them (after the venv exists);
+# `make pretrain-mini METHODS=<name>` picks some.
 METHODS     = $(shell $(PY) -c 'from e2mc.methods import method_names; print(*method_names())')
 
 .PHONY: install test reproduce reproduce-full reproduce-converged pretrain-mini pretrain-mini-converged notebooks bench data gpu-check clean-venv
@@ -28,11 +29,18 @@ test: $(STAMP)
 data:
 	@scripts/get_fashion_mnist.sh
 
-# Re-create the committed base checkpoints (pre-training from scratch; about 45 minutes on 2 cores).
+# Pre-train the mini base checkpoint of every method in $(METHODS) (default: all registered) whose base
+# $(RESULTS)/checkpoints/<method>.pt is missing, and export it there; one method: `make pretrain-mini
+# METHODS=simclr`. An existing base is never overwritten: delete it first to re-create it (about 45 minutes
+# for all on 2 cores), or set FORCE=1 (passes --force to export-base).
 pretrain-mini: $(STAMP) data
 	@for m in $(METHODS); do \
+	  if [ -e $(RESULTS)/checkpoints/$$m.pt ] && [ -z "$(FORCE)" ]; then \
+	    echo "[pretrain-mini] $(RESULTS)/checkpoints/$$m.pt exists; skipped (delete it or set FORCE=1 to re-create it)"; \
+	    continue; \
+	  fi; \
 	  $(PY) -m e2mc pretrain --config configs/mini/pretrain/$$m.yaml && \
-	  $(PY) -m e2mc export-base --force --run runs/mini/pretrain/$$m --to $(RESULTS)/checkpoints/$$m.pt || exit 1; \
+	  $(PY) -m e2mc export-base --run runs/mini/pretrain/$$m --to $(RESULTS)/checkpoints/$$m.pt $(if $(FORCE),--force) || exit 1; \
 	done
 
 # Converged mini bases (issue 15): the same recipes pre-trained for $(CONVERGED_EPOCHS) epochs (cosine schedule over

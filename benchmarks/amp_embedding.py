@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from e2mc.criterion import E2MC, default_window
-from e2mc.models import EmbeddingHead, projector_mlp
+from e2mc.heads import EmbeddingHead, projection_mlp
 
 
 def zero_spacing_share(z: torch.Tensor, transform: str) -> float:
@@ -55,7 +55,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     features = [torch.randn(512, 2048).relu() for _ in range(2)]  # two views of pooled ResNet-like features
     swav_head = EmbeddingHead(nn.Linear(2048, 2048), nn.BatchNorm1d(2048), nn.ReLU(inplace=True), nn.Linear(2048, 128))
-    rows = [("VICReg expander, sigmoid", measure(projector_mlp([2048, 8192, 8192, 8192]), "sigmoid", features)),
+    rows = [("VICReg expander, sigmoid", measure(projection_mlp([2048, 8192, 8192, 8192]), "sigmoid", features)),
             ("SwAV projection, Gaussian CDF", measure(swav_head, "gaussian_cdf", features))]
     print("| head | E2MC loss, float32 | float32 last layer − float32 | all bf16 − float32 "
           "| zero m-spacings, float32 last layer | zero m-spacings, all bf16 |")

@@ -59,7 +59,7 @@ def time_steps(cfg, device: torch.device, steps: int, imagenet: bool, warmup: in
         augment = None
     else:
         images = torch.randint(0, 256, (batch, 1, 28, 28), dtype=torch.uint8, device=device)
-        augment = make_mini_augment(cfg.method).to(device)
+        augment = make_mini_augment(method).to(device)
     fed = []
     if added is not None:
         added.register_forward_hook(lambda module, inputs, output: fed.__setitem__(

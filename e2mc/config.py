@@ -325,6 +325,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def validate(cfg: Config) -> None:
     """Check choices and ranges that the types alone do not catch, before anything is written."""
     from e2mc.criteria import TRANSFORMS, criterion_names
+    from e2mc.data.registry import dataset_names
     from e2mc.methods import method_names
 
     def choice(value, options, key):
@@ -342,7 +343,7 @@ def validate(cfg: Config) -> None:
     choice(cfg.method, method_names(), "method")
     choice(cfg.criterion.name, criterion_names(), "criterion.name")
     choice(cfg.criterion.transform, TRANSFORMS, "criterion.transform")
-    choice(cfg.data.dataset, ("fashion_mnist", "imagenet"), "data.dataset")
+    choice(cfg.data.dataset, dataset_names(), "data.dataset")
     choice(cfg.optim.name, ("lars", "sgd_larc", "sgd"), "optim.name")
     choice(cfg.optim.schedule, ("constant", "cosine"), "optim.schedule")
     choice(cfg.train.device, ("auto", "cpu", "cuda"), "train.device")

@@ -18,24 +18,10 @@ import math
 import torch
 from torch import nn
 
+from e2mc.checks import check_matrix  # noqa: F401  (re-exported: e2mc.criterion.check_matrix)
 from e2mc.distributed import gather_with_grad
 
 TRANSFORMS = ("sigmoid", "gaussian_cdf")
-
-
-def check_matrix(x: torch.Tensor, name: str = "x") -> None:
-    """Raise a TypeError or ValueError naming ``name`` unless x is a floating-point (N, D) tensor.
-
-    Every loss in the package checks its inputs with it, so bad input fails the same way everywhere."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(
-            f"{name} must be 2-D (batch N x dimensions D), got shape {tuple(x.shape)}; "
-            "flatten the embedding first, e.g. z.flatten(1)"
-        )
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
 
 
 def default_window(n: int) -> int:

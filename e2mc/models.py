@@ -1,7 +1,8 @@
 """Backbones shared by every method: torchvision ResNets and a small ConvNet for 28 px grey images.
 
-Each method's heads live in its own module (``e2mc/methods/<name>.py``). Every method network
-returns a dict from ``model(x)``; all tensors are float, N is the batch size:
+Each method's network lives in its own module (``e2mc/methods/<name>.py``), its heads built by
+:mod:`e2mc.heads`. Every method network returns a dict from ``model(x)``; all tensors are float,
+N is the batch size:
 
 * ``"features"``   (N, F)  backbone output (F = 2048 for ResNet-50), what linear probes read;
 * ``"embedding"``  (N, D)  the tensor E2MC acts on;
@@ -93,51 +94,3 @@ def build_backbone(name: str, in_channels: int | None = None,
         net = ConvNet(channels) if widths is None else ConvNet(channels, tuple(widths))
         return net, net.feature_dim
     raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-
-
-def check_dims(**dims: int) -> None:
-    for name, value in dims.items():
-        if not isinstance(value, int) or value < 1:
-            raise UserError(f"{name} must be a positive integer, got {value!r}")
-
-
-class EmbeddingHead(nn.Sequential):
-    """An ``nn.Sequential`` whose last ``float32_tail`` modules run in float32 with autocast off.
-
-    Under mixed precision (``train.amp``) a Linear's output is bf16, and casting it up afterwards does
-    not bring back the bits that E2MC's sort and spacings need; here the embedding is computed in
-    float32 from the start (docs/fidelity.md gives the measured difference). Without autocast, on
-    float32 input, it computes exactly what ``nn.Sequential`` computes. Module indices, and so
-    state-dict keys, are those of ``nn.Sequential``.
-    """
-
-    def __init__(self, *modules: nn.Module, float32_tail: int = 1) -> None:
-        super().__init__(*modules)
-        if not 1 <= float32_tail <= len(self):
-            raise ValueError(f"float32_tail must be between 1 and {len(self)}, got {float32_tail}")
-        self.float32_tail = float32_tail
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        modules = list(self)
-        for module in modules[:-self.float32_tail]:
-            x = module(x)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.to(torch.promote_types(x.dtype, torch.float32))
-            for module in modules[-self.float32_tail:]:
-                x = module(x)
-        return x
-
-
-def projector_mlp(sizes: Sequence[int], hidden_bias: bool = True) -> EmbeddingHead:
-    """(Linear - BatchNorm1d - ReLU) between consecutive ``sizes`` but the last pair, then a Linear
-    without bias: VICReg's expander (hidden biases) and Barlow Twins' projector (none). Module indices
-    follow the official repositories (0, 1, 3, 4, 6 for three layers), so releases load as they are.
-    The last Linear runs in float32 under autocast (:class:`EmbeddingHead`)."""
-    if len(sizes) < 2:
-        raise UserError(f"a projector needs at least an input and an output size, got {list(sizes)}")
-    check_dims(**{f"sizes[{i}]": s for i, s in enumerate(sizes)})
-    layers: list[nn.Module] = []
-    for width_in, width_out in zip(sizes[:-2], sizes[1:-1]):
-        layers += [nn.Linear(width_in, width_out, bias=hidden_bias), nn.BatchNorm1d(width_out), nn.ReLU(inplace=True)]
-    layers.append(nn.Linear(sizes[-2], sizes[-1], bias=False))
-    return EmbeddingHead(*layers)

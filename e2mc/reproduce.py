@@ -122,7 +122,7 @@ class Part:
     results: str = "results/mini"
     runs: str = "runs/mini"
     pretrain_runs: str | None = None             # bases exported from <pretrain_runs>/<method>; None: committed
-    optional_methods: tuple[str, ...] = ()       # also run when <pretrain_runs>/<method> exists
+    optional_methods: tuple[str, ...] = ()       # also run when its base or <pretrain_runs>/<method> exists
     pretrain_hint: str = "make pretrain-mini"    # the command that makes the bases
     plateau_every: int | None = None             # probe every n-th kept pre-training epoch (1%, seed 0)
     transfer: tuple[tuple[str, str], ...] = ()   # (dataset, root) transfer probes (100% labels) of every model
@@ -134,7 +134,10 @@ class Part:
         return {} if self.val_fraction is None else {"val_fraction": self.val_fraction}
 
 
-_FULL = Part("full", tuple(method_names()))
+# The paper's methods must have their bases; any other registered method (Barlow Twins, one you add) joins
+# the full grid once its base checkpoint exists (`make pretrain-mini METHODS=<name>` makes it).
+_FULL = Part("full", tuple(m for m in method_names() if get_method(m).in_paper),
+             optional_methods=tuple(m for m in method_names() if not get_method(m).in_paper))
 CONVERGED = Part(
     "converged", ("vicreg", "swav"), arms=TRAINED_MAIN_ARMS, epochs=20, all_fractions_at=(10,), val_fraction=0.1,
     checkpoints="results/mini-converged/checkpoints", results="results/mini-converged", runs="runs/mini-converged",
@@ -177,8 +180,9 @@ def get_part(part: str | Part, checkpoints: str | Path | None = None,
 
 
 def part_methods(part: Part) -> tuple[str, ...]:
-    """The part's methods, with each optional one whose pre-training run folder exists."""
-    optional = tuple(m for m in part.optional_methods if part.pretrain_runs and (Path(part.pretrain_runs) / m).is_dir())
+    """The part's methods, with each optional one whose base checkpoint or pre-training run folder exists."""
+    optional = tuple(m for m in part.optional_methods if base_checkpoint(Path(part.checkpoints), m).exists()
+                     or (part.pretrain_runs and (Path(part.pretrain_runs) / m).is_dir()))
     return part.methods + optional
 
 

@@ -46,10 +46,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from e2mc import checkpoints
-from e2mc.batches import LoaderViews, TensorViews
 from e2mc.build import build_added_criterion, build_network, build_objective, load_initial_weights, resolve_device
 from e2mc.config import LOCATION_FIELDS, Config, ConfigError, save_config
 from e2mc.criteria import get_criterion
+from e2mc.data.registry import get_dataset
 from e2mc.diagnostics import embedding_stats
 from e2mc.distributed import is_distributed, rank, world_size
 from e2mc.errors import UserError, write_error
@@ -231,21 +231,8 @@ def compute_loss(method: Method, outputs, batch: int, objective: nn.Module, adde
 
 
 def build_stream(cfg: Config, device: torch.device):
-    """The training batch stream for the configured dataset."""
-    from e2mc import data
-
-    if cfg.data.dataset == "fashion_mnist":
-        images, _ = data.load_fashion_mnist("train", cfg.data.root)
-        if cfg.data.limit is not None:
-            images = images[:cfg.data.limit]
-        return TensorViews(images, data.make_mini_augment(cfg.method).to(device), cfg.data.batch_size,
-                           cfg.train.seed, rank(), world_size(), device)
-    if cfg.data.root is None:
-        raise UserError("data.dataset=imagenet needs data.root, the ImageNet train/ folder")
-    dataset = data.imagenet_train_dataset(cfg.data.root, cfg.method)
-    if cfg.data.limit is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(cfg.data.limit, len(dataset))))
-    return LoaderViews(dataset, cfg.data.batch_size, cfg.train.seed, rank(), world_size(), cfg.data.workers, device)
+    """The training batch stream for the configured dataset (its record in :mod:`e2mc.data.registry`)."""
+    return get_dataset(cfg.data.dataset).train_stream(cfg.data, get_method(cfg.method), cfg.train.seed, device)
 
 
 @dataclasses.dataclass

@@ -10,7 +10,7 @@ from e2mc.config import load_config
 from e2mc.criteria import get_criterion
 from e2mc.criterion import m_spacings_entropy, to_compact
 from e2mc.methods import get_method
-from e2mc.models import EmbeddingHead
+from e2mc.heads import EmbeddingHead
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOAT32_EPS = torch.finfo(torch.float32).eps  # 2**-23

@@ -25,6 +25,7 @@ from e2mc import checkpoints, results
 from e2mc.batches import LoaderViews
 from e2mc.config import TransferConfig
 from e2mc.data import imagenet_probe_transform, imagenet_train_dataset
+from e2mc.methods import get_method
 from e2mc.evaluation import DatasetImages, linear
 from e2mc.evaluation.linear import PAPER_IMAGE_PROBE
 from fake_data import write_fake_dtd
@@ -76,7 +77,7 @@ def dtd_root(tmp_path_factory):
 def test_loader_views_resumed_mid_epoch_sees_the_batches_of_an_uninterrupted_epoch(image_root, workers):
     """The augmentation of a step depends on (seed, epoch, step, rank) only: not on the global RNG as
     the steps before left it, nor on where the DataLoader (and its workers) started."""
-    stream = LoaderViews(imagenet_train_dataset(image_root / "train", "swav"), batch_size=4, seed=3,
+    stream = LoaderViews(imagenet_train_dataset(image_root / "train", get_method("swav")), batch_size=4, seed=3,
                          workers=workers)
     torch.manual_seed(0)
     epoch = list(stream.epoch(1))
@@ -86,7 +87,7 @@ def test_loader_views_resumed_mid_epoch_sees_the_batches_of_an_uninterrupted_epo
     (resumed,) = stream.epoch(1, start_step=1)
     for a, b in zip(epoch[1], resumed, strict=True):
         assert torch.equal(a, b)
-    reference = list(LoaderViews(imagenet_train_dataset(image_root / "train", "swav"), 4, seed=3, workers=0).epoch(1))
+    reference = list(LoaderViews(imagenet_train_dataset(image_root / "train", get_method("swav")), 4, seed=3, workers=0).epoch(1))
     for a, b in zip(sum(epoch, []), sum(reference, []), strict=True):
         assert torch.equal(a, b)  # the number of workers changes nothing
     assert not torch.equal(epoch[0][0], epoch[0][1])  # two views of one image differ

@@ -46,7 +46,7 @@ def reaches(start: str, target: str) -> list[str] | None:
 
 
 # Below the training loop: what a run is built from. Evaluation sits beside training, above these.
-BELOW_TRAINING = ["e2mc.criterion", "e2mc.distributed", "e2mc.objectives", "e2mc.models", "e2mc.methods",
+BELOW_TRAINING = ["e2mc.checks", "e2mc.heads", "e2mc.criterion", "e2mc.distributed", "e2mc.objectives", "e2mc.models", "e2mc.methods",
                   "e2mc.criteria", "e2mc.config", "e2mc.optim", "e2mc.batches", "e2mc.diagnostics",
                   "e2mc.checkpoints", "e2mc.build", "e2mc.naming", "e2mc.results", "e2mc.data", "e2mc.provenance",
                   "e2mc.frames", "e2mc.plots", "e2mc.tables", "e2mc.claims"]
@@ -85,3 +85,10 @@ def test_objectives_and_the_criterion_know_no_method():
 
 def test_the_claims_rules_read_frames_not_figures_or_tables():
     assert reaches("e2mc.claims", "e2mc.plots") is None and reaches("e2mc.claims", "e2mc.tables") is None
+
+
+def test_the_data_layer_imports_no_method():
+    """The methods build on the data layer's view recipes; the data layer takes a method as an argument
+    (its ``mini_views`` / ``imagenet_views``) instead of importing the registry back up."""
+    for module in [m for m in GRAPH if m.startswith("e2mc.data")]:
+        assert reaches(module, "e2mc.methods") is None, f"{module} imports the methods: {reaches(module, 'e2mc.methods')}"

@@ -26,14 +26,6 @@ from e2mc.data.recipes import (IMAGENET_MEAN, IMAGENET_STD, SOLARIZE_THRESHOLD, 
                                 ViewRecipe)
 
 
-
-def _views(method: str, scale: str) -> tuple[ViewRecipe, ...]:
-    from e2mc.methods import get_method  # the methods import this package's recipes
-
-    spec = get_method(method)
-    return spec.imagenet_views if scale == "imagenet" else spec.mini_views
-
-
 # ----------------------------------------------------------------------------- ImageNet (PIL)
 
 
@@ -89,14 +81,14 @@ class MultiViewTransform:
         return f"{type(self).__name__}({len(self.view_transforms)} views)"
 
 
-def imagenet_multiview_transform(method: str) -> MultiViewTransform:
-    """PIL image -> list of normalised views: 2 x (3, 224, 224) for VICReg and SimSiam,
-    2 x (3, 224, 224) + 6 x (3, 96, 96) for SwAV."""
-    return MultiViewTransform([pil_view_transform(r) for r in _views(method, "imagenet")])
+def imagenet_multiview_transform(method) -> MultiViewTransform:
+    """PIL image -> list of normalised views of ``method`` (an :class:`e2mc.methods.Method`, read for its
+    ``imagenet_views``): 2 x (3, 224, 224) for VICReg and SimSiam, 2 x (3, 224, 224) + 6 x (3, 96, 96) for SwAV."""
+    return MultiViewTransform([pil_view_transform(r) for r in method.imagenet_views])
 
 
-def imagenet_train_dataset(root, method: str) -> torchvision.datasets.ImageFolder:
-    """ImageNet's train folder (``root/<wnid>/<wnid>_<n>.JPEG``) yielding (list of views, label)."""
+def imagenet_train_dataset(root, method) -> torchvision.datasets.ImageFolder:
+    """ImageNet's train folder (``root/<wnid>/<wnid>_<n>.JPEG``) yielding (list of ``method``'s views, label)."""
     if not Path(root).is_dir():
         raise FileNotFoundError(f"ImageNet train folder {root} does not exist; pass the folder "
                                 "that holds the class folders n01440764/, n01443537/, ...")
@@ -289,7 +281,7 @@ class MultiViewBatchAugment(nn.Module):
         return [view(images, generator) for view in self.views]
 
 
-def make_mini_augment(method: str) -> MultiViewBatchAugment:
-    """The Fashion-MNIST augmentation of a method: its ``mini_views`` (e.g. 2 x 28 px for VICReg,
-    2 x 28 px + 4 x 16 px for SwAV) on whole batches."""
-    return MultiViewBatchAugment(_views(method, "mini"))
+def make_mini_augment(method) -> MultiViewBatchAugment:
+    """The Fashion-MNIST augmentation of ``method`` (an :class:`e2mc.methods.Method`): its ``mini_views``
+    (e.g. 2 x 28 px for VICReg, 2 x 28 px + 4 x 16 px for SwAV) on whole batches."""
+    return MultiViewBatchAugment(method.mini_views)

@@ -15,12 +15,13 @@ from pathlib import Path
 import yaml
 
 from e2mc.config import LABEL_FRACTIONS, PROTOCOLS, ConfigError
+from e2mc.data.registry import dataset_names
 from e2mc.evaluation.runner import EvaluationPlan
 from e2mc.methods import method_names
 from e2mc.provenance import require_clean_tree
 from e2mc.evaluation.transfer import TRANSFER_DATASETS
 
-DATASET_CHOICES = ("fashion_mnist", "imagenet")
+DATASET_CHOICES = dataset_names()
 
 
 def _transfer_pair(text: str) -> tuple[str, str]:

@@ -25,6 +25,7 @@ from e2mc import checkpoints, data
 from e2mc.build import build_network, check_finite_weights, load_initial_weights, load_model_weights, resolve_device
 from e2mc.config import LABEL_FRACTIONS, PROTOCOLS, Config, ConfigError, EvalConfig, config_from_dict, load_config
 from e2mc.criteria import criterion_record
+from e2mc.data.registry import RELEASE_DATASET, EvaluationData, fashion_mnist_data, get_dataset, imagenet_data  # noqa: F401
 from e2mc.diagnostics import dimension_pairs, pair_coordinates, rankme, transformed_statistics
 from e2mc.errors import UserError, check_writable_folder
 from e2mc.methods import build_model, get_method, method_names
@@ -32,8 +33,7 @@ from e2mc.naming import infer_arm
 from e2mc.evaluation.finetune import FinetuneSettings, finetune, swav_finetune_settings
 from e2mc.evaluation.linear import (AUTHORS_TRANSFER_PROBE, PAPER_IMAGE_PROBE, ProbeSettings,
                                     train_linear_on_images, train_linear_probe)
-from e2mc.evaluation.sources import (DatasetImages, ImageSource, TensorImages, extract_features, input_channels,
-                                     network_device)
+from e2mc.evaluation.sources import ImageSource, extract_features, input_channels, network_device
 from e2mc.evaluation.transfer import num_classes_of, transfer_sources
 from e2mc.provenance import utc_now
 from e2mc.results import config_hash, existing_result, result_filename, write_result
@@ -66,7 +66,7 @@ class ResultContext:
     @property
     def trained_on(self) -> str:
         """The dataset the network was (pre-)trained on: its configuration's, ImageNet for a release."""
-        return ((self.config or {}).get("data") or {}).get("dataset") or "imagenet"
+        return ((self.config or {}).get("data") or {}).get("dataset") or RELEASE_DATASET
 
 
 @dataclass
@@ -75,17 +75,14 @@ class LoadedCheckpoint:
 
     network: nn.Module
     context: ResultContext
-    dataset: str                     # the dataset it was trained on: fashion_mnist or imagenet
+    dataset: str                     # the dataset it was trained on (a name in e2mc.data.registry)
     data_root: str | None            # where its training data was (the evaluation default)
 
 
 def evaluation_root(cfg: Config) -> str | None:
     """Where a run's evaluation data are: its ``data.root``, except that ImageNet training reads
     ``<root>/train`` while evaluation needs ``<root>`` (train/ and val/)."""
-    root = cfg.data.root
-    if cfg.data.dataset == "imagenet" and root and Path(root).name == "train":
-        return str(Path(root).parent)
-    return root
+    return get_dataset(cfg.data.dataset).evaluation_root(cfg.data.root)
 
 
 def load_checkpoint(path: str | Path, method: str | None = None, device: str | torch.device = "auto",
@@ -141,7 +138,7 @@ def load_checkpoint(path: str | Path, method: str | None = None, device: str | t
         if report.epoch is not None:
             extra["release_epochs"] = report.epoch
         context = ResultContext(method, arm or "base", 0 if epoch is None else epoch, None, str(path), extra)
-        loaded = LoadedCheckpoint(network, context, "imagenet", None)
+        loaded = LoadedCheckpoint(network, context, RELEASE_DATASET, None)
         channels_last = True
     check_finite_weights(loaded.network, str(path))
     loaded.network.to(device).eval()
@@ -152,71 +149,9 @@ def load_checkpoint(path: str | Path, method: str | None = None, device: str | t
 
 # ----------------------------------------------------------------------------- data
 
-@dataclass
-class EvaluationData:
-    """Train and test images of the evaluation dataset, and its labelled subsets."""
-
-    name: str
-    train: ImageSource
-    test: ImageSource
-    num_classes: int
-    subset: Callable[[float, int], torch.Tensor]  # (label fraction, seed) -> indices into train
-
-
-def fashion_mnist_data(root: str | Path | None = None) -> EvaluationData:
-    """Fashion-MNIST: the 60k training images (class-balanced random label subsets) and the 10k test images."""
-    train_images, train_labels = data.load_fashion_mnist("train", root)
-    test_images, test_labels = data.load_fashion_mnist("test", root)
-    train = TensorImages(train_images, train_labels)
-    return EvaluationData("fashion_mnist", train, TensorImages(test_images, test_labels), 10,
-                          lambda fraction, seed: data.balanced_subset(train.labels, fraction, seed))
-
-
-def imagenet_data(root: str | Path, subset_dir: str | Path | None = None, workers: int = 8) -> EvaluationData:
-    """ImageNet from ``root/train`` and ``root/val`` (class folders). Label fractions 0.01 and 0.1 are
-    SimCLR's lists ``1percent.txt`` / ``10percent.txt`` in ``subset_dir`` (default ``root``; fetched
-    with their sha256 checked if absent); the seed does not change them. Other fractions are
-    class-balanced random subsets."""
-    root = Path(root)
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise FileNotFoundError(f"ImageNet {split} folder {root / split} not found; --data-root must hold "
-                                    "train/ and val/, each with one folder per class (n01440764/, ...)")
-    train = DatasetImages(_image_folder(root / "train", data.imagenet_eval_transform()),
-                          _image_folder(root / "train", data.imagenet_probe_transform()), workers)
-    test = DatasetImages(_image_folder(root / "val", data.imagenet_eval_transform()), None, workers)
-    subset_dir = Path(subset_dir) if subset_dir is not None else root
-    cache: dict[float, torch.Tensor] = {}
-
-    def subset(fraction: float, seed: int) -> torch.Tensor:
-        if fraction == 1.0:
-            return torch.arange(len(train))
-        name = {0.01: "1percent", 0.1: "10percent"}.get(fraction)
-        if name is None:
-            return data.balanced_subset(train.labels, fraction, seed)
-        if fraction not in cache:
-            listing = data.download_imagenet_subset(name, subset_dir)
-            cache[fraction] = data.imagenet_subset_indices(train.eval_dataset, listing)
-        return cache[fraction]
-
-    return EvaluationData("imagenet", train, test, len(train.eval_dataset.classes), subset)
-
-
-def _image_folder(folder: Path, transform):
-    import torchvision
-
-    return torchvision.datasets.ImageFolder(str(folder), transform=transform)
-
-
 def evaluation_data(dataset: str, root: str | Path | None, subset_dir: str | Path | None = None,
                     workers: int = 8) -> EvaluationData:
-    if dataset == "fashion_mnist":
-        return fashion_mnist_data(root)
-    if dataset == "imagenet":
-        if root is None:
-            raise UserError("ImageNet evaluation needs --data-root, the folder holding train/ and val/")
-        return imagenet_data(root, subset_dir, workers)
-    raise UserError(f"unknown evaluation dataset {dataset!r}; choose fashion_mnist or imagenet")
+    return get_dataset(dataset).evaluation_data(root, subset_dir, workers)
 
 
 def open_evaluation_data(loaded: LoadedCheckpoint, dataset: str | None = None, root: str | Path | None = None,
@@ -224,9 +159,9 @@ def open_evaluation_data(loaded: LoadedCheckpoint, dataset: str | None = None, r
     """The evaluation data for a checkpoint: ``dataset`` and ``root`` default to those it was trained on.
     Raises ValueError when the network's input channels do not fit the dataset's images."""
     dataset = dataset or loaded.dataset
-    expected = {"fashion_mnist": 1, "imagenet": 3}.get(dataset)
+    expected = get_dataset(dataset).channels
     channels = input_channels(loaded.network)
-    if expected is not None and channels != expected:
+    if channels != expected:
         raise UserError(f"the network takes {channels}-channel images but {dataset} has {expected}; evaluate it "
                          f"on the dataset it was trained on ({loaded.dataset}), or on others through --transfer")
     return evaluation_data(dataset, root if root is not None else loaded.data_root, subset_dir, workers)
@@ -291,7 +226,7 @@ class EvaluationPlan:
         the fast cached-features probe for the mini models."""
         if self.probe_on is not None:
             return self
-        return replace(self, probe_on="images" if dataset == "imagenet" else "features")
+        return replace(self, probe_on=get_dataset(dataset).probe_on)
 
     def probe_settings(self) -> ProbeSettings:
         base = self.probe if self.probe is not None else (PAPER_IMAGE_PROBE if self.probe_on == "images"
@@ -323,7 +258,7 @@ def plan_from_config(section: EvalConfig, dataset: str | None) -> EvaluationPlan
     the authors' protocol on images for ImageNet and the fast cached-features probe for Fashion-MNIST
     (decided when the evaluation data are known if ``dataset`` is None). ``eval.transfer.protocol``
     unset means reglog when the probe runs on images, pooled otherwise (see :class:`EvaluationPlan`)."""
-    probe_on = section.probe.on or (None if dataset is None else "images" if dataset == "imagenet" else "features")
+    probe_on = section.probe.on or (None if dataset is None else get_dataset(dataset).probe_on)
     probe = {k: v for k, v in dataclasses.asdict(section.probe).items() if k != "on" and v is not None}
     tune = {k: v for k, v in dataclasses.asdict(section.finetune).items() if v is not None}
     return EvaluationPlan(tuple(section.protocols), tuple(section.label_fractions), tuple(section.seeds),

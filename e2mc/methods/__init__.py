@@ -7,7 +7,7 @@
 To add a method, write ``e2mc/methods/<name>.py`` (a :class:`Method` subclass, registered) and
 import it below; docs/extending.md lists the rest.
 """
-from e2mc.methods.base import CriterionViews, Method, Release, get_method, method_names, register
+from e2mc.methods.base import CriterionViews, Method, Release, get_method, method_names, register, unregister
 
 # The one list of methods: importing a module registers it (order = order in figures and tables).
 from e2mc.methods import vicreg, swav, simsiam, barlowtwins  # noqa: E402,F401  isort: skip
@@ -22,4 +22,5 @@ def build_model(method: str, backbone: str = "resnet50", in_channels: int | None
     return get_method(method).build_network(backbone, in_channels, backbone_widths, **head_sizes)
 
 
-__all__ = ["CriterionViews", "Method", "Release", "build_model", "get_method", "method_names", "register"]
+__all__ = ["CriterionViews", "Method", "Release", "build_model", "get_method", "method_names", "register",
+           "unregister"]

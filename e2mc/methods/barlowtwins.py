@@ -11,14 +11,13 @@ import torch
 from torch import nn
 
 from e2mc.data.recipes import grey_recipe
-from e2mc.errors import UserError
+from e2mc.heads import ProjectedBackbone
 from e2mc.methods.base import CriterionViews, Method, Release, register
 from e2mc.methods.vicreg import IMAGENET_VIEWS
-from e2mc.models import projector_mlp
 from e2mc.objectives.barlowtwins import BarlowTwinsLoss
 
 
-class BarlowTwinsNet(nn.Module):
+class BarlowTwinsNet(ProjectedBackbone):
     """Backbone, Barlow Twins' projector, and the affine-free batch norm of its output (``bn``).
 
     ``projector``: (Linear without bias - BatchNorm1d - ReLU) for every size but the last, then a
@@ -30,20 +29,12 @@ class BarlowTwinsNet(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int, projector: Sequence[int] = (8192, 8192, 8192)) -> None:
-        super().__init__()
-        sizes = [feature_dim, *projector]
-        if len(sizes) < 2:
-            raise UserError("projector needs at least one size, e.g. projector=(8192, 8192, 8192)")
-        self.backbone = backbone
-        self.projector = projector_mlp(sizes, hidden_bias=False)
-        self.bn = nn.BatchNorm1d(sizes[-1], affine=False)
-        self.feature_dim = feature_dim
-        self.embedding_dim = sizes[-1]
+        super().__init__(backbone, feature_dim, projector, hidden_bias=False, option="projector")
+        self.bn = nn.BatchNorm1d(self.embedding_dim, affine=False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.backbone(x)
-        embedding = self.projector(features)
-        return {"features": features, "embedding": embedding, "normalized": self.bn(embedding)}
+        outputs = super().forward(x)
+        return {**outputs, "normalized": self.bn(outputs["embedding"])}
 
 
 class BarlowTwins(Method):

@@ -125,6 +125,14 @@ def register(method: Method) -> Method:
     return method
 
 
+def unregister(name: str) -> Method:
+    """Remove a method from the registry (for a test that registered its own); returns it."""
+    try:
+        return _REGISTRY.pop(name)
+    except KeyError:
+        raise ValueError(f"method {name!r} is not registered") from None
+
+
 def method_names() -> tuple[str, ...]:
     """Every registered method, in registration order (the paper's three first)."""
     return tuple(_REGISTRY)

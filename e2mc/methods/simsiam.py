@@ -7,9 +7,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from e2mc.checks import check_dims
 from e2mc.data.recipes import ViewRecipe, grey_recipe
+from e2mc.heads import projection_mlp
 from e2mc.methods.base import CriterionViews, Method, Release, register
-from e2mc.models import EmbeddingHead, check_dims
 from e2mc.objectives.simsiam import SimSiamLoss
 
 
@@ -32,24 +33,10 @@ class SimSiamNet(nn.Module):
         hidden_dim = feature_dim if hidden_dim is None else hidden_dim
         check_dims(feature_dim=feature_dim, dim=dim, pred_dim=pred_dim, hidden_dim=hidden_dim)
         self.backbone = backbone
-        self.projector = EmbeddingHead(  # the last Linear and BN in float32 under autocast: E2MC's input
-            nn.Linear(feature_dim, hidden_dim, bias=False),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, hidden_dim, bias=False),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, dim),
-            nn.BatchNorm1d(dim, affine=False),
-            float32_tail=2,
-        )
+        self.projector = projection_mlp([feature_dim, hidden_dim, hidden_dim, dim], hidden_bias=False,
+                                        last_bias=True, last_bn=True)  # last Linear and BN in float32: E2MC's input
         self.projector[6].bias.requires_grad_(False)
-        self.predictor = nn.Sequential(
-            nn.Linear(dim, pred_dim, bias=False),
-            nn.BatchNorm1d(pred_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(pred_dim, dim),
-        )
+        self.predictor = projection_mlp([dim, pred_dim, dim], hidden_bias=False, last_bias=True, float32_tail=False)
         self.feature_dim = feature_dim
         self.embedding_dim = dim
 

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from e2mc.checks import check_dims
 from e2mc.data.recipes import SWAV_IMAGENET_STD, ViewRecipe, grey_recipe
+from e2mc.heads import projection_mlp
 from e2mc.methods.base import CriterionViews, Method, Release, register
-from e2mc.models import EmbeddingHead, check_dims
 from e2mc.objectives.swav import SwAVLoss, normalize_prototypes_
 
 
@@ -38,12 +39,7 @@ class SwAVNet(nn.Module):
         super().__init__()
         check_dims(feature_dim=feature_dim, hidden_dim=hidden_dim, output_dim=output_dim, n_prototypes=n_prototypes)
         self.backbone = backbone
-        self.projection_head = EmbeddingHead(  # the last Linear in float32 under autocast: E2MC's input
-            nn.Linear(feature_dim, hidden_dim),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, output_dim),
-        )
+        self.projection_head = projection_mlp([feature_dim, hidden_dim, output_dim], last_bias=True)  # float32 tail
         self.prototypes = nn.Linear(output_dim, n_prototypes, bias=False)
         self.feature_dim = feature_dim
         self.embedding_dim = output_dim

@@ -7,17 +7,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-import torch
 from torch import nn
 
 from e2mc.data.recipes import ViewRecipe, grey_recipe
-from e2mc.errors import UserError
+from e2mc.heads import ProjectedBackbone
 from e2mc.methods.base import CriterionViews, Method, Release, register
-from e2mc.models import projector_mlp
 from e2mc.objectives.vicreg import VICRegLoss
 
 
-class VICRegNet(nn.Module):
+class VICRegNet(ProjectedBackbone):
     """Backbone plus VICReg's expander (``projector``).
 
     The expander is (Linear - BatchNorm1d - ReLU) for every size but the last, then a Linear
@@ -28,18 +26,7 @@ class VICRegNet(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int, expander: Sequence[int] = (8192, 8192, 8192)) -> None:
-        super().__init__()
-        sizes = [feature_dim, *expander]
-        if len(sizes) < 2:
-            raise UserError("expander needs at least one size, e.g. expander=(8192, 8192, 8192)")
-        self.backbone = backbone
-        self.projector = projector_mlp(sizes, hidden_bias=True)
-        self.feature_dim = feature_dim
-        self.embedding_dim = sizes[-1]
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.backbone(x)
-        return {"features": features, "embedding": self.projector(features)}
+        super().__init__(backbone, feature_dim, expander, hidden_bias=True, option="expander")
 
 
 # facebookresearch/vicreg augmentations.py (BYOL's asymmetric pair): 224 px, bicubic

@@ -17,11 +17,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from e2mc.criterion import check_matrix
-from e2mc.distributed import gather_with_grad
-from e2mc.objectives.vicreg import check_two_views, variance_covariance_terms
+from e2mc.checks import check_matrix
+from e2mc.objectives.base import TwoViewLoss
+from e2mc.objectives.vicreg import variance_covariance_terms
 
 
 def uniformity(x: torch.Tensor, t: float = 3.0) -> torch.Tensor:
@@ -44,7 +43,7 @@ def uniformity(x: torch.Tensor, t: float = 3.0) -> torch.Tensor:
     return torch.logsumexp(-t * squared_distances[rows, cols], dim=0) - math.log(rows.numel())
 
 
-class Uniformity(nn.Module):
+class Uniformity(TwoViewLoss):
     """Uniformity on the hypersphere (Wang & Isola, ICML 2020), averaged over the two views.
 
     Args:
@@ -58,28 +57,22 @@ class Uniformity(nn.Module):
     """
 
     def __init__(self, t: float = 3.0, coeff: float = 1.0, gather: bool = True) -> None:
-        super().__init__()
+        super().__init__(gather)
         if t <= 0 or coeff < 0:
             raise ValueError(f"need t > 0 and coeff >= 0, got t={t}, coeff={coeff}")
         self.t = float(t)
         self.coeff = float(coeff)
-        self.gather = gather
 
     def extra_repr(self) -> str:
         return f"t={self.t}, coeff={self.coeff}"
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
-        check_two_views(z1, z2)
-        with torch.autocast(device_type=z1.device.type, enabled=False):
-            views = [F.normalize(z.float(), dim=1) for z in (z1, z2)]
-            if self.gather:
-                views = [gather_with_grad(u) for u in views]
-            value = (uniformity(views[0], self.t) + uniformity(views[1], self.t)) / 2
-            loss = self.coeff * value
-        return {"loss": loss, "uniformity": value.detach()}
+    def two_view_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
+        u1, u2 = self.all_ranks(F.normalize(z1, dim=1), F.normalize(z2, dim=1))
+        value = (uniformity(u1, self.t) + uniformity(u2, self.t)) / 2
+        return {"loss": self.coeff * value, "uniformity": value.detach()}
 
 
-class MMCR(nn.Module):
+class MMCR(TwoViewLoss):
     """Maximum Manifold Capacity Representations (Yerxa et al., NeurIPS 2023) as an added term.
 
     ``loss = -coeff * ||C||_*``, the nuclear norm (sum of singular values) of the (N, D)
@@ -101,37 +94,26 @@ class MMCR(nn.Module):
     """
 
     def __init__(self, coeff: float = 1.0, gather: bool = True) -> None:
-        super().__init__()
+        super().__init__(gather)
         if coeff < 0:
             raise ValueError(f"coeff must be >= 0, got {coeff}")
         self.coeff = float(coeff)
-        self.gather = gather
 
     def extra_repr(self) -> str:
         return f"coeff={self.coeff}"
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor, *more_views: torch.Tensor) -> dict[str, torch.Tensor]:
-        check_two_views(z1, z2)
-        for index, view in enumerate(more_views):
-            check_matrix(view, f"more_views[{index}]")
-            if view.shape != z1.shape:
-                raise ValueError(f"every view must have the shape of z1, {tuple(z1.shape)}; "
-                                 f"more_views[{index}] has {tuple(view.shape)}")
-        # The SVD has no half-precision kernels and its gradient needs float32 accuracy.
-        with torch.autocast(device_type=z1.device.type, enabled=False):
-            views = torch.stack([F.normalize(z.float(), dim=1) for z in (z1, z2, *more_views)])
-            centroids = views.mean(dim=0)  # (N, D)
-            if self.gather:
-                centroids = gather_with_grad(centroids)
-            if not torch.isfinite(centroids).all():
-                raise FloatingPointError("MMCR received non-finite embeddings (NaN or inf); lower the "
-                                         "learning rate or check the model before the criterion")
-            nuclear_norm = torch.linalg.svdvals(centroids).sum()
-            loss = -self.coeff * nuclear_norm
-        return {"loss": loss, "nuclear_norm": nuclear_norm.detach()}
+    def two_view_loss(self, z1: torch.Tensor, z2: torch.Tensor, *more_views: torch.Tensor) -> dict[str, torch.Tensor]:
+        # The SVD has no half-precision kernels and its gradient needs float32 accuracy (the base's float32).
+        views = torch.stack([F.normalize(z, dim=1) for z in (z1, z2, *more_views)])
+        (centroids,) = self.all_ranks(views.mean(dim=0))  # (N, D)
+        if not torch.isfinite(centroids).all():
+            raise FloatingPointError("MMCR received non-finite embeddings (NaN or inf); lower the "
+                                     "learning rate or check the model before the criterion")
+        nuclear_norm = torch.linalg.svdvals(centroids).sum()
+        return {"loss": -self.coeff * nuclear_norm, "nuclear_norm": nuclear_norm.detach()}
 
 
-class VarianceCovariance(nn.Module):
+class VarianceCovariance(TwoViewLoss):
     """VICReg's variance hinge and covariance penalty as an added term ("VC").
 
     ``loss = std_coeff * variance + cov_coeff * covariance``, with the hinge averaged and
@@ -152,25 +134,21 @@ class VarianceCovariance(nn.Module):
 
     def __init__(self, std_coeff: float = 1.0, cov_coeff: float = 0.01, normalize: bool = True,
                  gather: bool = True) -> None:
-        super().__init__()
+        super().__init__(gather)
         if std_coeff < 0 or cov_coeff < 0:
             raise ValueError(f"coefficients must be >= 0, got std_coeff={std_coeff}, cov_coeff={cov_coeff}")
         self.std_coeff = float(std_coeff)
         self.cov_coeff = float(cov_coeff)
         self.normalize = bool(normalize)
-        self.gather = gather
 
     def extra_repr(self) -> str:
         return f"std_coeff={self.std_coeff}, cov_coeff={self.cov_coeff}, normalize={self.normalize}"
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
-        check_two_views(z1, z2)
-        with torch.autocast(device_type=z1.device.type, enabled=False):
-            z1, z2 = z1.float(), z2.float()
-            target = 1.0
-            if self.normalize:
-                z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
-                target = 1.0 / math.sqrt(z1.shape[1])
-            variance, covariance = variance_covariance_terms(z1, z2, target=target, gather=self.gather)
-            loss = self.std_coeff * variance + self.cov_coeff * covariance
+    def two_view_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
+        target = 1.0
+        if self.normalize:
+            z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+            target = 1.0 / math.sqrt(z1.shape[1])
+        variance, covariance = variance_covariance_terms(z1, z2, target=target, gather=self.gather)
+        loss = self.std_coeff * variance + self.cov_coeff * covariance
         return {"loss": loss, "variance": variance.detach(), "covariance": covariance.detach()}

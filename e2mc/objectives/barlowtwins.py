@@ -8,10 +8,8 @@ loss is ``sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2``.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from e2mc.distributed import gather_with_grad
-from e2mc.objectives.vicreg import check_two_views
+from e2mc.objectives.base import TwoViewLoss
 
 
 def cross_correlation(n1: torch.Tensor, n2: torch.Tensor) -> torch.Tensor:
@@ -19,7 +17,7 @@ def cross_correlation(n1: torch.Tensor, n2: torch.Tensor) -> torch.Tensor:
     return n1.t() @ n2 / n1.shape[0]
 
 
-class BarlowTwinsLoss(nn.Module):
+class BarlowTwinsLoss(TwoViewLoss):
     """Barlow Twins on two views' batch-normalised projector outputs.
 
     Args:
@@ -34,23 +32,18 @@ class BarlowTwinsLoss(nn.Module):
     """
 
     def __init__(self, lambd: float = 0.0051, gather: bool = True) -> None:
-        super().__init__()
+        super().__init__(gather)
         if not lambd >= 0:
             raise ValueError(f"lambd must be >= 0, got {lambd}")
-        self.lambd, self.gather = float(lambd), gather
+        self.lambd = float(lambd)
 
     def extra_repr(self) -> str:
         return f"lambd={self.lambd}"
 
-    def forward(self, n1: torch.Tensor, n2: torch.Tensor) -> dict[str, torch.Tensor]:
-        check_two_views(n1, n2)
-        with torch.autocast(device_type=n1.device.type, enabled=False):
-            n1, n2 = n1.float(), n2.float()
-            if self.gather:
-                n1, n2 = gather_with_grad(n1), gather_with_grad(n2)
-            c = cross_correlation(n1, n2)
-            diagonal = torch.diagonal(c)
-            on_diagonal = (1 - diagonal).pow(2).sum()
-            off_diagonal = c.pow(2).sum() - diagonal.pow(2).sum()
-            loss = on_diagonal + self.lambd * off_diagonal
+    def two_view_loss(self, n1: torch.Tensor, n2: torch.Tensor) -> dict[str, torch.Tensor]:
+        c = cross_correlation(*self.all_ranks(n1, n2))
+        diagonal = torch.diagonal(c)
+        on_diagonal = (1 - diagonal).pow(2).sum()
+        off_diagonal = c.pow(2).sum() - diagonal.pow(2).sum()
+        loss = on_diagonal + self.lambd * off_diagonal
         return {"loss": loss, "on_diagonal": on_diagonal.detach(), "off_diagonal": off_diagonal.detach()}

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from e2mc.criterion import check_matrix
+from e2mc.checks import check_matrix
 from e2mc.distributed import all_reduce_sum, world_size
 
 

@@ -12,18 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from e2mc.criterion import check_matrix, covariance_penalty
+from e2mc.checks import check_matrix
+from e2mc.criterion import covariance_penalty
 from e2mc.distributed import gather_with_grad
-
-
-def check_two_views(z1: torch.Tensor, z2: torch.Tensor) -> None:
-    """Raise a clear error unless ``z1`` and ``z2`` are floating (N, D) matrices of equal shape."""
-    check_matrix(z1, "z1")
-    check_matrix(z2, "z2")
-    if z1.shape != z2.shape:
-        raise ValueError(
-            f"the two views must have the same shape (N, D), got {tuple(z1.shape)} and {tuple(z2.shape)}"
-        )
+from e2mc.objectives.base import TwoViewLoss
 
 
 def variance_hinge(x: torch.Tensor, target: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
@@ -67,7 +59,7 @@ def variance_covariance_terms(
     return variance, covariance
 
 
-class VICRegLoss(nn.Module):
+class VICRegLoss(TwoViewLoss):
     """VICReg on two views' expander outputs.
 
     Args:
@@ -85,24 +77,21 @@ class VICRegLoss(nn.Module):
 
     def __init__(self, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0,
                  gather: bool = True) -> None:
-        super().__init__()
+        super().__init__(gather)
         if min(sim_coeff, std_coeff, cov_coeff) < 0:
             raise ValueError(f"coefficients must be >= 0, got sim_coeff={sim_coeff}, "
                              f"std_coeff={std_coeff}, cov_coeff={cov_coeff}")
         self.sim_coeff = float(sim_coeff)
         self.std_coeff = float(std_coeff)
         self.cov_coeff = float(cov_coeff)
-        self.gather = gather
 
     def extra_repr(self) -> str:
         return f"sim_coeff={self.sim_coeff}, std_coeff={self.std_coeff}, cov_coeff={self.cov_coeff}"
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
-        check_two_views(z1, z2)
-        # Squared covariances of 8192-d embeddings overflow or lose precision in half precision.
-        with torch.autocast(device_type=z1.device.type, enabled=False):
-            invariance = F.mse_loss(z1.float(), z2.float())
-            variance, covariance = variance_covariance_terms(z1, z2, target=1.0, gather=self.gather)
-            loss = self.sim_coeff * invariance + self.std_coeff * variance + self.cov_coeff * covariance
+    def two_view_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
+        # The invariance is local to this rank, as in the official code; the rest sees every rank.
+        invariance = F.mse_loss(z1, z2)
+        variance, covariance = variance_covariance_terms(z1, z2, target=1.0, gather=self.gather)
+        loss = self.sim_coeff * invariance + self.std_coeff * variance + self.cov_coeff * covariance
         return {"loss": loss, "invariance": invariance.detach(), "variance": variance.detach(),
                 "covariance": covariance.detach()}
