@@ -134,7 +134,9 @@ def _submit_all(submitted: dict, root: Path, data: Path, inits: dict, env: dict)
                "--grid", "arm=original,e2mc", "--output-root", str(submitit_out),
                "--log-dir", str(root / "submitit" / "%j"), "--tasks-per-node", "1", "--gpus-per-node", "0",
                "--cpus-per-task", "1", "--time", "10", "--job-name", "e2mc-test-submitit",
-               *continued("vicreg", data, inits, epochs=PREEMPTED_EPOCHS, limit=1024)]
+               *continued("vicreg", data, inits, epochs=PREEMPTED_EPOCHS, limit=1024),
+               # the documented grid with per-epoch probes, into one folder the notebooks then draw
+               "eval.every_epoch=true", "eval.label_fractions=[0.5]", f"eval.results_dir={root / 'submitit_results'}"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
                             env=_clean_environment(None))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -292,3 +294,19 @@ def test_submitit_array_trains_and_a_preempted_task_resumes(jobs):
     assert "Requeued job" in "".join(p.read_text() for p in (log / second).glob("*_log.*"))
     assert json.loads((first_run / "summary.json").read_text())["criterion"] == "none"
     assert json.loads((second_run / "summary.json").read_text())["criterion"] == "e2mc"
+
+
+def test_submit_grid_with_per_epoch_probes_draws_fig6(jobs, kernel):
+    """The documented submit workflow on SLURM: a grid with eval.every_epoch=true -> one results folder
+    -> the Fig. 6 notebook. Every epoch is probed exactly once, also across the preempted task's requeue."""
+    for job, _ in jobs["submitit"]:
+        finished(job, jobs["submitit_log"] / job)
+    results_dir = jobs["root"] / "submitit_results"
+    probes = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
+    found = sorted((r["arm"], r["epoch"]) for r in probes)
+    assert found == sorted((arm, e) for arm in ("original", "e2mc") for e in range(PREEMPTED_EPOCHS + 1)), found
+    pm.execute_notebook("notebooks/fig6_epochs.ipynb", str(jobs["root"] / "fig6-submit.ipynb"), kernel_name=kernel,
+                        cwd=str(ROOT), parameters={"results_dir": str(results_dir),
+                                                   "output_dir": str(jobs["root"] / "figs-submit"),
+                                                   "formats": ["png"], "label_fraction": 0.5}, progress_bar=False)
+    assert_png(jobs["root"] / "figs-submit" / "fig6_epochs.png")
