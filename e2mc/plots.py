@@ -589,9 +589,8 @@ def preregistered_study(frame: pd.DataFrame) -> Figure:
     epoch 20; zero dotted, and dashed the smallest effect the design detects with 80% power (from the
     pilot seeds, docs/preregistration.md). Raises MissingResultsError until every seed is there."""
     outcome = preregistration.analyse(frame)
-    detectable = preregistration.power_analysis(
-        preregistration.paired_values(frame, preregistration.PRIMARY)
-        .set_index("seed").loc[list(preregistration.OBSERVED_BEFORE), "difference"]).detectable
+    pilot = dict(zip(outcome.primary.seeds, outcome.primary.differences))  # the seeds the power came from
+    detectable = preregistration.power_analysis([pilot[s] for s in preregistration.OBSERVED_BEFORE]).detectable
     axes_style, context = _style()
     with axes_style, context:
         fig, ax = plt.subplots(figsize=(5.6, 4.0), layout="constrained")

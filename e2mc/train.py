@@ -175,8 +175,7 @@ def check_resumable(saved_config: dict, cfg: Config, done_epochs: int, path: Pat
 def default_output_dir(cfg: Config) -> Path:
     """The run folder when ``train.output_dir`` is not set: ``runs/<scale>/<method>/<arm>/seed<seed>``,
     the convention of every launcher (see :func:`e2mc.runs.run_folder`)."""
-    scale = "mini" if cfg.data.dataset == "fashion_mnist" else cfg.data.dataset
-    return Path("runs") / scale / cfg.method / infer_arm(cfg.to_dict()) / f"seed{cfg.train.seed}"
+    return Path("runs") / get_dataset(cfg.data.dataset).scale / cfg.method / infer_arm(cfg.to_dict()) / f"seed{cfg.train.seed}"
 
 
 # --- setup -------------------------------------------------------------------------------------

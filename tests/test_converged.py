@@ -152,7 +152,7 @@ def test_plateau_probes_every_fifth_kept_epoch(tmp_path, monkeypatch):
     run = tmp_path / "pretrain-runs" / "vicreg"
     run.mkdir(parents=True)
     for epoch in range(13):
-        ckpt.save_atomic({k: state[k] for k in ("format", "method", "config", "model")} | {"epoch": epoch},
+        ckpt.save_atomic(ckpt.slim(state) | {"epoch": epoch},
                          run / f"checkpoint-epoch{epoch:03d}.pt")
     part = converged(tmp_path, methods=("vicreg",), optional_methods=())
     with pytest.raises(FileNotFoundError, match=r"holds no pre-training run; run `make pretrain-mini-converged`"):

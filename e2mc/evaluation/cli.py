@@ -12,9 +12,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-import yaml
-
-from e2mc.config import LABEL_FRACTIONS, PROTOCOLS, ConfigError
+from e2mc.config import LABEL_FRACTIONS, PROTOCOLS, ConfigError, read_yaml
 from e2mc.data.registry import dataset_names
 from e2mc.evaluation.runner import EvaluationPlan
 from e2mc.methods import method_names
@@ -144,7 +142,7 @@ def _sweep(args: argparse.Namespace) -> None:
     from e2mc.evaluation.runner import default_results_dir, sweep
 
     saved = Path(args.run_dir) / "config.yaml"  # the run's configuration names its default results folder
-    config = yaml.safe_load(saved.read_text()) if saved.is_file() else None
+    config = read_yaml(saved.read_text(), str(saved)) if saved.is_file() else None
     require_clean_tree(args.results_dir or default_results_dir(config, args.run_dir))
     paths = sweep(args.run_dir, args.results_dir, plan_from_args(args), dataset=args.dataset, data_root=args.data_root,
                   subset_dir=args.subset_dir, device=args.device, workers=args.workers,
