@@ -1,6 +1,6 @@
 """What bf16 autocast does to the embedding E2MC sees, with and without a float32 last layer.
 
-    python benchmarks/amp_embedding.py [--seed 0]
+    python benchmarks/amp_embedding.py [--seed 0] [--out results/benchmarks/amp_embedding-cpu.json]
 
 For the paper's two heads at ImageNet size (VICReg's 2048-8192-8192-8192 expander with the sigmoid,
 SwAV's 2048-2048-128 projection with the Gaussian CDF; random weights, a batch of 512 random
@@ -8,17 +8,20 @@ features), it computes the E2MC loss of the embedding three ways on CPU: all in 
 reference), under torch.autocast(bfloat16) with the last layer in float32 (:class:`EmbeddingHead`,
 what ``train.amp`` now does), and under autocast with every layer in bf16 (the embedding cast up
 afterwards, as before). It prints a Markdown table of the loss differences from the reference and the
-share of zero m-spacings, where the entropy's gradient is ``c / eps``. Takes about a minute on 2 cores.
+share of zero m-spacings, where the entropy's gradient is ``c / eps``, and saves the numbers with their
+provenance to ``results/benchmarks/amp_embedding-cpu.json``. Takes about a minute on 2 cores.
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from e2mc.criterion import E2MC, default_window
 from e2mc.heads import EmbeddingHead, projection_mlp
+from e2mc.provenance import REPO_ROOT, provenance, write_json_atomic
 
 
 def zero_spacing_share(z: torch.Tensor, transform: str) -> float:
@@ -51,6 +54,8 @@ def measure(head: EmbeddingHead, transform: str, features: torch.Tensor) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None,
+                        help="output JSON (default results/benchmarks/amp_embedding-cpu.json)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     features = [torch.randn(512, 2048).relu() for _ in range(2)]  # two views of pooled ResNet-like features
@@ -63,6 +68,11 @@ def main() -> None:
     for name, r in rows:
         print(f"| {name} | {r['loss_float32']:.6f} | {r['diff_float32_tail']:.2e} | {r['diff_bf16']:.2e} "
               f"| {r['zero_spacings_float32_tail']:.2%} | {r['zero_spacings_bf16']:.2%} |")
+    out = Path(args.out) if args.out else REPO_ROOT / "results" / "benchmarks" / "amp_embedding-cpu.json"
+    write_json_atomic(out, {"benchmark": "bf16 autocast and the E2MC loss of the embedding",
+                            "batch": 512, "seed": args.seed, "heads": dict(rows),
+                            "provenance": provenance(torch.device("cpu"))})
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":
