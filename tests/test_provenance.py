@@ -220,3 +220,55 @@ def test_recorded_commands_name_the_repository_relative_to_it():
             f"train.output_dir={ROOT}/runs/a", "--data-root", "/usr/share/datasets/fashion-mnist"]
     assert provenance.command_line(argv) == ("python -m e2mc continue --config configs/mini/vicreg.yaml "
                                              "train.output_dir=runs/a --data-root /usr/share/datasets/fashion-mnist")
+
+
+
+# Config.hash() kept the location fields (LOCATION_FIELDS) until commit 84264b1; files written by code
+# older than it carry that hash, computed from the paths as they were before `migrate paths` made
+# them relative (the mini grid ran in /work/main). Both definitions are written out here,
+# independently of e2mc.config.
+HASH_WITHOUT_LOCATIONS = "84264b1"
+CHECKOUTS_BEFORE_MIGRATION = ("", "/work/main/")
+
+
+def _sha16(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _legacy_hashes(config: dict) -> set[str]:
+    hashes = set()
+    for root in CHECKOUTS_BEFORE_MIGRATION:
+        written = json.loads(json.dumps(config))
+        for section, key in (("train", "output_dir"), ("eval", "results_dir")):
+            if written[section][key] is not None:
+                written[section][key] = root + written[section][key]
+        hashes.add(_sha16(written))
+    return hashes
+
+
+def test_every_committed_training_result_carries_the_hash_of_the_configuration_it_records():
+    from e2mc.config import ADDED_AFTER_FIRST_RESULTS, LOCATION_FIELDS, Config, config_from_dict
+
+    older = set(subprocess.run(["git", "rev-list", f"{HASH_WITHOUT_LOCATIONS}^"], cwd=ROOT, check=True,
+                               capture_output=True, text=True).stdout.split())
+    defaults = Config().to_dict()
+    wrong, legacy = [], 0
+    for path in sorted((ROOT / "results").rglob("training_*.json")):
+        record = json.loads(path.read_text())
+        if record.get("kind") != "training" or not record.get("config"):
+            continue
+        config = config_from_dict(record["config"]).to_dict()
+        for section, key in ADDED_AFTER_FIRST_RESULTS:  # absent when the older files were written
+            if config[section][key] == defaults[section][key]:
+                config[section].pop(key)
+        allowed = set()
+        if record["provenance"]["git_commit"] in older:
+            allowed = _legacy_hashes(config)
+            legacy += record["config_hash"] in allowed
+        for section, key in LOCATION_FIELDS:
+            config[section].pop(key)
+        allowed.add(_sha16(config))
+        if record["config_hash"] not in allowed:
+            wrong.append(str(path.relative_to(ROOT)))
+    assert not wrong, f"{len(wrong)} training result(s) whose config_hash is not their config's, e.g. {wrong[:3]}"
+    assert legacy == 27  # the ten-epoch mini grid's first 27 runs (results/mini/training)
