@@ -20,6 +20,7 @@ from e2mc.criterion import E2MC, TRANSFORMS
 from e2mc.errors import UserError
 from e2mc.methods import CriterionViews, get_method
 from e2mc.objectives import MMCR, Uniformity, VarianceCovariance
+from e2mc.registry import Registry
 
 
 class AddedCriterion:
@@ -123,26 +124,24 @@ class VarianceCovarianceCriterion(Alternative):
         return "vc_raw" if (section.get("params") or {}).get("normalize") is False else "vc"
 
 
-_REGISTRY: dict[str, AddedCriterion] = {c.name: c for c in (
+_CRITERIA: Registry[AddedCriterion] = Registry("criterion", (
     OriginalLossOnly(),
     E2MCCriterion(),
     Alternative("uniformity", "uniformity", Uniformity),
     # MMCR's centroids average every crop, as in the authors' SwAV + MMCR code.
     Alternative("mmcr", "MMCR", MMCR, takes_all_crops=True),
     VarianceCovarianceCriterion("vc", "variance-covariance", VarianceCovariance),
-)}
+))
 
 
 def criterion_names() -> tuple[str, ...]:
     """The values of ``criterion.name``: "none" (the original loss alone), "e2mc", then the alternatives."""
-    return tuple(_REGISTRY)
+    return _CRITERIA.names()
 
 
 def get_criterion(name: str) -> AddedCriterion:
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise UserError(f"unknown criterion {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+    """The criterion ``name``; a UserError naming the choices otherwise."""
+    return _CRITERIA.get(name)
 
 
 def criterion_record(config: dict | None) -> dict[str, Any]:

@@ -50,7 +50,7 @@ BELOW_TRAINING = ["e2mc.checks", "e2mc.heads", "e2mc.criterion", "e2mc.distribut
                   "e2mc.criteria", "e2mc.config", "e2mc.optim", "e2mc.batches", "e2mc.diagnostics",
                   "e2mc.checkpoints", "e2mc.build", "e2mc.naming", "e2mc.results", "e2mc.data", "e2mc.provenance",
                   "e2mc.frames", "e2mc.plots", "e2mc.tables", "e2mc.claims", "e2mc.figure_style",
-                  "e2mc.notebook_io", "e2mc.converged_plots", "e2mc.converged_tables"]
+                  "e2mc.notebook_io", "e2mc.converged_plots", "e2mc.converged_tables", "e2mc.registry"]
 EVALUATION = sorted(m for m in GRAPH if m.startswith("e2mc.evaluation"))
 
 
