@@ -26,6 +26,7 @@ import torch
 from matplotlib.figure import Figure
 
 from e2mc.criterion import m_spacings_entropy
+from e2mc.criteria import E2MCArm
 from e2mc.errors import UserError
 from e2mc.figure_style import arm_curve, band_line, band_note, legend_below, per_method_figure, style
 from e2mc.frames import (REPRODUCE_HINT, MissingResultsError, order_arms, order_methods, paired_differences,
@@ -33,7 +34,7 @@ from e2mc.frames import (REPRODUCE_HINT, MissingResultsError, order_arms, order_
 from e2mc.methods import get_method
 from e2mc.naming import (ABLATION_ARMS, ALTERNATIVE_ARMS, ARM_ORDER, DYNAMICS_HEADERS, DYNAMICS_KEYS, MAIN_ARMS,
                          PROBE_METRICS, TRANSFORM_LABELS, arm_label, arm_styles, method_label, metric_rule,
-                         metric_short, split_e2mc_arm)
+                         metric_short)
 
 # Corners of the 2-D colour map of Fig. 2, (x, y) = (0, 0), (1, 0), (0, 1), (1, 1): Okabe-Ito blue,
 # vermillion, yellow, and black (told apart with the common colour-vision deficiencies).
@@ -244,7 +245,7 @@ def fig6_group_arms(frame: pd.DataFrame, group: str) -> list[str]:
     E2MC coefficient variant (``e2mc_cov1``, ...)."""
     arms = list(FIG6_GROUPS[group])
     if group == "ablations":
-        arms += sorted({a for a in frame["arm"].dropna() if split_e2mc_arm(a) is not None} - set(arms))
+        arms += sorted({a for a in frame["arm"].dropna() if E2MCArm.parse(a) is not None} - set(arms))
     return arms
 
 

@@ -21,11 +21,12 @@ from typing import Sequence
 import pandas as pd
 
 from e2mc.claims import PAPER_EFFECT
+from e2mc.criteria import E2MCArm
 from e2mc.frames import (REPRODUCE_HINT, MissingResultsError, final_epoch_rows, lead_metrics, order_arms, order_methods,
                          paired_differences, require_columns, select, source_of, summarize, training_epochs, with_base)
 from e2mc.naming import (ABLATION_ARMS, ALTERNATIVE_ARMS, ARM_ORDER, DYNAMICS_HEADERS, DYNAMICS_KEYS, MAIN_ARMS,
                          TRANSFORM_LABELS, VAL_SELECTED, arm_label, criterion_label, fraction_label, method_label,
-                         metric_rule, metric_rules, metric_short, split_e2mc_arm)
+                         metric_rule, metric_rules, metric_short)
 from e2mc.provenance import write_atomic
 
 # --- tables -------------------------------------------------------------------------------------
@@ -172,7 +173,7 @@ def ablations(frame: pd.DataFrame, metric: str = "top1", kind: str = "linear_pro
     variant in the results (other coefficients: see :func:`e2mc.arms.infer_arm`)."""
     rows = select(frame, kind)
     require_columns(rows, ["arm"])
-    variants = sorted({a for a in rows["arm"] if split_e2mc_arm(a) is not None} - set(ABLATION_ARMS))
+    variants = sorted({a for a in rows["arm"] if E2MCArm.parse(a) is not None} - set(ABLATION_ARMS))
     arms = ABLATION_ARMS + tuple(variants)
     frame = _methods_with_some_arm(frame, kind, arms[1:])
     return arm_results(frame, arms, name="ablations", title="Ablations", metric=metric, kind=kind,
