@@ -33,16 +33,15 @@ def pretraining_plateau(frame: pd.DataFrame, label_fraction: float = 0.01,
 
     def draw(ax, method):
         return {metric: band_line(ax, summarize(rows[rows["method"] == method], ["epoch"], metric, confidence),
-                                   metric_short(metric), colors.get(metric), markersize=3.5,
-                                   linewidth=1.4)
+                                  metric_short(metric), colors.get(metric), markersize=3.5,
+                                  linewidth=1.4)
                 for metric in present}
 
     counts = rows.groupby(["method", "epoch"])["seed"].nunique()
     return per_method_figure(order_methods(rows["method"].unique()), draw, "epoch of pre-training from scratch",
-                              f"linear-probe top-1 (%), {label_fraction:.0%} labels",
-                              band_note(confidence, False, counts) if counts.max() > 1 else
-                              "one probe seed per epoch: no band")
-
+                             f"linear-probe top-1 (%), {label_fraction:.0%} labels",
+                             band_note(confidence, False, counts) if counts.max() > 1 else
+                             "one probe seed per epoch: no band")
 
 
 def preregistered_study(frame: pd.DataFrame) -> Figure:

@@ -22,7 +22,7 @@ FIGURE_FORMATS = ("png", "pdf", "svg")
 
 
 def band_line(ax, curve: pd.DataFrame, label: str, color=None, marker: str = "o", markersize: float = 5,
-               linewidth: float = 1.6):
+              linewidth: float = 1.6):
     """A mean line (columns epoch, mean) with its confidence band (column ci; none where NaN); returns
     the line."""
     (line,) = ax.plot(curve["epoch"], curve["mean"], color=color, marker=marker, markersize=markersize,
@@ -56,7 +56,7 @@ def legend_below(fig: Figure, handles: dict) -> None:
 
 
 def per_method_figure(methods: Sequence[str], draw: Callable, xlabel: str, ylabel: str, note: str | None = None
-                       ) -> Figure:
+                      ) -> Figure:
     """One panel per method, side by side, in the common style, with the legend of every labelled line
     below and ``note`` (what the lines and bands are) above: ``draw(ax, method)`` plots a method's panel
     and returns its {label: line} handles."""
@@ -78,7 +78,6 @@ def per_method_figure(methods: Sequence[str], draw: Callable, xlabel: str, ylabe
 def style():
     """The one style of every figure: seaborn whitegrid, paper context, slightly larger fonts."""
     return sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.2)
-
 
 
 def save_figure(fig: Figure, output_dir: str | Path, name: str, formats: Sequence[str] = ("png", "pdf"),

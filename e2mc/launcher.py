@@ -8,7 +8,7 @@
 Grid axes (``--grid KEY=V1,V2`` or the ``grid:`` mapping of a YAML file; every combination is one run):
 
 * ``method``: fills ``{method}`` in the configuration path;
-* ``arm``: a named arm of :data:`e2mc.arms.ARMS` (original, e2mc, entropy_only, uniformity, ...);
+* ``arm``: a named arm of :data:`e2mc.naming.ARMS` (original, e2mc, entropy_only, uniformity, ...);
 * any configuration key, e.g. ``criterion.ent_coeff=1,10`` (values are read as YAML).
 
 Run ``i`` trains in ``<output_root>/<method>/<label>/seed<seed>``, where the label names the arm and

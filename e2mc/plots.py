@@ -282,7 +282,7 @@ def fig6_epochs(frame: pd.DataFrame, label_fraction: float = 0.01, metric: str =
 
     note = f"{metric_rule(metric)}; " + band_note(confidence, False, curves["n"])
     return per_method_figure(order_methods(curves["method"].unique()), draw, "epoch of continued pre-training",
-                              probe_axis_label(metric, label_fraction), note)
+                             probe_axis_label(metric, label_fraction), note)
 
 
 def paired_difference_epochs(frame: pd.DataFrame, arm: str = "e2mc", baseline: str = "original",
@@ -302,15 +302,15 @@ def paired_difference_epochs(frame: pd.DataFrame, arm: str = "e2mc", baseline: s
     def draw(ax, method):
         curve = differences[differences["method"] == method]
         line = band_line(ax, curve, f"{arm_label(arm)} − {arm_label(baseline)}, n = {curve['n'].max()} seeds",
-                          style.color, style.marker)
+                         style.color, style.marker)
         ax.axhline(0.0, color="0.3", linestyle=":", linewidth=1.0)
         return {line.get_label(): line}
 
     note = f"{metric_rule(metric)}; " + band_note(confidence, True, differences["n"])
     return per_method_figure(order_methods(differences["method"].unique()), draw,
-                              "epoch of continued pre-training",
-                              f"{arm_label(arm)} − {arm_label(baseline)}\ntop-1 points, {label_fraction:.0%} labels",
-                              note)
+                             "epoch of continued pre-training",
+                             f"{arm_label(arm)} − {arm_label(baseline)}\ntop-1 points, {label_fraction:.0%} labels",
+                             note)
 
 
 # --- training dynamics -------------------------------------------------------------------------

@@ -170,7 +170,7 @@ def main_results(frame: pd.DataFrame, metric: str = "top1", kind: str = "linear_
 
 def ablations(frame: pd.DataFrame, metric: str = "top1", kind: str = "linear_probe", **kw) -> Table:
     """E2MC against entropy only, covariance only, the other compact transform, and any other E2MC
-    variant in the results (other coefficients: see :func:`e2mc.arms.infer_arm`)."""
+    variant in the results (other coefficients: see :func:`e2mc.naming.infer_arm`)."""
     rows = select(frame, kind)
     require_columns(rows, ["arm"])
     variants = sorted({a for a in rows["arm"] if E2MCArm.parse(a) is not None} - set(ABLATION_ARMS))

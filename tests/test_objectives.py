@@ -410,7 +410,8 @@ def test_criteria_registry_and_gradients():
 
 @pytest.mark.parametrize("make, shown", [
     (lambda: VICRegLoss(sim_coeff=2, std_coeff=3, cov_coeff=0.5), "sim_coeff=2.0, std_coeff=3.0, cov_coeff=0.5"),
-    (lambda: VarianceCovariance(std_coeff=1, cov_coeff=0, normalize=False), "std_coeff=1.0, cov_coeff=0.0, normalize=False"),
+    (lambda: VarianceCovariance(std_coeff=1, cov_coeff=0, normalize=False),
+     "std_coeff=1.0, cov_coeff=0.0, normalize=False"),
     (lambda: Uniformity(t=2, coeff=4), "t=2.0, coeff=4.0"),
     (lambda: MMCR(coeff=3), "coeff=3.0"),
 ])
