@@ -14,16 +14,16 @@ import os
 import signal
 import sys
 
+from e2mc import cluster, migrations, reproduce
 from e2mc.config import ConfigError, load_config
 from e2mc.errors import UserError, describe_os_error
+from e2mc.evaluation import cli as evaluation_cli
 from e2mc.provenance import code_state, require_clean_tree
+from e2mc.runs import run_training
+from e2mc.train import NonFiniteLossError
 
 
 def _train_command(args) -> int:
-    from e2mc import cluster
-    from e2mc.runs import run_training
-    from e2mc.train import NonFiniteLossError
-
     cluster.export_torch_distributed()  # under srun with several tasks: RANK, WORLD_SIZE, ... from SLURM
     cfg = load_config(args.config, args.overrides)
     require_clean_tree(cfg.train.output_dir, cfg.eval.results_dir if cfg.eval.every_epoch else None)
@@ -62,18 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="override configuration values, e.g. criterion.name=e2mc train.epochs=3")
         p.set_defaults(run=_train_command)
-    from e2mc.evaluation.cli import add_commands
-
-    add_commands(sub)  # evaluate, sweep, diagnose
-    from e2mc import reproduce
-
+    evaluation_cli.add_commands(sub)  # evaluate, sweep, diagnose
     reproduce.add_commands(sub)  # reproduce, export-base, notebooks
-    from e2mc import migrations
-
     migrations.add_commands(sub)  # migrate
     text = "submit a grid of training runs (method x arm x configuration values x seed) as a submitit job array"
     try:
-        from e2mc import launcher  # imports submitit, an optional dependency (the `repro` extra)
+        from e2mc import launcher  # lazy: it imports submitit, an optional dependency (the `repro` extra)
     except ModuleNotFoundError as e:
         if e.name != "submitit":
             raise

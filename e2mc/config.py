@@ -20,7 +20,11 @@ from typing import Any
 
 import yaml
 
+from e2mc.criteria import TRANSFORMS, criterion_names
+from e2mc.data.registry import dataset_names
 from e2mc.errors import UserError
+from e2mc.methods import method_names
+from e2mc.provenance import write_atomic
 
 # The label fractions every evaluation reports unless told otherwise (the paper's 1%, 10%, 100%).
 LABEL_FRACTIONS = (0.01, 0.1, 1.0)
@@ -324,10 +328,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def validate(cfg: Config) -> None:
     """Check choices and ranges that the types alone do not catch, before anything is written."""
-    from e2mc.criteria import TRANSFORMS, criterion_names
-    from e2mc.data.registry import dataset_names
-    from e2mc.methods import method_names
-
     def choice(value, options, key):
         if value not in options:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, options))}, got {value!r}")
@@ -414,6 +414,4 @@ def validate(cfg: Config) -> None:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from e2mc.provenance import write_atomic
-
     write_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())

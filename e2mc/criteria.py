@@ -11,7 +11,9 @@ The training loop, the arm names and the result files ask this registry; none na
 """
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import re
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -20,6 +22,7 @@ from e2mc.criterion import E2MC, TRANSFORMS
 from e2mc.errors import UserError
 from e2mc.methods import CriterionViews, get_method
 from e2mc.objectives import MMCR, Uniformity, VarianceCovariance
+from e2mc.registry import Registry
 
 
 class AddedCriterion:
@@ -83,25 +86,63 @@ class E2MCCriterion(AddedCriterion):
                 "cov_coeff": float(section["cov_coeff"]), "params": {}}
 
     def arm(self, section, method):
-        """"e2mc", or "entropy_only" / "covariance_only" when one coefficient is 0, followed by what differs
-        from the paper's setting for the method: the transform (``e2mc_sigmoid``), then a coefficient
-        (``e2mc_cov5``, ``entropy_only_gaussian_cdf_ent2``); both 0 is the original loss."""
-        ent, cov = section["ent_coeff"], section["cov_coeff"]
-        if ent == 0 and cov == 0:
-            return "original"
-        name = "covariance_only" if ent == 0 else "entropy_only" if cov == 0 else "e2mc"
-        spec = get_method(method)
-        if section["transform"] != spec.transform:
-            name += f"_{section['transform']}"
-        paper_ent, paper_cov = spec.paper_coefficients
-        if ent not in (0, paper_ent):
-            name += f"_ent{ent:g}"
-        if cov not in (0, paper_cov):
-            name += f"_cov{cov:g}"
-        return name
+        """:attr:`E2MCArm.name` of :meth:`E2MCArm.of` the section; both coefficients 0 is the original loss."""
+        arm = E2MCArm.of(section, method)
+        return "original" if arm is None else arm.name
 
     def measured_transform(self, section, method):
         return section["transform"]
+
+
+@dataclasses.dataclass(frozen=True)
+class E2MCArm:
+    """An E2MC arm as a value: which terms it keeps, and each setting that differs from the paper's for
+    the method (None: the paper's). Its :attr:`name` is what configurations map to and result files
+    record (``e2mc``, ``e2mc_sigmoid``, ``e2mc_cov5``, ``entropy_only_gaussian_cdf_ent2``); :meth:`parse`
+    reads a recorded name back, so the name is written and read in this one place."""
+
+    kind: str = "e2mc"                # "e2mc", "entropy_only" (lambda_cov 0) or "covariance_only" (lambda_ent 0)
+    transform: str | None = None
+    ent_coeff: float | None = None
+    cov_coeff: float | None = None
+
+    KINDS: ClassVar[tuple[str, ...]] = ("e2mc", "entropy_only", "covariance_only")
+
+    @property
+    def name(self) -> str:
+        return "_".join([self.kind, *([self.transform] if self.transform else []),
+                         *([f"ent{self.ent_coeff:g}"] if self.ent_coeff is not None else []),
+                         *([f"cov{self.cov_coeff:g}"] if self.cov_coeff is not None else [])])
+
+    @classmethod
+    def of(cls, section, method: str) -> E2MCArm | None:
+        """The arm of an E2MC ``criterion`` section (a dict) continued on ``method``; None when both
+        coefficients are 0 (the original loss alone)."""
+        ent, cov = section["ent_coeff"], section["cov_coeff"]
+        if ent == 0 and cov == 0:
+            return None
+        spec = get_method(method)
+        paper_ent, paper_cov = spec.paper_coefficients
+        return cls("covariance_only" if ent == 0 else "entropy_only" if cov == 0 else "e2mc",
+                   section["transform"] if section["transform"] != spec.transform else None,
+                   None if ent in (0, paper_ent) else float(ent), None if cov in (0, paper_cov) else float(cov))
+
+    @classmethod
+    def parse(cls, name: str) -> E2MCArm | None:
+        """The arm a result file names (``"e2mc_sigmoid_cov5"`` -> ``E2MCArm("e2mc", "sigmoid", None, 5.0)``);
+        None for an arm that is not an E2MC variant."""
+        match = _E2MC_ARM_NAME.fullmatch(name)
+        if match is None:
+            return None
+        kind, transform, ent, cov = match.groups()
+        try:
+            return cls(kind, transform, None if ent is None else float(ent), None if cov is None else float(cov))
+        except ValueError:  # "_ent" followed by something that is not a number
+            return None
+
+
+_E2MC_ARM_NAME = re.compile(rf"({'|'.join(E2MCArm.KINDS)})(?:_({'|'.join(TRANSFORMS)}))?(?:_ent([^_]+))?"
+                            r"(?:_cov([^_]+))?")
 
 
 class Alternative(AddedCriterion):
@@ -123,26 +164,24 @@ class VarianceCovarianceCriterion(Alternative):
         return "vc_raw" if (section.get("params") or {}).get("normalize") is False else "vc"
 
 
-_REGISTRY: dict[str, AddedCriterion] = {c.name: c for c in (
+_CRITERIA: Registry[AddedCriterion] = Registry("criterion", (
     OriginalLossOnly(),
     E2MCCriterion(),
     Alternative("uniformity", "uniformity", Uniformity),
     # MMCR's centroids average every crop, as in the authors' SwAV + MMCR code.
     Alternative("mmcr", "MMCR", MMCR, takes_all_crops=True),
     VarianceCovarianceCriterion("vc", "variance-covariance", VarianceCovariance),
-)}
+))
 
 
 def criterion_names() -> tuple[str, ...]:
     """The values of ``criterion.name``: "none" (the original loss alone), "e2mc", then the alternatives."""
-    return tuple(_REGISTRY)
+    return _CRITERIA.names()
 
 
 def get_criterion(name: str) -> AddedCriterion:
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise UserError(f"unknown criterion {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+    """The criterion ``name``; a UserError naming the choices otherwise."""
+    return _CRITERIA.get(name)
 
 
 def criterion_record(config: dict | None) -> dict[str, Any]:
@@ -152,4 +191,4 @@ def criterion_record(config: dict | None) -> dict[str, Any]:
     return get_criterion(section["name"]).record(section)
 
 
-__all__ = ["AddedCriterion", "TRANSFORMS", "criterion_names", "criterion_record", "get_criterion"]
+__all__ = ["AddedCriterion", "E2MCArm", "TRANSFORMS", "criterion_names", "criterion_record", "get_criterion"]

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 
-from e2mc.criteria import get_criterion
+from e2mc.criteria import TRANSFORMS, E2MCArm, get_criterion
 from e2mc.errors import UserError
 from e2mc.methods import get_method, method_names
 
@@ -45,8 +44,8 @@ def method_arm(arm: str, method: str) -> str:
     (``e2mc_gaussian_cdf`` for VICReg, ``e2mc_sigmoid`` for SwAV); any other name is returned as it is."""
     if arm != "e2mc_other_transform":
         return arm
-    other = {"sigmoid": "gaussian_cdf", "gaussian_cdf": "sigmoid"}[get_method(method).transform]
-    return f"e2mc_{other}"
+    own = get_method(method).transform
+    return E2MCArm(transform=next(t for t in TRANSFORMS if t != own)).name
 
 
 def infer_arm(config: dict | None) -> str:
@@ -64,23 +63,6 @@ def infer_arm(config: dict | None) -> str:
         return "base"
     criterion = config["criterion"]
     return get_criterion(criterion["name"]).arm(criterion, config["method"])
-
-
-_E2MC_ARM = re.compile(r"(e2mc|entropy_only|covariance_only)(?:_(sigmoid|gaussian_cdf))?(?:_ent([^_]+))?(?:_cov([^_]+))?")
-
-
-def split_e2mc_arm(arm: str) -> tuple[str, str | None, float | None, float | None] | None:
-    """``(kind, transform, ent_coeff, cov_coeff)`` of an E2MC arm named by :func:`infer_arm`, each
-    None where the arm keeps the paper's setting (``"e2mc_sigmoid_cov5"`` -> ``("e2mc", "sigmoid",
-    None, 5.0)``); None for an arm that is not an E2MC variant."""
-    match = _E2MC_ARM.fullmatch(arm)
-    if match is None:
-        return None
-    kind, transform, ent, cov = match.groups()
-    try:
-        return kind, transform, None if ent is None else float(ent), None if cov is None else float(cov)
-    except ValueError:  # "_ent" followed by something that is not a number
-        return None
 
 
 # --- labels -------------------------------------------------------------------------------------
@@ -144,13 +126,13 @@ def arm_label(arm: str) -> str:
     what it changes (``e2mc_cov5`` -> "E2MC (λ_cov 5)"), any other arm keeps its name."""
     if arm in ARM_STYLES:
         return ARM_STYLES[arm].label
-    variant = split_e2mc_arm(arm)
+    variant = E2MCArm.parse(arm)
     if variant is None:
         return arm
-    kind, transform, ent, cov = variant
-    changes = ([TRANSFORM_LABELS[transform]] if transform else []) + \
-        ([f"λ_ent {ent:g}"] if ent is not None else []) + ([f"λ_cov {cov:g}"] if cov is not None else [])
-    return f"{ARM_STYLES[kind].label} ({', '.join(changes)})"
+    changes = ([TRANSFORM_LABELS[variant.transform]] if variant.transform else []) + \
+        ([f"λ_ent {variant.ent_coeff:g}"] if variant.ent_coeff is not None else []) + \
+        ([f"λ_cov {variant.cov_coeff:g}"] if variant.cov_coeff is not None else [])
+    return f"{ARM_STYLES[variant.kind].label} ({', '.join(changes)})"
 
 
 def fraction_label(label_fraction) -> str:

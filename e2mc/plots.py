@@ -1,5 +1,5 @@
-"""The paper's figures, drawn from a frame of result files (one row per result JSON, see
-``docs/results-schema.md``), and the helpers the notebooks in ``notebooks/`` share.
+"""The figures of the main study, drawn from a frame of result files (one row per result JSON, see
+``docs/results-schema.md``).
 
 * :func:`fig2_marginals`: (a) 2-D uniform, (b) the "X" distribution (both: uniform marginals, zero
   covariance), (c) a pair of embedding dimensions after the compact transform before and (d) after
@@ -9,101 +9,36 @@
   default, the ablations and alternatives as figures of their own (:data:`FIG6_GROUPS`).
 * :func:`paired_difference_epochs`: E2MC minus the original loss per epoch, paired by seed.
 * :func:`training_dynamics`: marginal entropy and covariance penalty against the training epoch.
-* :func:`pretraining_plateau`: linear-probe top-1 against the epoch of pre-training from scratch (is
-  the base converged?), from the ``plateau/`` results of the converged part.
 
-Arms keep the same colour, marker and name in every figure (:mod:`e2mc.naming`); the colours are the seaborn "colorblind" palette. Figures are drawn with the
-Agg backend, so nothing here needs a display.
+The converged part's and the pre-registered study's figures are in :mod:`e2mc.converged_plots`, the
+shared look and saving in :mod:`e2mc.figure_style`, the notebooks' folders in :mod:`e2mc.notebook_io`.
+Arms keep the same colour, marker and name in every figure (:mod:`e2mc.naming`); the colours are the
+seaborn "colorblind" palette.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-import torch  # noqa: E402
-
-from e2mc import preregistration  # noqa: E402
-from e2mc.criterion import m_spacings_entropy  # noqa: E402
-from e2mc.errors import UserError  # noqa: E402
-from e2mc.methods import get_method  # noqa: E402
-from e2mc.naming import (ABLATION_ARMS, ALTERNATIVE_ARMS, ARM_ORDER, DYNAMICS_HEADERS, DYNAMICS_KEYS,  # noqa: E402
-                         MAIN_ARMS, PROBE_METRICS, TRANSFORM_LABELS, ArmStyle, arm_label, arm_styles, method_label,
-                         metric_rule, metric_short, split_e2mc_arm)
-from e2mc.frames import (REPRODUCE_HINT, MissingResultsError, order_arms, order_methods, paired_differences,  # noqa: E402
+from e2mc.criterion import m_spacings_entropy
+from e2mc.criteria import E2MCArm
+from e2mc.errors import UserError
+from e2mc.figure_style import arm_curve, band_line, band_note, legend_below, per_method_figure, style
+from e2mc.frames import (REPRODUCE_HINT, MissingResultsError, order_arms, order_methods, paired_differences,
                          select, source_of, summarize, training_epochs, with_base)
+from e2mc.methods import get_method
+from e2mc.naming import (ABLATION_ARMS, ALTERNATIVE_ARMS, ARM_ORDER, DYNAMICS_HEADERS, DYNAMICS_KEYS, MAIN_ARMS,
+                         PROBE_METRICS, TRANSFORM_LABELS, arm_label, arm_styles, method_label, metric_rule,
+                         metric_short)
 
 # Corners of the 2-D colour map of Fig. 2, (x, y) = (0, 0), (1, 0), (0, 1), (1, 1): Okabe-Ito blue,
 # vermillion, yellow, and black (told apart with the common colour-vision deficiencies).
 POSITION_CORNERS = np.array([[0x00, 0x72, 0xB2], [0xD5, 0x5E, 0x00], [0xF0, 0xE4, 0x42], [0x00, 0x00, 0x00]]) / 255
-FIGURE_FORMATS = ("png", "pdf", "svg")
-
-
-def _band_line(ax, curve: pd.DataFrame, label: str, color=None, marker: str = "o", markersize: float = 5,
-               linewidth: float = 1.6):
-    """A mean line (columns epoch, mean) with its confidence band (column ci; none where NaN); returns
-    the line."""
-    (line,) = ax.plot(curve["epoch"], curve["mean"], color=color, marker=marker, markersize=markersize,
-                      linewidth=linewidth, label=label)
-    ci = curve["ci"].fillna(0)
-    ax.fill_between(curve["epoch"], curve["mean"] - ci, curve["mean"] + ci, color=line.get_color(), alpha=0.18,
-                    linewidth=0)
-    return line
-
-
-def _arm_curve(ax, curve: pd.DataFrame, style: ArmStyle):
-    """One arm's mean line and band in the arm's colour and marker, labelled "(1 seed)" when no epoch
-    after the start has more than one seed (so it has no band); returns the line."""
-    later = curve[curve["epoch"] > 0] if (curve["epoch"] > 0).any() else curve
-    one_seed = "n" in curve and int(later["n"].max()) == 1
-    return _band_line(ax, curve, style.label + (" (1 seed)" if one_seed else ""), style.color, style.marker)
-
-
-def band_note(confidence: float, paired: bool, n: Sequence[int] | None = None) -> str:
-    """What a figure's bands are, written into the figure: "bands: 95% t-interval over 3 seeds, unpaired"."""
-    counts = sorted({int(k) for k in n if k > 1}) if n is not None else []
-    seeds = ("n seeds" if not counts else f"{counts[0]} seeds" if len(counts) == 1
-             else f"{counts[0]}-{counts[-1]} seeds")
-    kind = "paired by seed: t-interval of the per-seed differences" if paired else "unpaired"
-    return f"lines: mean over seeds; bands: {confidence:.0%} t-interval over {seeds} ({kind}); none with 1 seed"
-
-
-def _legend_below(fig: Figure, handles: dict) -> None:
-    fig.legend(list(handles.values()), [h.get_label() for h in handles.values()], loc="outside lower center",
-               ncol=min(len(handles), 4), frameon=False)
-
-
-def _per_method_figure(methods: Sequence[str], draw: Callable, xlabel: str, ylabel: str, note: str | None = None
-                       ) -> Figure:
-    """One panel per method, side by side, in the common style, with the legend of every labelled line
-    below and ``note`` (what the lines and bands are) above: ``draw(ax, method)`` plots a method's panel
-    and returns its {label: line} handles."""
-    axes_style, context = _style()
-    with axes_style, context:
-        fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.9), squeeze=False,
-                                 layout="constrained")
-        handles = {}
-        for ax, method in zip(axes[0], methods):
-            handles.update(draw(ax, method))
-            ax.set(title=method_label(method), xlabel=xlabel, ylabel=ylabel)
-            ax.xaxis.get_major_locator().set_params(integer=True)
-        _legend_below(fig, handles)
-        if note:
-            fig.suptitle(note, fontsize="small")
-    return fig
-
-
-def _style():
-    """The one style of every figure: seaborn whitegrid, paper context, slightly larger fonts."""
-    return sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.2)
 
 
 # --- reference distributions of Fig. 2 ----------------------------------------------------------
@@ -254,7 +189,7 @@ def fig2_marginals(frame: pd.DataFrame, method: str = "vicreg", arm: str = "e2mc
 
     name = TRANSFORM_LABELS.get(transform, transform)
     i, j = dims.tolist()
-    axes_style, context = _style()
+    axes_style, context = style()
     with axes_style, context:
         fig, axes = plt.subplots(1, 4, figsize=(16, 5.2), layout="constrained")
         # (a) and (b) in one colour: a position colour would mean nothing there
@@ -278,7 +213,7 @@ def epoch_curves(frame: pd.DataFrame, label_fraction: float = 0.01, metric: str 
     """The numbers of Fig. 6: ``metric`` per (method, arm, epoch), mean / ``ci`` half-width / n over seeds.
 
     Epoch 0 of every continued arm is the base checkpoint: an arm without its own epoch-0 results
-    starts from the ``base`` arm's (which :func:`e2mc.tables.with_base` supplies when only the arms'
+    starts from the ``base`` arm's (which :func:`e2mc.frames.with_base` supplies when only the arms'
     own epoch-0 results exist).
     """
     rows = with_base(select(frame, kind, label_fraction))
@@ -310,7 +245,7 @@ def fig6_group_arms(frame: pd.DataFrame, group: str) -> list[str]:
     E2MC coefficient variant (``e2mc_cov1``, ...)."""
     arms = list(FIG6_GROUPS[group])
     if group == "ablations":
-        arms += sorted({a for a in frame["arm"].dropna() if split_e2mc_arm(a) is not None} - set(arms))
+        arms += sorted({a for a in frame["arm"].dropna() if E2MCArm.parse(a) is not None} - set(arms))
     return arms
 
 
@@ -341,13 +276,13 @@ def fig6_epochs(frame: pd.DataFrame, label_fraction: float = 0.01, metric: str =
                 line = ax.axhline(curve["mean"].iloc[0], color=styles[arm].color, linestyle="--", linewidth=1.2,
                                   label=styles[arm].label)
             else:
-                line = _arm_curve(ax, curve, styles[arm])
+                line = arm_curve(ax, curve, styles[arm])
             handles[line.get_label()] = line
         return handles
 
     note = f"{metric_rule(metric)}; " + band_note(confidence, False, curves["n"])
-    return _per_method_figure(order_methods(curves["method"].unique()), draw, "epoch of continued pre-training",
-                              probe_axis_label(metric, label_fraction), note)
+    return per_method_figure(order_methods(curves["method"].unique()), draw, "epoch of continued pre-training",
+                             probe_axis_label(metric, label_fraction), note)
 
 
 def paired_difference_epochs(frame: pd.DataFrame, arm: str = "e2mc", baseline: str = "original",
@@ -366,16 +301,16 @@ def paired_difference_epochs(frame: pd.DataFrame, arm: str = "e2mc", baseline: s
 
     def draw(ax, method):
         curve = differences[differences["method"] == method]
-        line = _band_line(ax, curve, f"{arm_label(arm)} − {arm_label(baseline)}, n = {curve['n'].max()} seeds",
-                          style.color, style.marker)
+        line = band_line(ax, curve, f"{arm_label(arm)} − {arm_label(baseline)}, n = {curve['n'].max()} seeds",
+                         style.color, style.marker)
         ax.axhline(0.0, color="0.3", linestyle=":", linewidth=1.0)
         return {line.get_label(): line}
 
     note = f"{metric_rule(metric)}; " + band_note(confidence, True, differences["n"])
-    return _per_method_figure(order_methods(differences["method"].unique()), draw,
-                              "epoch of continued pre-training",
-                              f"{arm_label(arm)} − {arm_label(baseline)}\ntop-1 points, {label_fraction:.0%} labels",
-                              note)
+    return per_method_figure(order_methods(differences["method"].unique()), draw,
+                             "epoch of continued pre-training",
+                             f"{arm_label(arm)} − {arm_label(baseline)}\ntop-1 points, {label_fraction:.0%} labels",
+                             note)
 
 
 # --- training dynamics -------------------------------------------------------------------------
@@ -425,7 +360,7 @@ def training_dynamics(frame: pd.DataFrame, keys: Sequence[str] = DYNAMICS_KEYS, 
                for t in sorted(set(epochs.loc[epochs["method"] == m, "transform"]), key=lambda t: (order.get(t, 9), t))]
     styles = arm_styles(order_arms({"base", *frame["arm"].dropna()}, ARM_ORDER))
     diagnostics = frame[(frame["kind"] == "diagnostics") & (frame["arm"] == "base")]
-    axes_style, context = _style()
+    axes_style, context = style()
     counts = []
     with axes_style, context:
         fig, axes = plt.subplots(len(keys), len(columns), figsize=(4.2 * len(columns), 3.3 * len(keys)),
@@ -442,7 +377,7 @@ def training_dynamics(frame: pd.DataFrame, keys: Sequence[str] = DYNAMICS_KEYS, 
                        ylabel=f"{DYNAMICS_HEADERS.get(key, key.replace('_', ' '))}\nof the {name}")
                 arm_curves = {arm: of_panel[of_panel["arm"] == arm] for arm in order_arms(of_panel["arm"], ARM_ORDER)}
                 for arm, curve in arm_curves.items():
-                    line = _arm_curve(ax, curve, styles[arm])
+                    line = arm_curve(ax, curve, styles[arm])
                     handles[line.get_label()] = line
                 column = f"{key}_{transform}"
                 start = diagnostics[diagnostics["method"] == method]
@@ -458,163 +393,7 @@ def training_dynamics(frame: pd.DataFrame, keys: Sequence[str] = DYNAMICS_KEYS, 
                     ax.set_xlabel(ax.get_xlabel() + "\n" + "\n".join(f"overprint: {a} = {b}" for a, b in overlaps),
                                   fontsize="small")
                 ax.xaxis.get_major_locator().set_params(integer=True)
-        _legend_below(fig, handles)
+        legend_below(fig, handles)
         fig.suptitle("training batches, after the transform each arm trains with; " + band_note(confidence, False, counts),
                      fontsize="small")
     return fig
-
-
-# --- the pre-training plateau -------------------------------------------------------------------
-
-def pretraining_plateau(frame: pd.DataFrame, label_fraction: float = 0.01,
-                        metrics: Sequence[str] = ("top1_val_selected", "top1"), kind: str = "linear_probe",
-                        confidence: float = 0.95) -> Figure:
-    """Linear-probe accuracy with ``label_fraction`` of the labels against the epoch of pre-training
-    from scratch (the ``plateau/`` results: arm "base", epoch = pre-training epoch), one panel per
-    method, one line per metric of ``metrics`` present in the results (mean over seeds, t-interval band
-    when there are several)."""
-    rows = select(frame, kind, label_fraction, arm="base")
-    present = [m for m in metrics if m in rows.columns and rows[m].notna().any()]
-    if not present:
-        raise MissingResultsError(f"the {kind} results in {source_of(frame)} have none of {list(metrics)}; "
-                                  f"{REPRODUCE_HINT}")
-    colors = dict(zip(PROBE_METRICS, sns.color_palette("colorblind", len(PROBE_METRICS))))
-
-    def draw(ax, method):
-        return {metric: _band_line(ax, summarize(rows[rows["method"] == method], ["epoch"], metric, confidence),
-                                   metric_short(metric), colors.get(metric), markersize=3.5,
-                                   linewidth=1.4)
-                for metric in present}
-
-    counts = rows.groupby(["method", "epoch"])["seed"].nunique()
-    return _per_method_figure(order_methods(rows["method"].unique()), draw, "epoch of pre-training from scratch",
-                              f"linear-probe top-1 (%), {label_fraction:.0%} labels",
-                              band_note(confidence, False, counts) if counts.max() > 1 else
-                              "one probe seed per epoch: no band")
-
-
-# --- notebook helpers ---------------------------------------------------------------------------
-
-def save_figure(fig: Figure, output_dir: str | Path, name: str, formats: Sequence[str] = ("png", "pdf"),
-                dpi: int = 200) -> list[Path]:
-    """Write ``<output_dir>/<name>.<format>`` for each format, close the figure, return the paths.
-    PDFs carry no creation date, so regenerating an unchanged figure gives the same file."""
-    unknown = [f for f in formats if f not in FIGURE_FORMATS]
-    if unknown or not formats:
-        raise UserError(f"formats {list(formats)}: choose from {list(FIGURE_FORMATS)}")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for fmt in formats:
-        path = output_dir / f"{name}.{fmt}"
-        metadata = {"CreationDate": None} if fmt == "pdf" else {"Date": None} if fmt == "svg" else None
-        fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata=metadata)
-        paths.append(path)
-    plt.close(fig)
-    return paths
-
-
-def load_results(results_dir: str | Path) -> pd.DataFrame:
-    """:func:`e2mc.results.load` of ``results_dir``, which the frame remembers
-    (``frame.attrs["results_dir"]``) so that a missing result names the directory."""
-    from e2mc.results import load
-
-    frame = load(results_dir)
-    frame.attrs["results_dir"] = str(results_dir)
-    return frame
-
-
-def repo_root() -> Path | None:
-    """The source checkout this package is installed from (editable install), or None."""
-    root = Path(__file__).resolve().parents[1]
-    return root if (root / "pyproject.toml").is_file() else None
-
-
-def resolve_io_dirs(results_dir: str | Path, output_dir: str | Path | None = None) -> tuple[Path, Path]:
-    """The notebooks' paths: a relative ``results_dir`` is looked up in the current directory, then
-    in the repository root (so a notebook run from ``notebooks/`` still finds ``results/mini``);
-    a relative ``output_dir`` is taken against the same base. ``None`` means ``figures/<path under
-    results/>`` for a folder under the repository's (or the current directory's) ``results/``, so
-    results/mini draws into figures/mini, and ``<results_dir>/figures`` for any other folder: a results
-    folder elsewhere that is also called ``mini`` never overwrites the committed figures/mini.
-    Raises FileNotFoundError naming the directory when it is not there."""
-    results_dir = Path(results_dir).expanduser()
-    bases = [Path.cwd()]
-    root = repo_root()
-    if root is not None and root != Path.cwd().resolve():
-        bases.append(root)
-    if results_dir.is_absolute():
-        bases = bases[:1]
-    found = next((base for base in bases if (base / results_dir).is_dir()), None)
-    if found is None:
-        looked = results_dir if results_dir.is_absolute() else " or ".join(str(b / results_dir) for b in bases)
-        raise FileNotFoundError(f"results directory {results_dir} not found (looked for {looked}); "
-                                f"{REPRODUCE_HINT}, or pass -p results_dir <directory>")
-    if output_dir is None:
-        return found / results_dir, default_figures_dir(found / results_dir, [Path.cwd(), *([root] if root else [])])
-    output_dir = Path(output_dir).expanduser()
-    return found / results_dir, output_dir if output_dir.is_absolute() else found / output_dir
-
-
-def default_figures_dir(results_dir: Path, bases: list[Path]) -> Path:
-    """``<base>/figures/<path under <base>/results>`` for the first base whose results/ holds
-    ``results_dir``; else ``<results_dir>/figures``."""
-    resolved = results_dir.resolve()
-    for base in bases:
-        results_root = (base / "results").resolve()
-        if resolved != results_root and resolved.is_relative_to(results_root):
-            return base / "figures" / resolved.relative_to(results_root)
-    return resolved / "figures"
-
-
-def load_variants(results_dir: str | Path) -> pd.DataFrame | None:
-    """The results of every ``<results_dir>/variants/<variant>/`` (e.g. ``lr3x``: another learning
-    rate; see e2mc.reproduce.Arm) in one frame with a ``variant`` column; None when there are none."""
-    folder = Path(results_dir) / "variants"
-    frames = [load_results(sub).assign(variant=sub.name) for sub in sorted(folder.iterdir())
-              if sub.is_dir() and any(sub.rglob("*.json"))] if folder.is_dir() else []
-    if not frames:
-        return None
-    frame = pd.concat(frames, ignore_index=True)
-    frame.attrs["results_dir"] = str(folder)
-    return frame
-
-
-# --- the pre-registered study (docs/preregistration.md) ------------------------------------------
-
-def preregistered_study(frame: pd.DataFrame) -> Figure:
-    """The pre-registered test at a glance: for the primary endpoint (E2MC − original) and the positive
-    control (MMCR − original), each seed's paired difference (dots, labelled by seed) and their mean with
-    its 95% t-interval (bar), in points of test top-1 at the probe's last epoch with 1% labels after
-    epoch 20; zero dotted, and dashed the smallest effect the design detects with 80% power (from the
-    pilot seeds, docs/preregistration.md). Raises MissingResultsError until every seed is there."""
-    outcome = preregistration.analyse(frame)
-    pilot = dict(zip(outcome.primary.seeds, outcome.primary.differences))  # the seeds the power came from
-    detectable = preregistration.power_analysis([pilot[s] for s in preregistration.OBSERVED_BEFORE]).detectable
-    axes_style, context = _style()
-    with axes_style, context:
-        fig, ax = plt.subplots(figsize=(5.6, 4.0), layout="constrained")
-        _draw_preregistered(ax, outcome, detectable)
-    return fig
-
-
-def _draw_preregistered(ax, outcome, detectable: float) -> None:
-    for x, result in enumerate((outcome.primary, outcome.control)):
-        style = arm_styles([result.endpoint.arm])[result.endpoint.arm]
-        offsets = np.linspace(-0.18, 0.18, result.n)
-        ax.scatter(x + offsets, result.differences, color=style.color, marker=style.marker, s=22, alpha=0.7,
-                   zorder=2)
-        ax.errorbar(x + 0.32, result.mean, yerr=result.half_width, color="0.15", marker="D", markersize=6,
-                    capsize=5, linewidth=1.6, zorder=3)
-        ax.annotate(f"{result.mean:+.2f}\np = {result.p:.3f}", (x + 0.38, result.mean), fontsize=8,
-                    va="center", ha="left")
-    ax.axhline(0.0, color="0.3", linestyle=":", linewidth=1.0)
-    ax.axhline(detectable, color="0.5", linestyle="--", linewidth=0.9)
-    ax.text(1.75, detectable, f"detectable with 80% power: {detectable:.2f}", fontsize=7, va="bottom", ha="right",
-            color="0.35")
-    ax.set_xticks([0, 1], [f"{arm_label(r.endpoint.arm)} − {arm_label(r.endpoint.baseline)}\n({label}, n = {r.n})"
-                           for r, label in ((outcome.primary, "primary"), (outcome.control, "positive control"))])
-    ax.set_xlim(-0.5, 1.8)
-    ax.set_ylabel("paired difference in test top-1 (points)\nlast probe epoch, 1% labels, epoch 20")
-    ax.set_title(f"Pre-registered test, converged {method_label(preregistration.METHOD)} base\n"
-                 "dots: one seed each; bar: mean and 95% t-interval over seeds", fontsize=9)

@@ -670,13 +670,13 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict) -> None:
 
 
 def run_notebooks(results_dir: Path, executed_dir: Path | None = None, readme: Path | None = None) -> None:
-    """Execute every notebook with papermill on ``results_dir``; figures go where plots.resolve_io_dirs says.
+    """Execute every notebook with papermill on ``results_dir``; figures go where notebook_io.resolve_io_dirs says.
     With ``readme``, its table blocks are then refreshed from the tables written
     (:func:`e2mc.tables.sync_readme_tables`)."""
-    from e2mc import plots, tables
+    from e2mc import notebook_io, tables
 
     executed_dir = executed_dir or Path(tempfile.mkdtemp(prefix="e2mc-notebooks-"))
-    found, _ = plots.resolve_io_dirs(results_dir)
+    found, _ = notebook_io.resolve_io_dirs(results_dir)
     converged = (found / PLATEAU_DIR).is_dir() or (found / VARIANTS_DIR).is_dir()
     for name in NOTEBOOKS + (CONVERGED_NOTEBOOKS if converged else ()):
         print(f"[notebooks] {name} on {results_dir}", flush=True)
@@ -684,7 +684,7 @@ def run_notebooks(results_dir: Path, executed_dir: Path | None = None, readme: P
                          {"results_dir": str(results_dir)})
     print(f"[notebooks] executed copies in {executed_dir}", flush=True)
     if readme is not None:
-        _, tables_dir = plots.resolve_io_dirs(results_dir)
+        _, tables_dir = notebook_io.resolve_io_dirs(results_dir)
         changed = tables.sync_readme_tables(readme, tables_dir.parent)  # every folder's blocks
         print(f"[notebooks] {readme}: " + (f"updated table(s) {', '.join(changed)}" if changed
                                             else "its tables already match"), flush=True)

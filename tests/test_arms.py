@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from e2mc.naming import ARMS, arm_overrides, infer_arm, split_e2mc_arm
+from e2mc.criteria import E2MCArm
+from e2mc.naming import ARMS, arm_overrides, infer_arm, method_arm
 from e2mc.config import load_config
 from e2mc.methods import get_method
 
@@ -45,8 +46,15 @@ def test_paper_settings_are_those_of_the_configs(scale, method):
 def test_criteria_other_than_the_papers_get_their_own_arm_and_split_back(method, overrides, arm, split):
     cfg = load_config(ROOT / f"configs/mini/{method}.yaml", ["criterion.name=e2mc", *overrides])
     assert infer_arm(cfg.to_dict()) == arm
-    assert split_e2mc_arm(arm) == split
+    assert E2MCArm.parse(arm) == E2MCArm(*split)
+    assert E2MCArm.parse(arm).name == arm  # the name is read back to the same value
 
 
 def test_only_e2mc_arms_split():
-    assert [split_e2mc_arm(a) for a in ("original", "mmcr", "vc_raw", "e2mc_entx", "e2mc_cov")] == [None] * 5
+    assert [E2MCArm.parse(a) for a in ("original", "mmcr", "vc_raw", "e2mc_entx", "e2mc_cov")] == [None] * 5
+
+
+def test_the_other_transform_arm_is_the_named_transform_ablation():
+    assert [method_arm("e2mc_other_transform", m) for m in ("vicreg", "swav", "simsiam")] == \
+        ["e2mc_gaussian_cdf", "e2mc_sigmoid", "e2mc_sigmoid"]
+    assert {method_arm("e2mc_other_transform", m) for m in ("vicreg", "swav")} <= set(ARMS)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import submitit
 
-from e2mc import cluster, launcher
+from e2mc import cluster, launcher, resources
 from e2mc.naming import ARMS
 from e2mc.cluster import ClusterError, RequeueOutcome, SlurmJob
 from e2mc.config import load_config
@@ -356,10 +356,10 @@ def test_submit_local_grid_of_seeds_with_every_epoch_draws_fig6(tmp_path, capsys
     CPU --cluster local asks for one task per run by default (two made a gloo group on the same cores),
     --wait reports as runs end, options may follow key=value words, and the provenance of each run
     records the e2mc command it ran, not submitit's _submit.py."""
-    from e2mc import plots, results
+    from e2mc import figure_style, notebook_io, plots, results
     from e2mc.__main__ import main
 
-    monkeypatch.setattr(launcher, "local_gpus", lambda: 0)  # a CPU machine, whatever runs the tests
+    monkeypatch.setattr(resources, "local_gpus", lambda: 0)  # a CPU machine, whatever runs the tests
     data = write_fake_fashion_mnist(tmp_path / "data", n_train=128, n_test=32)
     init = tmp_path / "init"
     tiny = [f"data.root={data}", "data.batch_size=32", "model.heads={expander: [32, 32]}"]
@@ -378,7 +378,7 @@ def test_submit_local_grid_of_seeds_with_every_epoch_draws_fig6(tmp_path, capsys
     assert set(table["arm"]) == {"e2mc"} and set(table["label_fraction"]) == {0.1}
     for seed in (0, 1):  # the probe seed is the training seed
         assert {c["train"]["seed"] for c in table[table["seed"] == seed]["config"]} == {seed}
-    written = plots.save_figure(plots.fig6_epochs(plots.load_results(tmp_path / "probes"), label_fraction=0.1),
+    written = figure_style.save_figure(plots.fig6_epochs(notebook_io.load_results(tmp_path / "probes"), label_fraction=0.1),
                                 tmp_path / "figs", "fig6_epochs", ["png"])
     assert [p.stat().st_size > 0 for p in map(Path, written)] == [True]
     summary = json.loads((tmp_path / "runs" / "vicreg" / "e2mc" / "seed1" / "summary.json").read_text())
@@ -475,19 +475,19 @@ def submit_args(*words):
 ])
 def test_a_request_is_checked_against_sinfo_before_submitting(words, fits):
     args = submit_args(*words)
-    nodes = launcher.node_resources(args.partition, FakeSinfo())
+    nodes = resources.node_resources(args.partition, FakeSinfo())
     if fits is None:
-        launcher.check_fits(launcher.resources(args), nodes, args.partition)
+        resources.check_fits(resources.resources(args), nodes, args.partition)
     else:
         with pytest.raises(ClusterError, match=fits):
-            launcher.check_fits(launcher.resources(args), nodes, args.partition)
+            resources.check_fits(resources.resources(args), nodes, args.partition)
 
 
 def test_default_resources_follow_the_cluster_and_the_gpus(monkeypatch):
-    monkeypatch.setattr(launcher, "local_gpus", lambda: 0)
-    assert launcher.resources(submit_args()) == launcher.Resources(1, 2, 2, 10, None, 720)  # the paper on SLURM
-    assert launcher.resources(submit_args("--gpus-per-node", "0")).tasks_per_node == 1
-    local = launcher.resources(submit_args("--cluster", "local"))
+    monkeypatch.setattr(resources, "local_gpus", lambda: 0)
+    assert resources.resources(submit_args()) == resources.Resources(1, 2, 2, 10, None, 720)  # the paper on SLURM
+    assert resources.resources(submit_args("--gpus-per-node", "0")).tasks_per_node == 1
+    local = resources.resources(submit_args("--cluster", "local"))
     assert (local.tasks_per_node, local.gpus_per_node) == (1, 0)
 
 
@@ -505,7 +505,7 @@ def test_submit_shows_resources_defaults_and_the_jobs_interpreter(monkeypatch, c
     parser = build_parser()
     help_text = " ".join(parser._subparsers._group_actions[0].choices["submit"].format_help().split())
     assert "time limit in minutes (default: 720)" in help_text and "(default: 10)" in help_text
-    executor = launcher.make_executor(submit_args("--cluster", "local"), launcher.Resources(1, 1, 0, 1, None, 5))
+    executor = launcher.make_executor(submit_args("--cluster", "local"), resources.Resources(1, 1, 0, 1, None, 5))
     assert executor._executor.python == "apptainer exec e2mc.sif python"
 
 

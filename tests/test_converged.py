@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from torch.utils.data import Dataset
 
-from e2mc import checkpoints as ckpt, plots, reproduce, tables
+from e2mc import checkpoints as ckpt, converged_plots, converged_tables, notebook_io, plots, reproduce
 from e2mc.evaluation import transfer
 from e2mc.results import load
 from test_reproduce import one_epoch_grid
@@ -126,7 +126,7 @@ def test_a_converged_entry_end_to_end(tmp_path, monkeypatch):
     assert training.config["optim"]["base_lr"] == pytest.approx(3 * frame[frame.kind == "training"].config.iloc[0]
                                                                 ["optim"]["base_lr"])
 
-    made, skipped = tables.converged_tables(frame, plots.load_variants(results))
+    made, skipped = converged_tables.converged_tables(frame, notebook_io.load_variants(results))
     names = [t.name for t in made]
     assert names == ["main_results_val_selected", "paired_comparison_val_selected", "paired_comparison_top1",
                      "paired_comparison_original_vs_base_val_selected", "paired_comparison_e2mc_vs_base_val_selected",
@@ -164,13 +164,13 @@ def test_plateau_probes_every_fifth_kept_epoch(tmp_path, monkeypatch):
     assert reproduce.plateau_epochs(part, "vicreg") == [0, 5, 10, 12]
     results = tmp_path / "results"
     assert reproduce.run_one("vicreg", "plateau", 0, results, tmp_path / "runs", str(data_root), part=part) == "done"
-    plateau = plots.load_results(results / "plateau")
+    plateau = notebook_io.load_results(results / "plateau")
     assert sorted(plateau.epoch) == [0, 5, 10, 12] and set(plateau.arm) == {"base"}
     assert set(plateau.label_fraction) == {0.01} and plateau.top1_val_selected.notna().all()
     assert ("vicreg", "plateau", 0) not in reproduce.pending(part, results, tmp_path / "runs")
     with pytest.raises(FileNotFoundError, match="no result files"):  # load(results) leaves plateau/ out
         load(results)
-    figure = plots.pretraining_plateau(plateau)
+    figure = converged_plots.pretraining_plateau(plateau)
     assert [line.get_label() for line in figure.axes[0].get_lines()] == ["val-selected", "best epoch"]
 
     # A fresh clone holds the committed sweep but not the pre-training run: done, and not re-run;

@@ -49,7 +49,8 @@ def reaches(start: str, target: str) -> list[str] | None:
 BELOW_TRAINING = ["e2mc.checks", "e2mc.heads", "e2mc.criterion", "e2mc.distributed", "e2mc.objectives", "e2mc.models", "e2mc.methods",
                   "e2mc.criteria", "e2mc.config", "e2mc.optim", "e2mc.batches", "e2mc.diagnostics",
                   "e2mc.checkpoints", "e2mc.build", "e2mc.naming", "e2mc.results", "e2mc.data", "e2mc.provenance",
-                  "e2mc.frames", "e2mc.plots", "e2mc.tables", "e2mc.claims"]
+                  "e2mc.frames", "e2mc.plots", "e2mc.tables", "e2mc.claims", "e2mc.figure_style",
+                  "e2mc.notebook_io", "e2mc.converged_plots", "e2mc.converged_tables", "e2mc.registry"]
 EVALUATION = sorted(m for m in GRAPH if m.startswith("e2mc.evaluation"))
 
 
@@ -73,9 +74,11 @@ def test_the_training_loop_does_not_import_evaluation():
     assert reaches("e2mc.train", "e2mc.evaluation") is None
 
 
-def test_plots_and_tables_do_not_import_each_other():
-    assert reaches("e2mc.plots", "e2mc.tables") is None
-    assert reaches("e2mc.tables", "e2mc.plots") is None
+@pytest.mark.parametrize("figures", ["e2mc.plots", "e2mc.converged_plots", "e2mc.figure_style"])
+@pytest.mark.parametrize("tables", ["e2mc.tables", "e2mc.converged_tables"])
+def test_plots_and_tables_do_not_import_each_other(figures, tables):
+    assert reaches(figures, tables) is None
+    assert reaches(tables, figures) is None
 
 
 def test_objectives_and_the_criterion_know_no_method():

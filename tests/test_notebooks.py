@@ -9,7 +9,7 @@ import papermill as pm
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 
-from e2mc import claims, plots, tables
+from e2mc import claims, notebook_io, tables
 from test_plots import FIXTURE, assert_pdf, assert_png
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +95,7 @@ def test_tables_notebook_writes_the_library_tables(kernel, tmp_path):
     pm.execute_notebook(str(NOTEBOOKS / "tables.ipynb"), str(tmp_path / "out.ipynb"), kernel_name=kernel,
                         parameters={"results_dir": str(FIXTURE), "output_dir": str(tmp_path / "tables"),
                                     "formats": ["png"]}, progress_bar=False)
-    frame = plots.load_results(FIXTURE)
+    frame = notebook_io.load_results(FIXTURE)
     made = {"main_results": tables.main_results(frame), "ablations": tables.ablations(frame),
             "alternative_criteria": tables.alternative_criteria(frame),
             "paired_comparison": tables.paired_comparison(frame),

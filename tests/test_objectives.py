@@ -406,3 +406,25 @@ def test_criteria_registry_and_gradients():
         assert out["loss"].dim() == 0, name
         out["loss"].backward()
         assert torch.isfinite(z1.grad).all() and z1.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("make, shown", [
+    (lambda: VICRegLoss(sim_coeff=2, std_coeff=3, cov_coeff=0.5), "sim_coeff=2.0, std_coeff=3.0, cov_coeff=0.5"),
+    (lambda: VarianceCovariance(std_coeff=1, cov_coeff=0, normalize=False),
+     "std_coeff=1.0, cov_coeff=0.0, normalize=False"),
+    (lambda: Uniformity(t=2, coeff=4), "t=2.0, coeff=4.0"),
+    (lambda: MMCR(coeff=3), "coeff=3.0"),
+])
+def test_loss_weights_are_kept_as_floats_and_shown(make, shown):
+    loss = make()
+    assert repr(loss) == f"{type(loss).__name__}({shown})"
+    assert all(isinstance(getattr(loss, name.split("=")[0]), (float, bool)) for name in shown.split(", "))
+
+
+@pytest.mark.parametrize("make, named", [
+    (lambda: VICRegLoss(cov_coeff=-1), "cov_coeff=-1"), (lambda: VarianceCovariance(std_coeff=-0.5), "std_coeff=-0.5"),
+    (lambda: MMCR(coeff=float("nan")), "coeff=nan"), (lambda: Uniformity(coeff=-1), "coeff=-1"),
+])
+def test_a_negative_or_nan_weight_is_refused_by_name(make, named):
+    with pytest.raises(ValueError, match=f"^{named}: the weight of a term must be >= 0$"):
+        make()

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from e2mc.tables import MissingResultsError, Table, paired_comparison, paired_difference
+from e2mc.frames import MissingResultsError, paired_difference
+from e2mc.tables import Table, paired_comparison
 
 
 def test_paired_half_width_against_scipy():
@@ -133,7 +134,8 @@ def test_differences_per_epoch_and_their_figure():
 def test_tables_lead_with_the_unselected_probe_and_name_each_rule():
     """With top1_last recorded, the main and paired tables of all_tables show it first, the best test epoch
     beside it, each column and the caption naming its selection rule; numbers are per-metric paired means."""
-    from e2mc.tables import all_tables, lead_metrics
+    from e2mc.frames import lead_metrics
+    from e2mc.tables import all_tables
 
     frame = results_frame(E2MC + ORIGINAL)
     frame["top1_last"] = frame["top1"] - [0.0, 0.5, 1.0, 0.2, 0.2, 0.2]

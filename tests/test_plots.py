@@ -13,7 +13,7 @@ from PIL import Image
 from scipy import stats
 
 from e2mc import frames, naming
-from e2mc import plots, tables
+from e2mc import figure_style, notebook_io, plots, tables
 from e2mc.results import ResultFileError, validate
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "results_small"
@@ -21,7 +21,7 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "results_small"
 
 @pytest.fixture(scope="module")
 def frame():
-    return plots.load_results(FIXTURE)
+    return notebook_io.load_results(FIXTURE)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_mean_ci_edge_cases():
 def test_summarize_keeps_null_keys_as_their_own_group():
     frame = pd.DataFrame({"label_fraction": [0.01, 0.01, None, None], "seed": [0, 1, 0, 1],
                           "top1": [1.0, 3.0, 10.0, 14.0]})
-    summary = tables.summarize(frame, ["label_fraction"], "top1")
+    summary = frames.summarize(frame, ["label_fraction"], "top1")
     assert len(summary) == 2
     null_row = summary[summary["label_fraction"].isna()].iloc[0]
     assert null_row["mean"] == 12.0 and null_row["n"] == 2
@@ -123,9 +123,9 @@ def test_summarize_keeps_null_keys_as_their_own_group():
 def test_summarize_refuses_two_results_of_one_seed():
     frame = pd.DataFrame({"arm": ["e2mc"] * 3, "seed": [0, 1, 1], "top1": [1.0, 2.0, 3.0],
                           "file": ["a_s0_11.json", "a_s1_11.json", "a_s1_22.json"]})
-    with pytest.raises(tables.DuplicateResultsError, match=r"more than one result per seed.*a_s1_11.json.*a_s1_22.json"):
-        tables.summarize(frame, ["arm"], "top1")
-    assert tables.summarize(frame.iloc[:2], ["arm"], "top1")["n"].item() == 2
+    with pytest.raises(frames.DuplicateResultsError, match=r"more than one result per seed.*a_s1_11.json.*a_s1_22.json"):
+        frames.summarize(frame, ["arm"], "top1")
+    assert frames.summarize(frame.iloc[:2], ["arm"], "top1")["n"].item() == 2
 
 
 def test_two_training_runs_probed_with_one_seed_are_told_to_tie_the_probe_seed():
@@ -134,10 +134,10 @@ def test_two_training_runs_probed_with_one_seed_are_told_to_tie_the_probe_seed()
     frame = pd.DataFrame({"arm": ["e2mc"] * 2, "seed": [0, 0], "top1": [1.0, 2.0], "file": ["a.json", "b.json"],
                           "checkpoint": ["runs/e2mc/seed0/checkpoint.pt", "runs/e2mc/seed1/checkpoint.pt"]})
     advice = r"different training runs.*eval.seeds=\[<train.seed>\]"
-    with pytest.raises(tables.DuplicateResultsError, match=advice):
-        tables.summarize(frame, ["arm"], "top1")
-    with pytest.raises(tables.DuplicateResultsError, match="keep one configuration per results folder"):
-        tables.summarize(frame.assign(checkpoint="runs/e2mc/seed0/checkpoint.pt"), ["arm"], "top1")
+    with pytest.raises(frames.DuplicateResultsError, match=advice):
+        frames.summarize(frame, ["arm"], "top1")
+    with pytest.raises(frames.DuplicateResultsError, match="keep one configuration per results folder"):
+        frames.summarize(frame.assign(checkpoint="runs/e2mc/seed0/checkpoint.pt"), ["arm"], "top1")
 
 
 # --- Fig. 2 reference distributions -------------------------------------------------------------
@@ -244,7 +244,7 @@ def test_fig6_lines_are_seed_means_and_start_at_the_base(frame, records, tmp_pat
     assert {naming.arm_label(a) for a in ("base", "original", "e2mc", "entropy_only", "covariance_only",
                                           "uniformity")} <= labels
     assert line.get_color().lower() == naming.ARM_STYLES["e2mc"].color.lower()
-    paths = plots.save_figure(fig, tmp_path, "fig6_epochs")
+    paths = figure_style.save_figure(fig, tmp_path, "fig6_epochs")
     assert [p.name for p in paths] == ["fig6_epochs.png", "fig6_epochs.pdf"]
     width, height = assert_png(paths[0])
     assert width > height  # two panels side by side
@@ -259,10 +259,10 @@ def test_epoch_curves_band_is_the_t_interval(frame, records):
 
 
 def test_fig6_names_the_directory_when_the_fraction_is_missing(frame):
-    with pytest.raises(tables.MissingResultsError,
+    with pytest.raises(frames.MissingResultsError,
                        match=f"no linear_probe results with label_fraction 0.5 in {FIXTURE}; run make reproduce"):
         plots.fig6_epochs(frame, label_fraction=0.5)
-    with pytest.raises(tables.MissingResultsError, match="column.*'top3'"):
+    with pytest.raises(frames.MissingResultsError, match="column.*'top3'"):
         plots.fig6_epochs(frame, metric="top3")
 
 
@@ -308,7 +308,7 @@ def test_fig2_panels_show_the_stored_samples_matched_by_image(frame, records, tm
             entropy = np.mean(np.log((len(x) + 1) / m * (x[m:] - x[:-m]) + 1e-7))
             assert edge.texts[0].get_text() == f"H = {entropy:.2f} nats"
         assert len(set(map(tuple, panels[0].get_facecolors()))) == 1  # (a): one colour, no key without meaning
-    paths = plots.save_figure(fig, tmp_path, "fig2", ["png", "pdf", "svg"])
+    paths = figure_style.save_figure(fig, tmp_path, "fig2", ["png", "pdf", "svg"])
     assert_png(paths[0])
     assert_pdf(paths[1])
     assert paths[2].read_text().lstrip().startswith("<?xml")
@@ -325,21 +325,21 @@ def test_fig2_takes_the_start_from_the_arm_at_epoch_0_when_there_is_no_base(fram
 
 
 def test_fig2_errors_name_what_is_missing(frame):
-    with pytest.raises(tables.MissingResultsError, match=f"no diagnostics results with method 'swav'.* in {FIXTURE}"):
+    with pytest.raises(frames.MissingResultsError, match=f"no diagnostics results with method 'swav'.* in {FIXTURE}"):
         plots.fig2_marginals(frame, method="swav")
     with pytest.raises(ValueError, match="pair=7 but the vicreg base diagnostics .* hold 2 pairs"):
         plots.fig2_marginals(frame, pair=7)
-    with pytest.raises(tables.MissingResultsError, match="no coordinates for transform 'tanh'"):
+    with pytest.raises(frames.MissingResultsError, match="no coordinates for transform 'tanh'"):
         plots.fig2_marginals(frame, transform="tanh")
     broken = frame.copy()
     row = broken.index[(broken["kind"] == "diagnostics") & (broken["arm"] == "e2mc")][0]
     extra = copy.deepcopy(broken.at[row, "extra"])
     extra["coordinates"]["sigmoid"] = extra["coordinates"]["sigmoid"][:1]
     broken.at[row, "extra"] = extra
-    with pytest.raises(tables.MissingResultsError, match=r"malformed: dimension_pairs \(2, 2\) .* \(1, 200, 2\)"):
+    with pytest.raises(frames.MissingResultsError, match=r"malformed: dimension_pairs \(2, 2\) .* \(1, 200, 2\)"):
         plots.fig2_marginals(broken)
     extra.pop("coordinates")
-    with pytest.raises(tables.MissingResultsError, match="lacks extra"):
+    with pytest.raises(frames.MissingResultsError, match="lacks extra"):
         plots.fig2_marginals(broken)
 
 
@@ -429,7 +429,7 @@ def test_ablation_and_alternative_tables_pick_their_arms(frame, records):
     assert rows[3][2:6] == ["E2MC", "sigmoid", "10", "5"] and rows[3][7:] == rows[0][7:]
     no_alternatives = frame[~frame["arm"].isin(["uniformity"])]
     no_alternatives.attrs["results_dir"] = "results/x"
-    with pytest.raises(tables.MissingResultsError, match=r"no linear_probe results with arm in \['uniformity', "
+    with pytest.raises(frames.MissingResultsError, match=r"no linear_probe results with arm in \['uniformity', "
                                                          r"'mmcr', 'vc'\] in results/x; run make reproduce first"):
         tables.alternative_criteria(no_alternatives)
     # a method that was not ablated has no rows in the ablation table, though it has E2MC results
@@ -458,7 +458,7 @@ def test_training_dynamics_table_and_figure(frame, records, tmp_path):
     entropy_line = fig.axes[0].lines[0]
     np.testing.assert_allclose(entropy_line.get_ydata(), [np.mean([r["extra"]["epochs"][k]["marginal_entropy"]
                                                                    for r in runs]) for k in range(3)])
-    assert_png(plots.save_figure(fig, tmp_path, "dynamics", ["png"])[0])
+    assert_png(figure_style.save_figure(fig, tmp_path, "dynamics", ["png"])[0])
     # epoch 0 is the base checkpoint's diagnostics value, after the same transform as the panel's
     base = _diagnostics(records, "base")
     point = next(line for line in fig.axes[0].lines if line.get_label().startswith("base checkpoint at epoch 0"))
@@ -470,7 +470,7 @@ def test_training_dynamics_table_and_figure(frame, records, tmp_path):
     assert "overprint: E2MC = entropy only" in fig.axes[0].get_xlabel()
     no_epochs = frame.copy()
     no_epochs["extra"] = [{} if kind == "training" else extra for kind, extra in zip(frame["kind"], frame["extra"])]
-    with pytest.raises(tables.MissingResultsError, match=r"no extra\['epochs'\] list"):
+    with pytest.raises(frames.MissingResultsError, match=r"no extra\['epochs'\] list"):
         tables.training_dynamics(no_epochs)
 
 
@@ -507,23 +507,23 @@ def test_format_helpers():
 def test_missing_results_directory_is_named(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="results directory results/nothing not found .*make reproduce"):
-        plots.resolve_io_dirs("results/nothing")
+        notebook_io.resolve_io_dirs("results/nothing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no result files"):
-        plots.load_results(tmp_path / "empty")
+        notebook_io.load_results(tmp_path / "empty")
 
 
 def test_malformed_results_directory_is_named(tmp_path):
     (tmp_path / "bad.json").write_text('{"schema": "e2mc-result-v1", "kind": "linear_probe"}')
     with pytest.raises(ResultFileError, match="bad.json: missing field"):
-        plots.load_results(tmp_path)
+        notebook_io.load_results(tmp_path)
     empty = pd.DataFrame()
     empty.attrs["results_dir"] = "results/x"
-    with pytest.raises(tables.MissingResultsError, match="no result files in results/x"):
+    with pytest.raises(frames.MissingResultsError, match="no result files in results/x"):
         tables.main_results(empty)
     no_fraction = pd.DataFrame({"kind": ["linear_probe"], "top1": [1.0]})
     no_fraction.attrs["results_dir"] = "results/x"
-    with pytest.raises(tables.MissingResultsError,
+    with pytest.raises(frames.MissingResultsError,
                        match=r"results in results/x have no column\(s\) \['label_fraction'\]"):
         plots.fig6_epochs(no_fraction)
 
@@ -531,16 +531,16 @@ def test_malformed_results_directory_is_named(tmp_path):
 def test_resolve_io_dirs_from_cwd_then_repo_root(tmp_path, monkeypatch):
     (tmp_path / "results" / "mini").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    results, output = plots.resolve_io_dirs("results/mini")
+    results, output = notebook_io.resolve_io_dirs("results/mini")
     assert (results, output) == (tmp_path / "results" / "mini", tmp_path / "figures" / "mini")
-    assert plots.resolve_io_dirs("results/mini", "out")[1] == tmp_path / "out"
-    assert plots.resolve_io_dirs("results/mini", tmp_path / "abs")[1] == tmp_path / "abs"
+    assert notebook_io.resolve_io_dirs("results/mini", "out")[1] == tmp_path / "out"
+    assert notebook_io.resolve_io_dirs("results/mini", tmp_path / "abs")[1] == tmp_path / "abs"
     # from elsewhere (e.g. notebooks/), a relative path falls back to the repository root
-    root = plots.repo_root()
+    root = notebook_io.repo_root()
     assert root is not None and (root / "tests" / "fixtures" / "results_small").is_dir()
     (tmp_path / "notebooks").mkdir()
     monkeypatch.chdir(tmp_path / "notebooks")
-    results, output = plots.resolve_io_dirs("tests/fixtures/results_small")
+    results, output = notebook_io.resolve_io_dirs("tests/fixtures/results_small")
     assert results == root / "tests" / "fixtures" / "results_small"
     assert output == root / "tests" / "fixtures" / "results_small" / "figures"  # not under results/: beside it
 
@@ -554,9 +554,9 @@ def test_save_figure_rejects_unknown_formats_and_pdfs_are_reproducible(tmp_path)
         return fig
 
     with pytest.raises(ValueError, match="choose from"):
-        plots.save_figure(draw(), tmp_path, "x", ["jpeg"])
-    first = plots.save_figure(draw(), tmp_path / "a", "x", ["pdf"])[0].read_bytes()
-    assert plots.save_figure(draw(), tmp_path / "b", "x", ["pdf"])[0].read_bytes() == first
+        figure_style.save_figure(draw(), tmp_path, "x", ["jpeg"])
+    first = figure_style.save_figure(draw(), tmp_path / "a", "x", ["pdf"])[0].read_bytes()
+    assert figure_style.save_figure(draw(), tmp_path / "b", "x", ["pdf"])[0].read_bytes() == first
 
 
 def test_all_tables_skips_what_a_partial_grid_cannot_fill(frame):
@@ -566,7 +566,7 @@ def test_all_tables_skips_what_a_partial_grid_cannot_fill(frame):
     made, skipped = tables.all_tables(partial)
     assert "ablations" not in {t.name for t in made} and "main_results" in {t.name for t in made}
     assert any("entropy_only" in reason for reason in skipped)
-    with pytest.raises(tables.MissingResultsError, match="no table can be made"):
+    with pytest.raises(frames.MissingResultsError, match="no table can be made"):
         tables.all_tables(frame[frame.kind == "diagnostics"])
 
 
@@ -583,7 +583,7 @@ def test_readme_blocks_are_replaced_by_the_written_tables_and_only_when_changed(
     assert readme.stat().st_mtime_ns == before  # nothing rewritten
 
     readme.write_text("<!-- e2mc:table mini-converged/ablations -->\n<!-- e2mc:end -->\n")
-    with pytest.raises(tables.MissingResultsError, match="mini-converged/ablations.md does not exist"):
+    with pytest.raises(frames.MissingResultsError, match="mini-converged/ablations.md does not exist"):
         tables.sync_readme_tables(readme, tmp_path / "figures")
     assert readme.read_text() == "<!-- e2mc:table mini-converged/ablations -->\n<!-- e2mc:end -->\n"
 

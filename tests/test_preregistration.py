@@ -134,9 +134,9 @@ def _complete_frame(seed: int = 7) -> pd.DataFrame:
 
 
 def test_the_report_table_holds_the_tests_it_prints():
-    from e2mc import tables
+    from e2mc import converged_tables
     frame = _complete_frame()
-    table = tables.preregistered_study(frame)
+    table = converged_tables.preregistered_study(frame)
     first = table.numbers.iloc[0]
     assert (first["role"], first["metric"], first["label_fraction"]) == ("primary", "top1_last", 0.01)
     e2mc = frame[(frame.arm == "e2mc") & (frame.label_fraction == 0.01)].sort_values("seed")["top1_last"].to_numpy()
@@ -149,11 +149,11 @@ def test_the_report_table_holds_the_tests_it_prints():
 
 
 def test_the_report_figure_draws_each_seed(tmp_path):
-    from e2mc import plots
-    figure = plots.preregistered_study(_complete_frame())
+    from e2mc import converged_plots, figure_style
+    figure = converged_plots.preregistered_study(_complete_frame())
     dots = [collection for collection in figure.axes[0].collections if collection.get_offsets().shape[0] == 8]
     assert len(dots) == 2  # one cloud of eight per comparison
-    paths = plots.save_figure(figure, tmp_path, "preregistered_study", ("png",))
+    paths = figure_style.save_figure(figure, tmp_path, "preregistered_study", ("png",))
     assert paths[0].stat().st_size > 0
 
 

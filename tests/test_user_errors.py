@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import e2mc
-from e2mc import checkpoints, plots, provenance, reproduce
+from e2mc import checkpoints, notebook_io, provenance, reproduce
 from e2mc import train as training
 from e2mc.__main__ import main
 from e2mc.config import ConfigError, load_config
@@ -310,12 +310,12 @@ def test_figures_of_a_results_folder_elsewhere_never_go_to_the_committed_ones(tm
     elsewhere = tmp_path / "scratch" / "mini"  # named like results/mini
     elsewhere.mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    results, output = plots.resolve_io_dirs(elsewhere)
+    results, output = notebook_io.resolve_io_dirs(elsewhere)
     assert results == elsewhere and output == elsewhere / "figures"
-    assert plots.resolve_io_dirs("scratch/mini")[1] == elsewhere / "figures"
+    assert notebook_io.resolve_io_dirs("scratch/mini")[1] == elsewhere / "figures"
     (tmp_path / "results" / "runs-a" / "mini").mkdir(parents=True)  # inside results/: its path under it
-    assert plots.resolve_io_dirs("results/runs-a/mini")[1] == tmp_path / "figures" / "runs-a" / "mini"
-    assert plots.resolve_io_dirs(tmp_path / "results" / "runs-a" / "mini")[1] == tmp_path / "figures" / "runs-a" / "mini"
+    assert notebook_io.resolve_io_dirs("results/runs-a/mini")[1] == tmp_path / "figures" / "runs-a" / "mini"
+    assert notebook_io.resolve_io_dirs(tmp_path / "results" / "runs-a" / "mini")[1] == tmp_path / "figures" / "runs-a" / "mini"
 
 
 # --- item 8: export-base --------------------------------------------------------------------------

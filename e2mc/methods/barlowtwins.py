@@ -12,7 +12,7 @@ from torch import nn
 
 from e2mc.data.recipes import grey_recipe
 from e2mc.heads import ProjectedBackbone
-from e2mc.methods.base import CriterionViews, Method, Release, register
+from e2mc.methods.base import Method, Release, register
 from e2mc.methods.vicreg import IMAGENET_VIEWS
 from e2mc.objectives.barlowtwins import BarlowTwinsLoss
 
@@ -42,6 +42,7 @@ class BarlowTwins(Method):
     network_class, objective_class = BarlowTwinsNet, BarlowTwinsLoss
     transform, paper_coefficients = "sigmoid", (10.0, 1.0)  # not in the paper: VICReg's setting
     in_paper = False
+    objective_input = "normalized"  # the loss reads the batch-normalised views, E2MC the embeddings
     # facebookresearch/barlowtwins main.py Transform: BYOL's asymmetric pair, as VICReg's.
     imagenet_views = IMAGENET_VIEWS
     mini_views = tuple(grey_recipe(r, 28) for r in IMAGENET_VIEWS)
@@ -51,10 +52,6 @@ class BarlowTwins(Method):
         Release("checkpoint.pth", "https://dl.fbaipublicfiles.com/barlowtwins/ljng/checkpoint.pth",
                 "backbone, projector and bn (keys module.*, under 'model'), LARS state, epoch"),
     )
-
-    def loss(self, outputs, batch, objective, network):
-        terms = objective(outputs[0]["normalized"], outputs[1]["normalized"])
-        return terms, CriterionViews(outputs[0]["embedding"], outputs[1]["embedding"])
 
 
 register(BarlowTwins())

@@ -18,6 +18,7 @@ from torch import nn
 from e2mc.data.recipes import ViewRecipe
 from e2mc.errors import UserError
 from e2mc.models import build_backbone
+from e2mc.registry import Registry
 
 RESNET_ROOTS = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
 
@@ -63,6 +64,7 @@ class Method:
     # Continue with the optimizer state a release ships, where the E2MC authors' code restores it.
     restore_release_optimizer: bool = False
     in_paper: bool = True                    # one of the methods the paper continues
+    objective_input: str = "embedding"       # the network output the default loss gives the objective
 
     # --- building ---------------------------------------------------------------------------
     def head_options(self) -> list[str]:
@@ -98,8 +100,11 @@ class Method:
     def loss(self, outputs, batch: int, objective: nn.Module, network: nn.Module
              ) -> tuple[dict[str, torch.Tensor], CriterionViews]:
         """The objective's terms (a dict with ``"loss"``) and what the added criterion sees, from the
-        outputs of :meth:`forward` on views of ``batch`` images each."""
-        raise NotImplementedError
+        outputs of :meth:`forward` on views of ``batch`` images each. By default two views: the
+        objective takes each view's :attr:`objective_input` output, the criterion their embeddings."""
+        first, second = outputs
+        return (objective(first[self.objective_input], second[self.objective_input]),
+                CriterionViews(first["embedding"], second["embedding"]))
 
     # --- official releases ------------------------------------------------------------------
     def official_key(self, key: str) -> str:
@@ -114,33 +119,24 @@ class Method:
         return f"<method {self.name}>"
 
 
-_REGISTRY: dict[str, Method] = {}
+_METHODS: Registry[Method] = Registry("method")
 
 
 def register(method: Method) -> Method:
     """Add a method to the registry (each method module calls it once, on import)."""
-    if method.name in _REGISTRY:
-        raise ValueError(f"method {method.name!r} is registered twice")
-    _REGISTRY[method.name] = method
-    return method
+    return _METHODS.add(method)
 
 
 def unregister(name: str) -> Method:
     """Remove a method from the registry (for a test that registered its own); returns it."""
-    try:
-        return _REGISTRY.pop(name)
-    except KeyError:
-        raise ValueError(f"method {name!r} is not registered") from None
+    return _METHODS.remove(name)
 
 
 def method_names() -> tuple[str, ...]:
     """Every registered method, in registration order (the paper's three first)."""
-    return tuple(_REGISTRY)
+    return _METHODS.names()
 
 
 def get_method(name: str) -> Method:
-    """The registered method ``name``; a ValueError naming the choices otherwise."""
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise UserError(f"unknown method {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+    """The registered method ``name``; a UserError naming the choices otherwise."""
+    return _METHODS.get(name)

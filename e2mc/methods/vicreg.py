@@ -11,7 +11,7 @@ from torch import nn
 
 from e2mc.data.recipes import ViewRecipe, grey_recipe
 from e2mc.heads import ProjectedBackbone
-from e2mc.methods.base import CriterionViews, Method, Release, register
+from e2mc.methods.base import Method, Release, register
 from e2mc.objectives.vicreg import VICRegLoss
 
 
@@ -49,10 +49,6 @@ class VICReg(Method):
         Release("resnet50.pth", "https://dl.fbaipublicfiles.com/vicreg/resnet50.pth",
                 "backbone only (bare ResNet keys); the expander starts from random weights"),
     )
-
-    def loss(self, outputs, batch, objective, network):
-        z1, z2 = outputs[0]["embedding"], outputs[1]["embedding"]
-        return objective(z1, z2), CriterionViews(z1, z2)
 
 
 register(VICReg())

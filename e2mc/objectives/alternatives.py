@@ -58,13 +58,11 @@ class Uniformity(TwoViewLoss):
 
     def __init__(self, t: float = 3.0, coeff: float = 1.0, gather: bool = True) -> None:
         super().__init__(gather)
-        if t <= 0 or coeff < 0:
-            raise ValueError(f"need t > 0 and coeff >= 0, got t={t}, coeff={coeff}")
+        if not t > 0:
+            raise ValueError(f"the kernel width t must be > 0, got {t}")
         self.t = float(t)
-        self.coeff = float(coeff)
-
-    def extra_repr(self) -> str:
-        return f"t={self.t}, coeff={self.coeff}"
+        self.shown = ("t",)
+        self.set_weights(coeff=coeff)
 
     def two_view_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
         u1, u2 = self.all_ranks(F.normalize(z1, dim=1), F.normalize(z2, dim=1))
@@ -95,12 +93,7 @@ class MMCR(TwoViewLoss):
 
     def __init__(self, coeff: float = 1.0, gather: bool = True) -> None:
         super().__init__(gather)
-        if coeff < 0:
-            raise ValueError(f"coeff must be >= 0, got {coeff}")
-        self.coeff = float(coeff)
-
-    def extra_repr(self) -> str:
-        return f"coeff={self.coeff}"
+        self.set_weights(coeff=coeff)
 
     def two_view_loss(self, z1: torch.Tensor, z2: torch.Tensor, *more_views: torch.Tensor) -> dict[str, torch.Tensor]:
         # The SVD has no half-precision kernels and its gradient needs float32 accuracy (the base's float32).
@@ -135,14 +128,9 @@ class VarianceCovariance(TwoViewLoss):
     def __init__(self, std_coeff: float = 1.0, cov_coeff: float = 0.01, normalize: bool = True,
                  gather: bool = True) -> None:
         super().__init__(gather)
-        if std_coeff < 0 or cov_coeff < 0:
-            raise ValueError(f"coefficients must be >= 0, got std_coeff={std_coeff}, cov_coeff={cov_coeff}")
-        self.std_coeff = float(std_coeff)
-        self.cov_coeff = float(cov_coeff)
+        self.set_weights(std_coeff=std_coeff, cov_coeff=cov_coeff)
         self.normalize = bool(normalize)
-
-    def extra_repr(self) -> str:
-        return f"std_coeff={self.std_coeff}, cov_coeff={self.cov_coeff}, normalize={self.normalize}"
+        self.shown += ("normalize",)
 
     def two_view_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
         target = 1.0

@@ -33,12 +33,7 @@ class BarlowTwinsLoss(TwoViewLoss):
 
     def __init__(self, lambd: float = 0.0051, gather: bool = True) -> None:
         super().__init__(gather)
-        if not lambd >= 0:
-            raise ValueError(f"lambd must be >= 0, got {lambd}")
-        self.lambd = float(lambd)
-
-    def extra_repr(self) -> str:
-        return f"lambd={self.lambd}"
+        self.set_weights(lambd=lambd)
 
     def two_view_loss(self, n1: torch.Tensor, n2: torch.Tensor) -> dict[str, torch.Tensor]:
         c = cross_correlation(*self.all_ranks(n1, n2))

@@ -22,9 +22,24 @@ class TwoViewLoss(nn.Module):
             (gradients flow back to every rank's slice); otherwise it returns them as they are.
     """
 
+    shown: tuple[str, ...] = ()  # the settings extra_repr prints
+
     def __init__(self, gather: bool = True) -> None:
         super().__init__()
         self.gather = gather
+
+    def set_weights(self, **weights: float) -> None:
+        """Keep each weight of a term (``cov_coeff=1``) as a float attribute, shown by ``repr``; a
+        ValueError names each one that is negative or NaN."""
+        bad = [f"{name}={w}" for name, w in weights.items() if not w >= 0]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: the weight of a term must be >= 0")
+        for name, w in weights.items():
+            setattr(self, name, float(w))
+        self.shown = (*self.shown, *weights)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={getattr(self, name)}" for name in self.shown)
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor, *more_views: torch.Tensor) -> dict[str, torch.Tensor]:
         check_two_views(z1, z2, *more_views)

@@ -78,15 +78,7 @@ class VICRegLoss(TwoViewLoss):
     def __init__(self, sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0,
                  gather: bool = True) -> None:
         super().__init__(gather)
-        if min(sim_coeff, std_coeff, cov_coeff) < 0:
-            raise ValueError(f"coefficients must be >= 0, got sim_coeff={sim_coeff}, "
-                             f"std_coeff={std_coeff}, cov_coeff={cov_coeff}")
-        self.sim_coeff = float(sim_coeff)
-        self.std_coeff = float(std_coeff)
-        self.cov_coeff = float(cov_coeff)
-
-    def extra_repr(self) -> str:
-        return f"sim_coeff={self.sim_coeff}, std_coeff={self.std_coeff}, cov_coeff={self.cov_coeff}"
+        self.set_weights(sim_coeff=sim_coeff, std_coeff=std_coeff, cov_coeff=cov_coeff)
 
     def two_view_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
         # The invariance is local to this rank, as in the official code; the rest sees every rank.
