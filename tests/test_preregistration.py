@@ -8,7 +8,7 @@ from scipy import stats
 
 from e2mc import preregistration as prereg
 from e2mc.frames import MissingResultsError
-from e2mc.reproduce import CONVERGED, PREREGISTERED, entries, entry_config, find_arm
+from e2mc.experiments import CONVERGED, PREREGISTERED, entries, entry_config, find_arm
 
 
 def test_paired_t_test_matches_scipy():
