@@ -1,11 +1,10 @@
 """Experiments as data: each part of the mini reproduction is a YAML file under configs/experiments/.
 
-A file names the methods (or a group of the registry, :data:`METHOD_GROUPS`), the arms with their
-config overrides, seeds, epochs, probed label fractions and the folders (docs/experiments.md has
-every key). :func:`load_experiment` reads and checks one into a :class:`Part`; :func:`entries` expands
-a part into (method, label, seed) entries, :func:`entry_config` gives an entry's training
-configuration and :func:`pending` says, from the result files, which entries are not done yet.
-Running them is :mod:`e2mc.reproduce`'s.
+A file names the methods (or a group of the registry, :data:`METHOD_GROUPS`), the arms with their config
+overrides, seeds, epochs, probed label fractions and folders (docs/experiments.md). :func:`load_experiment`
+checks one into a :class:`Part`, :func:`entries` expands it into (method, label, seed) entries,
+:func:`entry_config` gives an entry's training configuration and :func:`pending` says, from the result
+files, which entries are not done yet; :mod:`e2mc.reproduce` runs them.
 """
 from __future__ import annotations
 
@@ -32,6 +31,7 @@ TRAINED_MAIN_ARMS = tuple(a for a in MAIN_ARMS if a != "base")  # the base is no
 # Groups of the method registry an experiment may name instead of a list: the methods stay in one place.
 METHOD_GROUPS = {"all": lambda m: True, "paper": lambda m: get_method(m).in_paper,
                  "others": lambda m: not get_method(m).in_paper}
+GROUP_KEYS = {"methods", "names", "custom", "seeds"}  # of a group of arms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +149,7 @@ def _arms(check: _Checker, groups) -> tuple[Arm, ...]:
     arms = []
     for i, group in enumerate(groups):
         key = f"arms[{i}]"
-        if not isinstance(group, dict) or "methods" not in group or not set(group) <= {"methods", "names", "custom", "seeds"}:
+        if not isinstance(group, dict) or "methods" not in group or not set(group) <= GROUP_KEYS:
             check.fail(key, "a mapping with methods and names (arms of e2mc.naming.ARMS) or custom "
                             "([{name, overrides}]), and optionally seeds", group)
         methods = check.methods(f"{key}.methods", group["methods"])
@@ -164,11 +164,10 @@ def _arms(check: _Checker, groups) -> tuple[Arm, ...]:
                 isinstance(c, dict) and set(c) == {"name", "overrides"} and isinstance(c["name"], str)
                 and _is_list(str)(c["overrides"]) for c in custom):
             check.fail(f"{key}.custom", "a list of {name: ARM, overrides: [KEY=VALUE, ...]}", custom)
+        seeds = None if seeds is None else tuple(seeds)
         for method in methods:
-            arms += [Arm(method, method_arm(n, method), ARMS[method_arm(n, method)],
-                         seeds=None if seeds is None else tuple(seeds)) for n in names]
-            arms += [Arm(method, c["name"], tuple(c["overrides"]), seeds=None if seeds is None else tuple(seeds))
-                     for c in custom]
+            arms += [Arm(method, method_arm(n, method), ARMS[method_arm(n, method)], seeds=seeds) for n in names]
+            arms += [Arm(method, c["name"], tuple(c["overrides"]), seeds=seeds) for c in custom]
     return tuple(arms)
 
 
@@ -183,7 +182,7 @@ def load_experiment(name: str | Path) -> Part:
     path = Path(name) if str(name).endswith((".yaml", ".yml")) else EXPERIMENTS / f"{name}.yaml"
     if not path.is_file():
         raise UserError(f"no experiment {str(name)!r} ({path} does not exist); choose one of "
-                        f"{', '.join(sorted(p.stem for p in EXPERIMENTS.glob('*.yaml')))}")
+                        f"{', '.join(experiment_names())}")
     tree = _read_tree(path)
     for key in tree:
         if key not in KEYS:
@@ -228,18 +227,30 @@ def load_experiment(name: str | Path) -> Part:
         fixed=None if entries is None else tuple((m, a, s) for m, a, s in entries))
 
 
-PARTS: dict[str, Part] = {name: load_experiment(name) for name in ("quick", "full", "converged", "preregistered")}
-CONVERGED, PREREGISTERED = PARTS["converged"], PARTS["preregistered"]
+def experiment_names() -> tuple[str, ...]:
+    """The experiments, ``configs/experiments/<name>.yaml`` (the choices of ``reproduce --part``)."""
+    return tuple(sorted(p.stem for p in EXPERIMENTS.glob("*.yaml")))
+
+
+_PARTS: dict[str, Part] = {}
+
+
+def parts() -> dict[str, Part]:
+    """Every experiment by name, read and checked on first use (a broken file is then a one-line
+    error of the command that needs it, not of every command)."""
+    if not _PARTS:
+        _PARTS.update({name: load_experiment(name) for name in experiment_names()})
+    return _PARTS
 
 
 def get_part(part: str | Part, checkpoints: str | Path | None = None,
              epoch_fractions: tuple[float, ...] | None = None, methods: tuple[str, ...] | None = None) -> Part:
-    """``part`` (a name of :data:`PARTS` or a Part) with the given settings replaced; ``methods``
+    """``part`` (a name of :func:`experiment_names` or a Part) with the given settings replaced; ``methods``
     restricts it to some of its methods."""
     if isinstance(part, str):
-        if part not in PARTS:
-            raise UserError(f"part must be one of {', '.join(PARTS)}, got {part!r}")
-        part = PARTS[part]
+        if part not in experiment_names():
+            raise UserError(f"part must be one of {', '.join(experiment_names())}, got {part!r}")
+        part = parts()[part]
     changes: dict = {}
     if checkpoints is not None:
         changes["checkpoints"] = str(checkpoints)
@@ -364,16 +375,12 @@ def finished_entry(results_dir: Path, cfg: Config, arm: str) -> Path | None:
                                      "runs now") from None
 
 
-def base_diagnosed(method: str, results_dir: Path) -> bool:
-    return bool(find_results(results_dir / "diagnostics", "diagnostics", method, "base", DATASET, 0, None, 0))
-
-
 def base_done(part: Part, method: str, results_dir: Path) -> bool:
     """Whether ``results_dir`` holds every result :func:`e2mc.reproduce.evaluate_base` writes."""
-    def found(kind: str, dataset: str, fraction: float, seed: int) -> bool:
+    def found(kind: str, dataset: str, fraction: float | None, seed: int) -> bool:
         return bool(find_results(results_dir / kind, kind, method, "base", dataset, 0, fraction, seed))
 
-    return (base_diagnosed(method, results_dir)
+    return (found("diagnostics", DATASET, None, 0)
             and all(found("linear_probe", DATASET, f, s) for f in LABEL_FRACTIONS for s in part.seeds)
             and all(found("transfer", f"{name}-pooled", 1.0, s) for name, _ in part.transfer for s in part.seeds))
 
@@ -406,10 +413,8 @@ def committed_plateau(part: Part, method: str, results_dir: Path) -> bool:
     probes but not the pre-training run they came from. True when that run is not here and
     ``results_dir`` holds every epoch :func:`plateau_epochs` would ask for, counted from the run's
     length the probes record."""
-    if (Path(part.pretrain_runs) / method).exists():
-        return False
     files = plateau_results(method, results_dir)
-    if not files:
+    if (Path(part.pretrain_runs) / method).exists() or not files:
         return False
     total = json.loads(files[0].read_text())["config"]["train"]["epochs"]
     found = {json.loads(f.read_text())["epoch"] for f in files}

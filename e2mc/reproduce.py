@@ -33,8 +33,8 @@ from e2mc.errors import UserError, check_writable_folder
 from e2mc.evaluation.cli import positive_int
 from e2mc.evaluation.runner import (EvaluationPlan, diagnose_checkpoint, evaluate_checkpoint,
                                     make_epoch_probe_hook, plan_from_config, sweep)
-from e2mc.experiments import (PARTS, PLATEAU_DIR, Arm, Part, arm_results_dir, base_checkpoint, base_diagnosed,
-                              committed_plateau, entries, entry_config, find_arm, finished_entry, get_part,
+from e2mc.experiments import (DATASET, PLATEAU_DIR, Arm, Part, arm_results_dir, base_checkpoint, committed_plateau,
+                              entries, entry_config, experiment_names, find_arm, finished_entry, get_part,
                               part_methods, pending, plateau_epochs)
 from e2mc.provenance import provenance, require_clean_tree, utc_now, write_json_atomic
 from e2mc.results import existing_result, find_results, result_filename, write_result
@@ -226,7 +226,7 @@ def evaluate_base(method: str, results_dir: Path, data_root: str | None = None,
     if part.transfer:
         evaluate_checkpoint(checkpoint, results_dir / "transfer", _transfer_plan(part, part.seeds), arm="base",
                             epoch=0, skip_existing=True, workers=TRANSFER_WORKERS)
-    if not base_diagnosed(method, results_dir):
+    if not find_results(results_dir / "diagnostics", "diagnostics", method, "base", DATASET, 0, None, 0):
         diagnose_checkpoint(checkpoint, results_dir / "diagnostics", arm="base", epoch=0, data_root=data_root,
                             n_images=DIAGNOSTIC_IMAGES)
     return "done"
@@ -375,8 +375,9 @@ def add_commands(sub) -> None:
     """Register ``reproduce``, ``export-base`` and ``notebooks`` on the e2mc command line."""
     text = "run the mini reproduction grid (continued pre-training, probes, diagnostics) into a results folder"
     p = sub.add_parser("reproduce", help=text, description=text)
-    p.add_argument("--part", choices=tuple(PARTS), default="quick",
-                   help="the experiment configs/experiments/PART.yaml: quick: the entries `make reproduce` re-runs (~15 min on 2 cores); full: the whole grid; "
+    p.add_argument("--part", choices=experiment_names(), default="quick",
+                   help="the experiment configs/experiments/PART.yaml (docs/experiments.md). quick: the entries "
+                        "`make reproduce` re-runs (~15 min on 2 cores); full: the whole grid; "
                         "converged: the grid from the 100-epoch bases of `make pretrain-mini-converged` "
                         "(plateau, 20-epoch continuation, learning-rate check, transfer; docs/converged.md); "
                         "preregistered: SwAV original, E2MC and MMCR from the converged base, seeds 0-7 "

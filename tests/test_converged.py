@@ -16,7 +16,8 @@ from test_reproduce import one_epoch_grid
 
 
 def converged(tmp_path, **changes) -> experiments.Part:
-    return dataclasses.replace(experiments.CONVERGED, pretrain_runs=str(tmp_path / "pretrain-runs"), **changes)
+    return dataclasses.replace(experiments.parts()["converged"], pretrain_runs=str(tmp_path / "pretrain-runs"),
+                               **changes)
 
 
 def test_converged_entries_and_configurations(tmp_path):
@@ -49,7 +50,7 @@ def test_converged_entries_and_configurations(tmp_path):
     # 1x is the main grid's seed 0, not run twice
     assert not any("lr1x" in label for _, label, _ in todo)
     # the quick and full parts are as before: 10 epochs, no validation split, the committed bases
-    full = experiments.entry_config(experiments.find_arm(experiments.PARTS["full"], "vicreg", "e2mc"), 0, results, runs)
+    full = experiments.entry_config(experiments.find_arm(experiments.parts()["full"], "vicreg", "e2mc"), 0, results, runs)
     assert full.train.epochs == 10 and full.eval.probe.val_fraction is None
     with pytest.raises(ValueError, match="the converged part has no method barlowtwins"):
         experiments.get_part(part, methods=("barlowtwins",))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from e2mc import experiments
+from e2mc.__main__ import main
 from e2mc.errors import UserError
 from e2mc.methods import get_method, method_names
 
@@ -61,7 +62,7 @@ def test_each_experiment_expands_into_the_entries_it_ran_before(name, tmp_path):
 @pytest.mark.parametrize("key", sorted(PINNED), ids=lambda k: ":".join(map(str, k)))
 def test_entries_keep_their_configuration_hash_and_run_folder(key):
     name, method, label, seed = key
-    part = experiments.PARTS[name]
+    part = experiments.parts()[name]
     cfg = experiments.entry_config(experiments.find_arm(part, method, label), seed, Path(part.results),
                                    Path(part.runs), part=part)
     assert (cfg.hash(), cfg.train.output_dir) == PINNED[key]
@@ -72,7 +73,7 @@ def test_method_groups_come_from_the_registry(tmp_path):
     path.write_text((experiments.EXPERIMENTS / "full.yaml").read_text().replace("methods: paper", "methods: others", 1))
     part = experiments.load_experiment(path)
     assert part.methods == tuple(m for m in method_names() if not get_method(m).in_paper)
-    assert experiments.PARTS["full"].methods == tuple(m for m in method_names() if get_method(m).in_paper)
+    assert experiments.parts()["full"].methods == tuple(m for m in method_names() if get_method(m).in_paper)
     assert {a.method for a in part.grid if a.name == "original"} == set(method_names())
 
 
@@ -119,3 +120,12 @@ def test_not_yaml_and_not_a_mapping_and_no_such_experiment_are_one_line(tmp_path
         assert "\n" not in str(caught.value)
     with pytest.raises(UserError, match="choose one of converged, full, preregistered, quick"):
         experiments.load_experiment("mini")
+
+
+def test_a_broken_experiment_file_is_a_one_line_error_of_the_command(tmp_path, monkeypatch, capsys):
+    (tmp_path / "mine.yaml").write_text("".join(f"{k}: {v}\n" for k, v in {**VALID, "seeds": "[a]"}.items()))
+    monkeypatch.setattr(experiments, "EXPERIMENTS", tmp_path)
+    monkeypatch.setattr(experiments, "_PARTS", {})
+    assert main(["reproduce", "--part", "mine", "--dry-run"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "mine.yaml: seeds must be a list of seeds (integers >= 0), got ['a']" in error

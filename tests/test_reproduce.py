@@ -18,7 +18,7 @@ from fake_data import write_fake_fashion_mnist
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("arm", experiments.PARTS["full"].grid, ids=lambda a: f"{a.method}-{a.name}")
+@pytest.mark.parametrize("arm", experiments.parts()["full"].grid, ids=lambda a: f"{a.method}-{a.name}")
 def test_every_arm_configures_the_arm_it_is_named_after(tmp_path, arm):
     cfg = experiments.entry_config(arm, 1, tmp_path / "results", tmp_path / "runs")
     assert infer_arm(cfg.to_dict()) == arm.name
@@ -33,7 +33,7 @@ def test_every_arm_configures_the_arm_it_is_named_after(tmp_path, arm):
 def test_full_grid_has_three_seeds_of_every_arm_and_each_base():
     full = experiments.entries("full")
     bases = len(method_names())
-    grid = experiments.PARTS["full"].grid
+    grid = experiments.parts()["full"].grid
     searches = [a for a in grid if a.seeds is not None]  # short searches: their seeds only
     assert searches and all(a.seeds == (0,) for a in searches)
     assert len(full) == len(set(full)) == bases + 3 * (len(grid) - len(searches)) + len(searches)
@@ -45,7 +45,7 @@ def test_full_grid_has_three_seeds_of_every_arm_and_each_base():
     assert [e[1] for e in full[:bases]] == ["base"] * bases
     assert max(position[e] for e in main) < min(position[e] for e in others)
     assert max(position[e] for e in others if e[2] == 0) < min(position[e] for e in others if e[2] == 1)
-    with pytest.raises(ValueError, match="part must be one of quick, full"):
+    with pytest.raises(ValueError, match="part must be one of converged, full, preregistered, quick"):
         experiments.entries("most")
 
 
@@ -58,8 +58,8 @@ def one_epoch_grid(tmp_path, monkeypatch, n_train: int = 512) -> tuple[Path, Pat
                       [f"data.root={data_root}", "train.epochs=0", f"train.output_dir={pretrain}"]))
     checkpoints = tmp_path / "checkpoints"
     reproduce.export_base_checkpoint(pretrain, experiments.base_checkpoint(checkpoints, "vicreg"))
-    for name, part in list(experiments.PARTS.items()):
-        monkeypatch.setitem(experiments.PARTS, name, dataclasses.replace(part, epochs=1, seeds=(0,)))
+    for name, part in list(experiments.parts().items()):
+        monkeypatch.setitem(experiments.parts(), name, dataclasses.replace(part, epochs=1, seeds=(0,)))
     monkeypatch.setattr(reproduce, "DIAGNOSTIC_IMAGES", 100)
     return data_root, checkpoints
 
