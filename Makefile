@@ -62,6 +62,7 @@ reproduce-converged: $(STAMP) data
 	$(PY) -m e2mc reproduce --part converged --jobs $(JOBS)
 	$(MAKE) --no-print-directory notebooks RESULTS=results/mini-converged
 
+# Each part is an experiment file, configs/experiments/<part>.yaml (docs/experiments.md).
 # Re-measure the quick part of the grid from the committed base checkpoints into $(RESULTS)-quick,
 # compare it with the committed results, then draw every figure and table from $(RESULTS).
 reproduce: $(STAMP) data

@@ -1,4 +1,4 @@
-"""The tables of the converged part (see e2mc.reproduce.CONVERGED) and of the pre-registered study on
+"""The tables of the converged part (configs/experiments/converged.yaml) and of the pre-registered study on
 its base (docs/preregistration.md), beside the main study's in :mod:`e2mc.tables`, in the same
 :class:`~e2mc.tables.Table` form."""
 from __future__ import annotations
@@ -52,7 +52,7 @@ def learning_rate_check(frame: pd.DataFrame, variants: pd.DataFrame, metric: str
 
 
 def converged_tables(frame: pd.DataFrame, variants: pd.DataFrame | None = None) -> tuple[list[Table], list[str]]:
-    """The converged part's tables (see e2mc.reproduce.CONVERGED), besides :func:`all_tables`: the main
+    """The converged part's tables (configs/experiments/converged.yaml), besides :func:`all_tables`: the main
     table with the validation-selected probe first and the last-epoch and best-epoch top-1 beside it,
     the paired E2MC-minus-original comparison on the three, each continued arm minus the base
     checkpoint on the three (paired by probe seed: is the base converged, does either loss still move

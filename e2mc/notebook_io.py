@@ -64,7 +64,7 @@ def default_figures_dir(results_dir: Path, bases: list[Path]) -> Path:
 
 def load_variants(results_dir: str | Path) -> pd.DataFrame | None:
     """The results of every ``<results_dir>/variants/<variant>/`` (e.g. ``lr3x``: another learning
-    rate; see e2mc.reproduce.Arm) in one frame with a ``variant`` column; None when there are none."""
+    rate; see e2mc.experiments.Arm) in one frame with a ``variant`` column; None when there are none."""
     folder = Path(results_dir) / "variants"
     frames = [load_results(sub).assign(variant=sub.name) for sub in sorted(folder.iterdir())
               if sub.is_dir() and any(sub.rglob("*.json"))] if folder.is_dir() else []

@@ -1,228 +1,47 @@
-"""The mini reproduction: the paper's experiment grid on Fashion-MNIST, end to end.
+"""The mini reproduction: runs the experiments of configs/experiments/ (e2mc.experiments), end to end.
 
-    python -m e2mc reproduce [--part quick|full|converged] [--jobs 2]
+    python -m e2mc reproduce [--part quick|full|converged|preregistered] [--jobs 2]
 
-A :class:`Part` says what one part of the reproduction runs. ``quick`` and ``full`` (:data:`PARTS`):
-for every (method, arm, seed) of :data:`GRID` it continues the committed base checkpoint
-(``results/mini/checkpoints/<method>.pt``) for ten epochs, probes the backbone with 1% of the labels
-after every epoch (Fig. 6; ``--epoch-fractions 0.01 0.1 1`` probes every fraction after every epoch),
-with 1%, 10% and 100% after the last, records embedding diagnostics before
-and after (Fig. 2c/d) and the training dynamics, all as result files under ``results/mini/``.
-``converged`` (issue 15) does the same from the 100-epoch bases of ``make pretrain-mini-converged``
-(exported to ``results/mini-converged/checkpoints/`` on first use), for 20 epochs with validation-
-selected probes, plus the pre-training plateau (``plateau/``), a learning-rate check (``variants/``)
-and the digits transfer probe; see :data:`CONVERGED` and docs/converged.md.
-An entry whose results already exist is skipped, so an interrupted reproduction resumes where it
-stopped (its training runs resume from their checkpoints too).
+A part is one YAML file of configs/experiments/ (:func:`e2mc.experiments.load_experiment`). ``quick``
+and ``full``: for every (method, arm, seed) of the paper's grid it continues the committed base
+checkpoint (``results/mini/checkpoints/<method>.pt``) for ten epochs, probes the backbone with 1% of the
+labels after every epoch (Fig. 6; ``--epoch-fractions 0.01 0.1 1`` probes every fraction after every
+epoch), with 1%, 10% and 100% after the last, records embedding diagnostics before and after (Fig. 2c/d)
+and the training dynamics, all as result files under ``results/mini/``. ``converged`` (issue 15) does
+the same from the 100-epoch bases of ``make pretrain-mini-converged`` (exported to
+``results/mini-converged/checkpoints/`` on first use), for 20 epochs with validation-selected probes,
+plus the pre-training plateau (``plateau/``), a learning-rate check (``variants/``) and the digits
+transfer probe; see docs/converged.md. An entry whose results already exist (the results index,
+:func:`e2mc.experiments.pending`) is skipped, so an interrupted reproduction resumes where it stopped
+(its training runs resume from their checkpoints too).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from e2mc import checkpoints
-from e2mc.config import LABEL_FRACTIONS, Config, config_from_dict, load_config
+from e2mc import checkpoints, reports
+from e2mc.config import LABEL_FRACTIONS, Config, config_from_dict
 from e2mc.criteria import criterion_record
 from e2mc.errors import UserError, check_writable_folder
 from e2mc.evaluation.cli import positive_int
 from e2mc.evaluation.runner import (EvaluationPlan, diagnose_checkpoint, evaluate_checkpoint,
                                     make_epoch_probe_hook, plan_from_config, sweep)
-from e2mc.methods import get_method, method_names
-from e2mc.naming import ARMS, MAIN_ARMS, infer_arm
-from e2mc.provenance import REPO_ROOT, provenance, require_clean_tree, utc_now, write_json_atomic
-from e2mc.results import ConflictingResultError, existing_result, result_filename, write_result
-from e2mc.runs import run_folder, run_training
+from e2mc.experiments import (DATASET, PLATEAU_DIR, Arm, Part, arm_results_dir, base_checkpoint, committed_plateau,
+                              entries, entry_config, experiment_names, find_arm, finished_entry, get_part,
+                              part_methods, pending, plateau_epochs)
+from e2mc.provenance import provenance, require_clean_tree, utc_now, write_json_atomic
+from e2mc.results import existing_result, find_results, result_filename, write_result
+from e2mc.runs import run_training
 from e2mc.train import read_metrics
 
-SEEDS = (0, 1, 2)
-EPOCHS = 10
-EPOCH_FRACTIONS = (0.01,)  # probed after every epoch; the rest of LABEL_FRACTIONS after the last only
 DIAGNOSTIC_IMAGES = 2048  # fixed test images whose embeddings Fig. 2c/d plots before and after
-# Subfolders of a part's results folder that hold results of their own, which loading the folder
-# leaves out (e2mc.results.load): the pre-training plateau, and the grid's variants (variants/<name>/).
-PLATEAU_DIR, VARIANTS_DIR = "plateau", "variants"
-
-
-@dataclasses.dataclass(frozen=True)
-class Arm:
-    """One way of continuing a method's training: a name and the config overrides that make it.
-
-    ``variant`` names another grid axis (e.g. ``lr3x``: another learning rate) for arms whose results
-    record the same arm name (:func:`infer_arm` names arms by their criterion only): such an arm's
-    entry and run folder are ``<name>-<variant>`` and its results go to ``variants/<variant>/``."""
-
-    method: str
-    name: str
-    overrides: tuple[str, ...]
-    variant: str = ""
-    seeds: tuple[int, ...] | None = None  # a short search runs seed 0 only; None: every seed of the part
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}-{self.variant}" if self.variant else self.name
-
-
-def _arms() -> list[Arm]:
-    other_transform = {"sigmoid": "gaussian_cdf", "gaussian_cdf": "sigmoid"}
-    # original loss against E2MC for every method, also those the paper did not try
-    names = [(method, name) for method in method_names() for name in ("original", "e2mc")]
-    # the paper's ablations, on its methods (are both terms needed? does the transform matter?)
-    names += [(method, name) for method in method_names() if get_method(method).in_paper
-              for name in ("entropy_only", "covariance_only", f"e2mc_{other_transform[get_method(method).transform]}")]
-    names += [("swav", name) for name in ("uniformity", "mmcr", "vc")]  # alternatives, on SwAV as in the paper
-    arms = [Arm(method, name, ARMS[name]) for method, name in names]
-    # SimSiam's covariance weight: the paper's 25 costs the mini model its accuracy; is a smaller one better?
-    arms += [Arm("simsiam", f"e2mc_cov{cov:g}", ("criterion.name=e2mc", f"criterion.cov_coeff={cov:g}"))
-             for cov in SIMSIAM_COV_COEFFS]
-    # Barlow Twins (not in the paper) takes VICReg's setting; a short search, seed 0, checks lambda_ent.
-    arms += [Arm("barlowtwins", f"e2mc_ent{ent:g}", ("criterion.name=e2mc", f"criterion.ent_coeff={ent:g}"), seeds=(0,))
-             for ent in BARLOWTWINS_ENT_SEARCH]
-    return arms
-
-
-SIMSIAM_COV_COEFFS = (1.0, 5.0)  # beside the paper's 25 (the e2mc arm) and 0 (entropy_only)
-BARLOWTWINS_ENT_SEARCH = (1.0, 50.0)  # beside VICReg's 10 (the e2mc arm)
-GRID: list[Arm] = _arms()
-TRAINED_MAIN_ARMS = tuple(a for a in MAIN_ARMS if a != "base")  # the base is not trained
-# The part of the grid `make reproduce` re-runs (about 15 minutes on 2 CPU cores); the committed
-# results of the full grid fill in the rest of the figures and tables.
-QUICK: list[tuple[str, str, int]] = [("vicreg", "original", 0), ("vicreg", "e2mc", 0)]
-
-
-# The committed base checkpoints (the stand-ins for the official releases).
-CHECKPOINTS = REPO_ROOT / "results" / "mini" / "checkpoints"
-
-
-@dataclasses.dataclass(frozen=True)
-class Part:
-    """A part of the reproduction: which entries it runs and how each one is configured.
-
-    An entry is (method, label, seed): label "base" evaluates the method's base checkpoint, "plateau"
-    probes the kept epochs of its pre-training run, any other is an :class:`Arm` (its ``label``)
-    continued from the base. Paths are relative to the directory the command runs in (the repository
-    root), as ``train.init`` is part of the configuration hash."""
-
-    name: str
-    methods: tuple[str, ...]                     # bases evaluated, arms run
-    arms: tuple[str, ...] | None = None          # names of the GRID arms run at every seed; None: all
-    seeds: tuple[int, ...] = SEEDS
-    epochs: int = EPOCHS                         # of continued pre-training
-    epoch_fractions: tuple[float, ...] = EPOCH_FRACTIONS  # probed after every epoch
-    all_fractions_at: tuple[int, ...] = ()       # epochs (besides the last) also probed with every fraction
-    val_fraction: float | None = None            # eval.probe.val_fraction of every probe (top1_val_selected)
-    checkpoints: str = "results/mini/checkpoints"  # base checkpoints <method>.pt
-    results: str = "results/mini"
-    runs: str = "runs/mini"
-    pretrain_runs: str | None = None             # bases exported from <pretrain_runs>/<method>; None: committed
-    optional_methods: tuple[str, ...] = ()       # also run when its base or <pretrain_runs>/<method> exists
-    pretrain_hint: str = "make pretrain-mini"    # the command that makes the bases
-    plateau_every: int | None = None             # probe every n-th kept pre-training epoch (1%, seed 0)
-    transfer: tuple[tuple[str, str], ...] = ()   # (dataset, root) transfer probes (100% labels) of every model
-    lr_factors: tuple[float, ...] = ()           # continued optim.base_lr x factor (1 is the main grid), seed 0
-    lr_methods: tuple[str, ...] = ()
-    fixed: tuple[tuple[str, str, int], ...] | None = None  # only these entries (quick)
-
-    def probe_overrides(self) -> dict:
-        return {} if self.val_fraction is None else {"val_fraction": self.val_fraction}
-
-
-# The paper's methods must have their bases; any other registered method (Barlow Twins, one you add) joins
-# the full grid once its base checkpoint exists (`make pretrain-mini METHODS=<name>` makes it).
-_FULL = Part("full", tuple(m for m in method_names() if get_method(m).in_paper),
-             optional_methods=tuple(m for m in method_names() if not get_method(m).in_paper))
-CONVERGED = Part(
-    "converged", ("vicreg", "swav"), arms=TRAINED_MAIN_ARMS, epochs=20, all_fractions_at=(10,), val_fraction=0.1,
-    checkpoints="results/mini-converged/checkpoints", results="results/mini-converged", runs="runs/mini-converged",
-    pretrain_runs="runs/mini-converged/pretrain", optional_methods=("simsiam",),
-    pretrain_hint="make pretrain-mini-converged", plateau_every=5, transfer=(("digits", "bundled"),),
-    lr_factors=(0.3, 3.0), lr_methods=("vicreg",))
-# The pre-registered study (docs/preregistration.md, e2mc.preregistration): the converged SwAV base,
-# original loss, E2MC and the MMCR positive control, seeds 0-7, otherwise the converged part's settings
-# (so its seeds 0-2 of original and E2MC are the same entries and are not run again).
-PREREGISTERED = dataclasses.replace(
-    CONVERGED, name="preregistered", methods=("swav",), arms=("original", "e2mc", "mmcr"), seeds=tuple(range(8)),
-    optional_methods=(), plateau_every=None, lr_factors=(), lr_methods=())
-PARTS: dict[str, Part] = {"quick": dataclasses.replace(_FULL, name="quick", fixed=tuple(QUICK)), "full": _FULL,
-                          "converged": CONVERGED, "preregistered": PREREGISTERED}
-
-
-def get_part(part: str | Part, checkpoints: str | Path | None = None,
-             epoch_fractions: tuple[float, ...] | None = None, methods: tuple[str, ...] | None = None) -> Part:
-    """``part`` (a name of :data:`PARTS` or a Part) with the given settings replaced; ``methods``
-    restricts it to some of its methods."""
-    if isinstance(part, str):
-        if part not in PARTS:
-            raise UserError(f"part must be one of {', '.join(PARTS)}, got {part!r}")
-        part = PARTS[part]
-    changes: dict = {}
-    if checkpoints is not None:
-        changes["checkpoints"] = str(checkpoints)
-    if epoch_fractions is not None:
-        changes["epoch_fractions"] = tuple(epoch_fractions)
-    if methods:
-        unknown = sorted(set(methods) - set(part.methods) - set(part.optional_methods))
-        if unknown:
-            raise UserError(f"the {part.name} part has no method {', '.join(unknown)}; it has "
-                             + ", ".join(part.methods + part.optional_methods))
-        changes["methods"] = tuple(m for m in part.methods + part.optional_methods if m in methods)
-        changes["optional_methods"] = ()
-        if part.fixed is not None:
-            changes["fixed"] = tuple(e for e in part.fixed if e[0] in methods)
-    return dataclasses.replace(part, **changes) if changes else part
-
-
-def part_methods(part: Part) -> tuple[str, ...]:
-    """The part's methods, with each optional one whose base checkpoint or pre-training run folder exists."""
-    optional = tuple(m for m in part.optional_methods if base_checkpoint(Path(part.checkpoints), m).exists()
-                     or (part.pretrain_runs and (Path(part.pretrain_runs) / m).is_dir()))
-    return part.methods + optional
-
-
-def lr_variants(part: Part) -> list[Arm]:
-    """The learning-rate check: the main arms of ``part.lr_methods`` with ``optim.base_lr`` of the
-    method's mini config times each of ``part.lr_factors`` (variant ``lr<factor>x``)."""
-    arms = []
-    for method in part.lr_methods:
-        base_lr = load_config(_config_path(method)).optim.base_lr
-        for factor in part.lr_factors:
-            for arm in GRID:
-                if arm.method == method and arm.name in TRAINED_MAIN_ARMS:
-                    arms.append(dataclasses.replace(arm, overrides=(*arm.overrides, f"optim.base_lr={base_lr * factor:.6g}"),
-                                                    variant=f"lr{factor:g}x"))
-    return arms
-
-
-def part_arms(part: Part) -> list[Arm]:
-    """Every arm ``part`` may run: those of GRID (its methods and arms), then its variants."""
-    methods = part.methods + part.optional_methods
-    main = [a for a in GRID if a.method in methods and (part.arms is None or a.name in part.arms)]
-    return main + [a for a in lr_variants(part) if a.method in methods]
-
-
-def find_arm(part: Part, method: str, label: str) -> Arm:
-    arm = next((a for a in part_arms(part) if (a.method, a.label) == (method, label)), None)
-    if arm is None:
-        raise UserError(f"no arm {label!r} for {method}; the grid has "
-                         + ", ".join(a.label for a in part_arms(part) if a.method == method))
-    return arm
-
-
-def arm_results_dir(results_dir: Path, arm: Arm) -> Path:
-    """Where an arm's results go: the part's folder, or ``variants/<variant>/`` for a variant."""
-    return Path(results_dir) / VARIANTS_DIR / arm.variant if arm.variant else Path(results_dir)
-
-
-def base_checkpoint(checkpoints: Path, method: str) -> Path:
-    return Path(checkpoints) / f"{method}.pt"
-
 
 DATASET_NAMES = {"fashion_mnist": "Fashion-MNIST", "imagenet": "ImageNet"}
 
@@ -301,47 +120,9 @@ def ensure_bases(part: Part) -> None:
 
 # --- one entry of the grid ----------------------------------------------------------------------
 
-def _config_path(method: str) -> Path:
-    return REPO_ROOT / "configs" / "mini" / f"{method}.yaml"
-
-
-def entry_config(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root: str | None = None,
-                 checkpoints: Path | None = None, epoch_fractions: tuple[float, ...] | None = None,
-                 part: str | Part = "full") -> Config:
-    """The training configuration of (arm, seed) in ``part``: the method's mini config plus the arm's
-    overrides, probing ``epoch_fractions`` (default the part's) of the labels after every epoch."""
-    part = get_part(part, checkpoints, epoch_fractions)
-    fractions = ",".join(f"{f:g}" for f in sorted(set(part.epoch_fractions)))  # one configuration however listed
-    overrides = [*arm.overrides, f"train.seed={seed}", f"train.epochs={part.epochs}",
-                 f"train.init={base_checkpoint(Path(part.checkpoints), arm.method)}",
-                 f"train.output_dir={run_folder(runs_dir, arm.method, arm.label, seed)}",
-                 "eval.every_epoch=true", f"eval.label_fractions=[{fractions}]", f"eval.seeds=[{seed}]",
-                 f"eval.results_dir={arm_results_dir(results_dir, arm) / 'linear_probe'}"]
-    if part.val_fraction is not None:
-        overrides.append(f"eval.probe.val_fraction={part.val_fraction:g}")
-    if data_root:
-        overrides.append(f"data.root={data_root}")
-    cfg = load_config(_config_path(arm.method), overrides)
-    if infer_arm(cfg.to_dict()) != arm.name:  # result files name the arm from the config itself
-        raise AssertionError(f"arm {arm.name} of {arm.method} configures {infer_arm(cfg.to_dict())}")
-    return cfg
-
-
 def training_result_path(results_dir: Path, cfg: Config, arm: str) -> Path:
     return results_dir / "training" / result_filename("training", cfg.method, arm, cfg.data.dataset, cfg.train.epochs,
                                                       None, cfg.train.seed, cfg.hash())
-
-
-def finished_entry(results_dir: Path, cfg: Config, arm: str) -> Path | None:
-    """The training result that marks this entry done (see :func:`e2mc.results.existing_result`);
-    None when there is none. Raises ValueError when the folder holds this entry trained with another
-    configuration, rather than skip it or mix the two in one table."""
-    try:
-        return existing_result(results_dir / "training", "training", cfg.method, arm, cfg.data.dataset,
-                               cfg.train.epochs, None, cfg.train.seed, cfg.hash())
-    except ConflictingResultError as error:
-        raise ConflictingResultError(f"{error}. {_config_path(cfg.method)} gives the configuration this grid "
-                                     "runs now") from None
 
 
 def _check_run_folder(cfg: Config) -> None:
@@ -404,8 +185,8 @@ def run_entry(arm: Arm, seed: int, results_dir: Path, runs_dir: Path, data_root:
     if part.transfer:
         evaluate_checkpoint(final, results_dir / "transfer", _transfer_plan(part, (seed,)), arm=arm.name,
                             epoch=part.epochs, skip_existing=True, workers=TRANSFER_WORKERS)
-    if seed == 0 and not any((results_dir / "diagnostics").glob(
-            result_filename("diagnostics", cfg.method, arm.name, cfg.data.dataset, part.epochs, None, seed, "*"))):
+    if seed == 0 and not find_results(results_dir / "diagnostics", "diagnostics", cfg.method, arm.name,
+                                      cfg.data.dataset, part.epochs, None, seed):
         diagnose_checkpoint(final, results_dir / "diagnostics", arm=arm.name, epoch=part.epochs, data_root=data_root,
                             n_images=DIAGNOSTIC_IMAGES)
     missing = [f"epoch {e} at {f:g}" for e in range(part.epochs + 1) for f in sorted(set(part.epoch_fractions))
@@ -445,52 +226,16 @@ def evaluate_base(method: str, results_dir: Path, data_root: str | None = None,
     if part.transfer:
         evaluate_checkpoint(checkpoint, results_dir / "transfer", _transfer_plan(part, part.seeds), arm="base",
                             epoch=0, skip_existing=True, workers=TRANSFER_WORKERS)
-    diagnostics = results_dir / "diagnostics"
-    if not any(diagnostics.glob(f"diagnostics_{method}_base_*")):
-        diagnose_checkpoint(checkpoint, diagnostics, arm="base", epoch=0, data_root=data_root,
+    if not find_results(results_dir / "diagnostics", "diagnostics", method, "base", DATASET, 0, None, 0):
+        diagnose_checkpoint(checkpoint, results_dir / "diagnostics", arm="base", epoch=0, data_root=data_root,
                             n_images=DIAGNOSTIC_IMAGES)
     return "done"
 
 
 # --- the pre-training plateau --------------------------------------------------------------------
 
-def plateau_epochs(part: Part, method: str) -> list[int]:
-    """The kept pre-training epochs the plateau probes: 0, every ``plateau_every``-th, and the last.
-    Raises FileNotFoundError naming the pretrain command when the run is missing or unfinished."""
-    run_dir = Path(part.pretrain_runs) / method
-    resume = run_dir / "checkpoint.pt"
-    if not resume.exists():
-        raise FileNotFoundError(f"{run_dir} holds no pre-training run; run `{part.pretrain_hint}`")
-    state = checkpoints.load(resume)
-    total = state["config"]["train"]["epochs"]
-    if state["epoch"] != total or state["step"] != 0:
-        raise FileNotFoundError(f"{run_dir} stopped at epoch {state['epoch']} of {total}; finish it with "
-                                f"`{part.pretrain_hint}`")
-    return sorted({*range(0, total + 1, part.plateau_every), total})
-
-
 def _plateau_plan(part: Part) -> EvaluationPlan:
     return EvaluationPlan(("linear_probe",), (0.01,), (0,), probe_overrides=part.probe_overrides())
-
-
-def plateau_pattern(method: str, epoch: int | str) -> str:
-    """The glob of ``method``'s plateau probe at pre-training ``epoch`` ("*": any epoch)."""
-    return result_filename("linear_probe", method, "base", "fashion_mnist", epoch, 0.01, 0, "*")
-
-
-def committed_plateau(part: Part, method: str, results_dir: Path) -> bool:
-    """Whether the plateau sweep of ``method`` was made elsewhere: a fresh clone has the committed
-    probes but not the pre-training run they came from. True when that run is not here and
-    ``results_dir`` holds every epoch :func:`plateau_epochs` would ask for, counted from the run's
-    length the probes record."""
-    if (Path(part.pretrain_runs) / method).exists():
-        return False
-    files = sorted((results_dir / PLATEAU_DIR / "linear_probe").glob(plateau_pattern(method, "*")))
-    if not files:
-        return False
-    total = json.loads(files[0].read_text())["config"]["train"]["epochs"]
-    found = {json.loads(f.read_text())["epoch"] for f in files}
-    return found >= {*range(0, total + 1, part.plateau_every), total}
 
 
 def evaluate_plateau(method: str, results_dir: Path, data_root: str | None = None, part: str | Part = "converged"
@@ -507,64 +252,6 @@ def evaluate_plateau(method: str, results_dir: Path, data_root: str | None = Non
 
 
 # --- the grid ----------------------------------------------------------------------------------
-
-def entries(part: str | Part) -> list[tuple[str, str, int]]:
-    """(method, label, seed) triples; label "base" stands for evaluating the base checkpoint,
-    "plateau" for probing the pre-training run's kept epochs, any other for an arm (:attr:`Arm.label`)."""
-    try:
-        part = get_part(part)
-    except ValueError:
-        raise UserError(f"part must be one of {', '.join(PARTS)} (quick or full for the paper's grid), "
-                         f"got {part!r}") from None
-    if part.fixed is not None:
-        return list(part.fixed)
-    methods = part_methods(part)
-    # Most telling first, so that a partial run already fills the main table: the bases (and the
-    # plateau: are they converged?), then original against E2MC (every seed), then the ablations and
-    # alternative criteria one seed at a time, so that every row of their tables has a value before
-    # any has its interval; then the variants (seed 0).
-    arms = [a for a in GRID if a.method in methods and (part.arms is None or a.name in part.arms)]
-    main = [a for a in arms if a.name in TRAINED_MAIN_ARMS]
-    rest = [a for a in arms if a not in main]
-    return ([(m, "base", 0) for m in methods]
-            + ([(m, "plateau", 0) for m in methods] if part.plateau_every else [])
-            + [(a.method, a.label, s) for s in part.seeds for a in main]
-            + [(a.method, a.label, s) for s in part.seeds for a in rest if a.seeds is None or s in a.seeds]
-            + [(a.method, a.label, 0) for a in lr_variants(part) if a.method in methods])
-
-
-def pending(part: str | Part, results_dir: Path, runs_dir: Path, checkpoints: Path | None = None,
-            epoch_fractions: tuple[float, ...] | None = None) -> list[tuple[str, str, int]]:
-    """The entries of ``part`` whose results are not in ``results_dir`` yet (what a run would do)."""
-    part = get_part(part, checkpoints, epoch_fractions)
-    todo = []
-    for method, label, seed in entries(part):
-        if label == "base":
-            probes = [result_filename("linear_probe", method, "base", "fashion_mnist", 0, f, s, "*")
-                      for f in LABEL_FRACTIONS for s in part.seeds]
-            transfers = [result_filename("transfer", method, "base", f"{name}-pooled", 0, 1.0, s, "*")
-                         for name, _ in part.transfer for s in part.seeds]
-            done = (any((results_dir / "diagnostics").glob(f"diagnostics_{method}_base_*"))
-                    and all(any((results_dir / "linear_probe").glob(p)) for p in probes)
-                    and all(any((results_dir / "transfer").glob(p)) for p in transfers))
-        elif label == "plateau":
-            try:
-                wanted = plateau_epochs(part, method)
-            except FileNotFoundError:
-                wanted = None
-            if wanted is None:
-                done = committed_plateau(part, method, results_dir)
-            else:
-                done = all(any((results_dir / PLATEAU_DIR / "linear_probe").glob(plateau_pattern(method, e)))
-                           for e in wanted)
-        else:
-            arm = find_arm(part, method, label)
-            cfg = entry_config(arm, seed, results_dir, runs_dir, None, part=part)
-            done = finished_entry(arm_results_dir(results_dir, arm), cfg, arm.name) is not None
-        if not done:
-            todo.append((method, label, seed))
-    return todo
-
 
 def run_one(method: str, arm_name: str, seed: int, results_dir: Path, runs_dir: Path,
             data_root: str | None = None, checkpoints: Path | None = None,
@@ -629,67 +316,6 @@ def reproduce(part: str | Part, results_dir: Path, runs_dir: Path, jobs: int = 1
     return sum(code != 0 for code in codes)
 
 
-def compare(reference_dir: Path, rerun_dir: Path) -> str:
-    """A Markdown table of the re-run's final linear-probe top-1 beside the reference folder's, for
-    every (method, arm, label fraction, seed) the re-run has."""
-    from e2mc.results import load
-
-    def final(frame):
-        probes = frame[frame.kind == "linear_probe"]
-        last = probes.groupby(["method", "arm"]).epoch.transform("max")
-        return probes[probes.epoch == last].set_index(["method", "arm", "label_fraction", "seed"])["top1"]
-
-    rerun, reference = final(load(rerun_dir)), final(load(reference_dir))
-    lines = [f"| method | arm | labels | seed | top-1 {reference_dir} | top-1 {rerun_dir} (re-run) |",
-             "|---|---|---|---|---|---|"]
-    for key, value in rerun.sort_index().items():
-        method, arm, fraction, seed = key
-        ref = f"{reference[key]:.2f}" if key in reference.index else "not in reference"
-        lines.append(f"| {method} | {arm} | {100 * fraction:g}% | {seed} | {ref} | {value:.2f} |")
-    return "\n".join(lines)
-
-
-NOTEBOOKS = ("fig2_marginals", "fig6_epochs", "tables")
-# on the results of a part with a plateau sweep or variants (the converged part), also:
-CONVERGED_NOTEBOOKS = ("converged", "preregistered")
-
-
-def execute_notebook(notebook: Path, output: Path, parameters: dict) -> None:
-    """Run one notebook with papermill, its kernel talking over local IPC sockets in a private
-    temporary folder: nothing listens on TCP, so the kernel has no unencrypted transport to warn about."""
-    import papermill
-    from jupyter_client import AsyncKernelManager
-
-    with tempfile.TemporaryDirectory(prefix="e2mc-kernel-") as sockets:
-        class IPCKernelManager(AsyncKernelManager):
-            def __init__(self, **kwargs):
-                super().__init__(transport="ipc", ip=str(Path(sockets) / "kernel"), **kwargs)
-
-        papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
-                                   cwd=str(REPO_ROOT), progress_bar=False, kernel_manager_class=IPCKernelManager)
-
-
-def run_notebooks(results_dir: Path, executed_dir: Path | None = None, readme: Path | None = None) -> None:
-    """Execute every notebook with papermill on ``results_dir``; figures go where notebook_io.resolve_io_dirs says.
-    With ``readme``, its table blocks are then refreshed from the tables written
-    (:func:`e2mc.tables.sync_readme_tables`)."""
-    from e2mc import notebook_io, tables
-
-    executed_dir = executed_dir or Path(tempfile.mkdtemp(prefix="e2mc-notebooks-"))
-    found, _ = notebook_io.resolve_io_dirs(results_dir)
-    converged = (found / PLATEAU_DIR).is_dir() or (found / VARIANTS_DIR).is_dir()
-    for name in NOTEBOOKS + (CONVERGED_NOTEBOOKS if converged else ()):
-        print(f"[notebooks] {name} on {results_dir}", flush=True)
-        execute_notebook(REPO_ROOT / "notebooks" / f"{name}.ipynb", executed_dir / f"{name}.ipynb",
-                         {"results_dir": str(results_dir)})
-    print(f"[notebooks] executed copies in {executed_dir}", flush=True)
-    if readme is not None:
-        _, tables_dir = notebook_io.resolve_io_dirs(results_dir)
-        changed = tables.sync_readme_tables(readme, tables_dir.parent)  # every folder's blocks
-        print(f"[notebooks] {readme}: " + (f"updated table(s) {', '.join(changed)}" if changed
-                                            else "its tables already match"), flush=True)
-
-
 # --- command line ------------------------------------------------------------------------------
 
 def _reproduce_command(args) -> int:
@@ -716,7 +342,7 @@ def _reproduce_command(args) -> int:
         return 0
     failed = reproduce(part, results, runs, args.jobs, args.data_root)
     if args.compare_to:
-        print(compare(Path(args.compare_to), results))
+        print(reports.compare(Path(args.compare_to), results))
     if failed:
         print(f"[reproduce] {failed} entries failed; rerun the same command to retry them", file=sys.stderr)
     return 1 if failed else 0
@@ -736,11 +362,6 @@ def _export_command(args) -> int:
     return 0
 
 
-def _notebooks_command(args) -> int:
-    run_notebooks(Path(args.results), readme=Path(args.readme) if args.readme else None)
-    return 0
-
-
 def _label_fraction(text: str) -> float:
     """A command-line label fraction: one of :data:`LABEL_FRACTIONS`, the fractions the grid reports."""
     fraction = float(text)
@@ -754,8 +375,9 @@ def add_commands(sub) -> None:
     """Register ``reproduce``, ``export-base`` and ``notebooks`` on the e2mc command line."""
     text = "run the mini reproduction grid (continued pre-training, probes, diagnostics) into a results folder"
     p = sub.add_parser("reproduce", help=text, description=text)
-    p.add_argument("--part", choices=tuple(PARTS), default="quick",
-                   help="quick: the entries `make reproduce` re-runs (~15 min on 2 cores); full: the whole grid; "
+    p.add_argument("--part", choices=experiment_names(), default="quick",
+                   help="the experiment configs/experiments/PART.yaml (docs/experiments.md). quick: the entries "
+                        "`make reproduce` re-runs (~15 min on 2 cores); full: the whole grid; "
                         "converged: the grid from the 100-epoch bases of `make pretrain-mini-converged` "
                         "(plateau, 20-epoch continuation, learning-rate check, transfer; docs/converged.md); "
                         "preregistered: SwAV original, E2MC and MMCR from the converged base, seeds 0-7 "
@@ -787,11 +409,4 @@ def add_commands(sub) -> None:
     p.add_argument("--to", required=True, help="destination .pt, e.g. results/mini/checkpoints/vicreg.pt")
     p.add_argument("--force", action="store_true", help="replace an existing destination (and its .json)")
     p.set_defaults(run=_export_command)
-    text = ("execute every notebook on a results folder with papermill, writing figures/<path under results/> "
-            "(<results>/figures for a folder elsewhere)")
-    p = sub.add_parser("notebooks", help=text, description=text)
-    p.add_argument("--results", default="results/mini")
-    p.add_argument("--readme", default=None,
-                   help="also refresh the <!-- e2mc:table FOLDER/NAME --> blocks of this Markdown file from "
-                        "figures/FOLDER/NAME.md")
-    p.set_defaults(run=_notebooks_command)
+    reports.add_command(sub)

@@ -116,6 +116,14 @@ def result_filename(kind: str, method: str, arm: str, dataset: str, epoch: int |
     return f"{safe}_e{epoch_text}_f{fraction}_s{seed}_{(config_hash or 'noconfig')[:8]}.json"
 
 
+def find_results(results_dir: str | os.PathLike, kind: str, method: str, arm: str, dataset: str, epoch: int | str,
+                 label_fraction: float | None, seed: int) -> list[Path]:
+    """The files in ``results_dir`` that hold this result (``epoch`` "*": at any epoch), whatever
+    configuration hash their names carry, in name order; see :func:`existing_result` to match the hash."""
+    pattern = result_filename(kind, method, arm, dataset, epoch, label_fraction, seed, "*")
+    return sorted(Path(results_dir).glob(pattern))
+
+
 class ConflictingResultError(UserError):
     """A results folder already holds this result computed with another configuration."""
 
@@ -132,8 +140,7 @@ def existing_result(results_dir: str | os.PathLike, kind: str, method: str, arm:
     Raises :class:`ConflictingResultError` when the folder holds this result for another
     configuration, rather than let two of one seed into a table.
     """
-    pattern = result_filename(kind, method, arm, dataset, epoch, label_fraction, seed, "*")
-    for path in sorted(Path(results_dir).glob(pattern)):
+    for path in find_results(results_dir, kind, method, arm, dataset, epoch, label_fraction, seed):
         recorded = config_hash(json.loads(path.read_text()).get("config"))
         if recorded == expected_hash:
             return path

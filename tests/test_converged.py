@@ -9,31 +9,32 @@ import pytest
 from PIL import Image
 from torch.utils.data import Dataset
 
-from e2mc import checkpoints as ckpt, converged_plots, converged_tables, notebook_io, plots, reproduce
+from e2mc import checkpoints as ckpt, converged_plots, converged_tables, experiments, notebook_io, plots, reproduce
 from e2mc.evaluation import transfer
 from e2mc.results import load
 from test_reproduce import one_epoch_grid
 
 
-def converged(tmp_path, **changes) -> reproduce.Part:
-    return dataclasses.replace(reproduce.CONVERGED, pretrain_runs=str(tmp_path / "pretrain-runs"), **changes)
+def converged(tmp_path, **changes) -> experiments.Part:
+    return dataclasses.replace(experiments.parts()["converged"], pretrain_runs=str(tmp_path / "pretrain-runs"),
+                               **changes)
 
 
 def test_converged_entries_and_configurations(tmp_path):
     part = converged(tmp_path)
-    todo = reproduce.entries(part)
+    todo = experiments.entries(part)
     assert todo[:4] == [("vicreg", "base", 0), ("swav", "base", 0), ("vicreg", "plateau", 0), ("swav", "plateau", 0)]
     main = [(m, a, s) for m in ("vicreg", "swav") for a in ("original", "e2mc") for s in (0, 1, 2)]
     lr = [("vicreg", f"{a}-lr{f}x", 0) for f in ("0.3", "3") for a in ("original", "e2mc")]
     assert sorted(todo[4:]) == sorted(main + lr) and len(todo) == len(set(todo)) == 4 + 12 + 4
     # simsiam joins when its converged pre-training run exists
     (tmp_path / "pretrain-runs" / "simsiam").mkdir(parents=True)
-    assert ("simsiam", "plateau", 0) in reproduce.entries(part)
-    assert [e for e in reproduce.entries(reproduce.get_part(part, methods=("swav",))) if e[0] != "swav"] == []
+    assert ("simsiam", "plateau", 0) in experiments.entries(part)
+    assert [e for e in experiments.entries(experiments.get_part(part, methods=("swav",))) if e[0] != "swav"] == []
 
     results, runs = tmp_path / "results", tmp_path / "runs"
-    e2mc = reproduce.find_arm(part, "vicreg", "e2mc")
-    cfg = reproduce.entry_config(e2mc, 1, results, runs, part=part)
+    e2mc = experiments.find_arm(part, "vicreg", "e2mc")
+    cfg = experiments.entry_config(e2mc, 1, results, runs, part=part)
     assert cfg.train.epochs == 20 and cfg.eval.label_fractions == [0.01] and cfg.eval.seeds == [1]
     assert cfg.eval.probe.val_fraction == 0.1 and cfg.train.init == "results/mini-converged/checkpoints/vicreg.pt"
     assert part.all_fractions_at == (10,) and part.transfer == (("digits", "bundled"),)
@@ -41,18 +42,18 @@ def test_converged_entries_and_configurations(tmp_path):
     # the learning-rate variants: the same arm name in their results, told apart by their folder
     base_lr = cfg.optim.base_lr
     for factor in (0.3, 3.0):
-        arm = reproduce.find_arm(part, "vicreg", f"e2mc-lr{factor:g}x")
-        varied = reproduce.entry_config(arm, 0, results, runs, part=part)
+        arm = experiments.find_arm(part, "vicreg", f"e2mc-lr{factor:g}x")
+        varied = experiments.entry_config(arm, 0, results, runs, part=part)
         assert varied.optim.base_lr == pytest.approx(base_lr * factor) and arm.name == "e2mc"
         assert varied.eval.results_dir == str(results / "variants" / f"lr{factor:g}x" / "linear_probe")
         assert varied.train.output_dir == str(runs / "vicreg" / f"e2mc-lr{factor:g}x" / "seed0")
     # 1x is the main grid's seed 0, not run twice
     assert not any("lr1x" in label for _, label, _ in todo)
     # the quick and full parts are as before: 10 epochs, no validation split, the committed bases
-    full = reproduce.entry_config(reproduce.find_arm(reproduce.PARTS["full"], "vicreg", "e2mc"), 0, results, runs)
+    full = experiments.entry_config(experiments.find_arm(experiments.parts()["full"], "vicreg", "e2mc"), 0, results, runs)
     assert full.train.epochs == 10 and full.eval.probe.val_fraction is None
     with pytest.raises(ValueError, match="the converged part has no method barlowtwins"):
-        reproduce.get_part(part, methods=("barlowtwins",))
+        experiments.get_part(part, methods=("barlowtwins",))
 
 
 def test_missing_or_unfinished_bases_name_the_pretrain_command(tmp_path, monkeypatch):
@@ -108,7 +109,7 @@ def test_a_converged_entry_end_to_end(tmp_path, monkeypatch):
     for label in ("base", "original", "e2mc", "e2mc-lr3x"):
         assert reproduce.run_one("vicreg", label, 0, results, runs, str(data_root), part=part) == "done"
     assert reproduce.run_one("vicreg", "e2mc-lr3x", 0, results, runs, str(data_root), part=part) == "skipped"
-    assert reproduce.pending(part, results, runs) == [("vicreg", "plateau", 0), ("vicreg", "original-lr0.3x", 0),
+    assert experiments.pending(part, results, runs) == [("vicreg", "plateau", 0), ("vicreg", "original-lr0.3x", 0),
                                                       ("vicreg", "e2mc-lr0.3x", 0), ("vicreg", "original-lr3x", 0)]
 
     frame = load(results)  # variants/ left out
@@ -156,18 +157,18 @@ def test_plateau_probes_every_fifth_kept_epoch(tmp_path, monkeypatch):
                          run / f"checkpoint-epoch{epoch:03d}.pt")
     part = converged(tmp_path, methods=("vicreg",), optional_methods=())
     with pytest.raises(FileNotFoundError, match=r"holds no pre-training run; run `make pretrain-mini-converged`"):
-        reproduce.plateau_epochs(part, "vicreg")
+        experiments.plateau_epochs(part, "vicreg")
     ckpt.save_atomic({**state, "epoch": 3, "step": 0}, run / "checkpoint.pt")
     with pytest.raises(FileNotFoundError, match=r"stopped at epoch 3 of 12; finish it with `make pretrain-mini"):
-        reproduce.plateau_epochs(part, "vicreg")
+        experiments.plateau_epochs(part, "vicreg")
     ckpt.save_atomic({**state, "epoch": 12, "step": 0}, run / "checkpoint.pt")
-    assert reproduce.plateau_epochs(part, "vicreg") == [0, 5, 10, 12]
+    assert experiments.plateau_epochs(part, "vicreg") == [0, 5, 10, 12]
     results = tmp_path / "results"
     assert reproduce.run_one("vicreg", "plateau", 0, results, tmp_path / "runs", str(data_root), part=part) == "done"
     plateau = notebook_io.load_results(results / "plateau")
     assert sorted(plateau.epoch) == [0, 5, 10, 12] and set(plateau.arm) == {"base"}
     assert set(plateau.label_fraction) == {0.01} and plateau.top1_val_selected.notna().all()
-    assert ("vicreg", "plateau", 0) not in reproduce.pending(part, results, tmp_path / "runs")
+    assert ("vicreg", "plateau", 0) not in experiments.pending(part, results, tmp_path / "runs")
     with pytest.raises(FileNotFoundError, match="no result files"):  # load(results) leaves plateau/ out
         load(results)
     figure = converged_plots.pretraining_plateau(plateau)
@@ -176,9 +177,9 @@ def test_plateau_probes_every_fifth_kept_epoch(tmp_path, monkeypatch):
     # A fresh clone holds the committed sweep but not the pre-training run: done, and not re-run;
     # with one of its epochs missing it is pending again (and fails naming the pretrain command).
     shutil.rmtree(run)
-    assert ("vicreg", "plateau", 0) not in reproduce.pending(part, results, tmp_path / "runs")
+    assert ("vicreg", "plateau", 0) not in experiments.pending(part, results, tmp_path / "runs")
     assert reproduce.run_one("vicreg", "plateau", 0, results, tmp_path / "runs", str(data_root), part=part) == "skipped"
     next((results / "plateau" / "linear_probe").glob("*_e010_*")).unlink()
-    assert ("vicreg", "plateau", 0) in reproduce.pending(part, results, tmp_path / "runs")
+    assert ("vicreg", "plateau", 0) in experiments.pending(part, results, tmp_path / "runs")
     with pytest.raises(FileNotFoundError, match="holds no pre-training run"):
         reproduce.run_one("vicreg", "plateau", 0, results, tmp_path / "runs", str(data_root), part=part)

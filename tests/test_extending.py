@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from e2mc import reproduce
+from e2mc import experiments
 from e2mc.__main__ import main
 from e2mc.build import build_network
 from e2mc.checkpoints import load
@@ -87,13 +87,13 @@ def test_a_new_method_pretrains_exports_and_continues_with_a_probe_every_epoch(s
 
 
 def test_a_registered_method_joins_the_full_grid_only_once_its_base_exists(simclr, tmp_path):
-    full = dataclasses.replace(reproduce.PARTS["full"], checkpoints=str(tmp_path),
+    full = dataclasses.replace(experiments.parts()["full"], checkpoints=str(tmp_path),
                                optional_methods=("barlowtwins", "simclr"))
     paper = tuple(m for m in method_names() if get_method(m).in_paper)
-    assert reproduce.part_methods(full) == paper  # no base yet: not in the grid, and nothing fails
+    assert experiments.part_methods(full) == paper  # no base yet: not in the grid, and nothing fails
     torch.save({}, tmp_path / "simclr.pt")
-    assert reproduce.part_methods(full) == (*paper, "simclr")
-    assert reproduce.PARTS["full"].methods == paper
+    assert experiments.part_methods(full) == (*paper, "simclr")
+    assert experiments.parts()["full"].methods == paper
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")

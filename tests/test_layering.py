@@ -66,7 +66,8 @@ def test_nothing_below_or_beside_the_loop_imports_it(module):
 
 @pytest.mark.parametrize("module", BELOW_TRAINING)
 def test_the_bottom_layers_do_not_import_evaluation_or_launchers(module):
-    for upper in ("e2mc.evaluation", "e2mc.runs", "e2mc.reproduce", "e2mc.launcher", "e2mc.cluster"):
+    for upper in ("e2mc.evaluation", "e2mc.runs", "e2mc.experiments", "e2mc.reproduce", "e2mc.reports", "e2mc.launcher",
+                  "e2mc.cluster"):
         assert reaches(module, upper) is None, f"{module} reaches {upper}: {reaches(module, upper)}"
 
 

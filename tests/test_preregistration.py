@@ -8,7 +8,7 @@ from scipy import stats
 
 from e2mc import preregistration as prereg
 from e2mc.frames import MissingResultsError
-from e2mc.reproduce import CONVERGED, PREREGISTERED, entries, entry_config, find_arm
+from e2mc.experiments import entries, entry_config, find_arm, parts
 
 
 def test_paired_t_test_matches_scipy():
@@ -104,18 +104,19 @@ def test_the_preregistered_part_reuses_the_converged_entries():
     """Seeds 0-2 of original and E2MC are the converged part's entries (same configuration hash), so
     the study takes them up rather than re-running them; MMCR comes after every primary seed."""
     from pathlib import Path
+    converged, preregistered = parts()["converged"], parts()["preregistered"]
     for arm_name in ("original", "e2mc"):
         for seed in (0, 1, 2):
-            ours = entry_config(find_arm(PREREGISTERED, "swav", arm_name), seed, Path("results/x"), Path("runs/x"),
-                                part=PREREGISTERED)
-            theirs = entry_config(find_arm(CONVERGED, "swav", arm_name), seed, Path("results/x"), Path("runs/x"),
-                                  part=CONVERGED)
+            ours = entry_config(find_arm(preregistered, "swav", arm_name), seed, Path("results/x"), Path("runs/x"),
+                                part=preregistered)
+            theirs = entry_config(find_arm(converged, "swav", arm_name), seed, Path("results/x"), Path("runs/x"),
+                                  part=converged)
             assert ours.hash() == theirs.hash()
-    order = entries(PREREGISTERED)
+    order = entries(preregistered)
     assert order[0] == ("swav", "base", 0)
     arms = [label for _, label, _ in order[1:]]
     assert arms[:16] == ["original", "e2mc"] * 8 and arms[16:] == ["mmcr"] * 8
-    assert prereg.SEEDS == PREREGISTERED.seeds
+    assert prereg.SEEDS == preregistered.seeds
 
 
 def _complete_frame(seed: int = 7) -> pd.DataFrame:

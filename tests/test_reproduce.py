@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from e2mc.methods import get_method, method_names
-from e2mc import reproduce
+from e2mc import experiments, reports, reproduce
 from e2mc.config import load_config
 from e2mc.naming import infer_arm
 from e2mc.results import load
@@ -18,25 +18,26 @@ from fake_data import write_fake_fashion_mnist
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("arm", reproduce.GRID, ids=lambda a: f"{a.method}-{a.name}")
+@pytest.mark.parametrize("arm", experiments.parts()["full"].grid, ids=lambda a: f"{a.method}-{a.name}")
 def test_every_arm_configures_the_arm_it_is_named_after(tmp_path, arm):
-    cfg = reproduce.entry_config(arm, 1, tmp_path / "results", tmp_path / "runs")
+    cfg = experiments.entry_config(arm, 1, tmp_path / "results", tmp_path / "runs")
     assert infer_arm(cfg.to_dict()) == arm.name
-    assert cfg.train.seed == 1 and cfg.eval.seeds == [1] and cfg.train.epochs == reproduce.EPOCHS
+    assert cfg.train.seed == 1 and cfg.eval.seeds == [1] and cfg.train.epochs == 10
     # the fractions probed every epoch are one configuration in whatever order they are given
-    every = reproduce.entry_config(arm, 1, tmp_path / "results", tmp_path / "runs", epoch_fractions=(1.0, 0.01, 0.1))
+    every = experiments.entry_config(arm, 1, tmp_path / "results", tmp_path / "runs", epoch_fractions=(1.0, 0.01, 0.1))
     assert every.eval.label_fractions == [0.01, 0.1, 1.0]
-    assert every.hash() == reproduce.entry_config(arm, 1, tmp_path / "results", tmp_path / "runs",
-                                                  epoch_fractions=(0.01, 0.1, 1.0, 0.1)).hash() != cfg.hash()
+    assert every.hash() == experiments.entry_config(arm, 1, tmp_path / "results", tmp_path / "runs",
+                                                    epoch_fractions=(0.01, 0.1, 1.0, 0.1)).hash() != cfg.hash()
 
 
 def test_full_grid_has_three_seeds_of_every_arm_and_each_base():
-    full = reproduce.entries("full")
+    full = experiments.entries("full")
     bases = len(method_names())
-    searches = [a for a in reproduce.GRID if a.seeds is not None]  # short searches: their seeds only
+    grid = experiments.parts()["full"].grid
+    searches = [a for a in grid if a.seeds is not None]  # short searches: their seeds only
     assert searches and all(a.seeds == (0,) for a in searches)
-    assert len(full) == len(set(full)) == bases + 3 * (len(reproduce.GRID) - len(searches)) + len(searches)
-    assert set(reproduce.QUICK) <= set(full)
+    assert len(full) == len(set(full)) == bases + 3 * (len(grid) - len(searches)) + len(searches)
+    assert set(experiments.entries("quick")) <= set(full)
     # order: bases, then original vs E2MC at every seed, then the other arms one seed at a time
     position = {entry: i for i, entry in enumerate(full)}
     main = [e for e in full if e[1] in ("original", "e2mc")]
@@ -44,8 +45,8 @@ def test_full_grid_has_three_seeds_of_every_arm_and_each_base():
     assert [e[1] for e in full[:bases]] == ["base"] * bases
     assert max(position[e] for e in main) < min(position[e] for e in others)
     assert max(position[e] for e in others if e[2] == 0) < min(position[e] for e in others if e[2] == 1)
-    with pytest.raises(ValueError, match="quick or full"):
-        reproduce.entries("most")
+    with pytest.raises(ValueError, match="part must be one of converged, full, preregistered, quick"):
+        experiments.entries("most")
 
 
 def one_epoch_grid(tmp_path, monkeypatch, n_train: int = 512) -> tuple[Path, Path]:
@@ -56,9 +57,9 @@ def one_epoch_grid(tmp_path, monkeypatch, n_train: int = 512) -> tuple[Path, Pat
     train(load_config(ROOT / "configs/mini/pretrain/vicreg.yaml",
                       [f"data.root={data_root}", "train.epochs=0", f"train.output_dir={pretrain}"]))
     checkpoints = tmp_path / "checkpoints"
-    reproduce.export_base_checkpoint(pretrain, reproduce.base_checkpoint(checkpoints, "vicreg"))
-    for name, part in list(reproduce.PARTS.items()):
-        monkeypatch.setitem(reproduce.PARTS, name, dataclasses.replace(part, epochs=1, seeds=(0,)))
+    reproduce.export_base_checkpoint(pretrain, experiments.base_checkpoint(checkpoints, "vicreg"))
+    for name, part in list(experiments.parts().items()):
+        monkeypatch.setitem(experiments.parts(), name, dataclasses.replace(part, epochs=1, seeds=(0,)))
     monkeypatch.setattr(reproduce, "DIAGNOSTIC_IMAGES", 100)
     return data_root, checkpoints
 
@@ -84,11 +85,11 @@ def test_entry_writes_probes_diagnostics_and_training_then_skips(tmp_path, monke
     segment = training.extra["segments"][0]["provenance"]  # the code that trained it, diff hash if dirty
     assert {"git_commit", "git_dirty", "git_diff_sha256"} <= set(segment)
     assert segment["git_commit"] == training.provenance_git_commit
-    exported = json.loads(reproduce.base_checkpoint(checkpoints, "vicreg").with_suffix(".json").read_text())
+    exported = json.loads(experiments.base_checkpoint(checkpoints, "vicreg").with_suffix(".json").read_text())
     assert [seg["origin"] for seg in exported["training_segments"]] == ["random initialisation"]
     assert exported["training_segments"][0]["provenance"]["git_commit"] == exported["export_provenance"]["git_commit"]
     assert training.criterion_name == "e2mc"
-    table = reproduce.compare(results, results).splitlines()
+    table = reports.compare(results, results).splitlines()
     assert len(table) == 2 + 3 + 3  # header, base at 3 fractions, e2mc's last epoch at 3 fractions
     row = next(line for line in table if "| e2mc | 10% |" in line)
     cells = [c.strip() for c in row.split("|")[1:-1]]
@@ -161,7 +162,7 @@ def test_the_committed_grid_is_found_finished():
     """A dry run of `make reproduce-full` has nothing of the paper's methods left to train: the 63
     committed entries of results/mini are found as finished under today's configuration hashes."""
     # as `make reproduce-full` runs it: the checkpoints path relative to the repository (train.init is hashed)
-    todo = reproduce.pending("full", ROOT / "results" / "mini", ROOT / "runs" / "mini", Path("results/mini/checkpoints"))
-    done = [e for e in reproduce.entries("full") if e not in todo]
+    todo = experiments.pending("full", ROOT / "results" / "mini", ROOT / "runs" / "mini", Path("results/mini/checkpoints"))
+    done = [e for e in experiments.entries("full") if e not in todo]
     assert len([e for e in done if get_method(e[0]).in_paper]) == 63
     assert not [e for e in todo if get_method(e[0]).in_paper]
