@@ -149,11 +149,6 @@ def default_value(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
-def _is_number(value: Any, integer: bool) -> bool:
-    kinds = int if integer else (int, float)
-    return isinstance(value, kinds) and not isinstance(value, bool)
-
-
 def _check_one(key: str, value: Any, rule: Rule, many: bool) -> None:
     if rule.choices:
         if value not in rule.choices:
@@ -212,6 +207,7 @@ def check_shared(section: str, settings: Any) -> None:
 
 
 def check_transfer(protocols: Any, datasets: Any) -> None:
+    """The transfer protocol needs a dataset to transfer to."""
     if "transfer" in protocols and not datasets:
         raise UserError("the transfer protocol needs at least one dataset: eval.transfer.datasets={cifar10: "
                         "/data/cifar} in a configuration, --transfer cifar10=/data/cifar on the command line")
