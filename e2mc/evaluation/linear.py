@@ -7,6 +7,8 @@ test split after every epoch. Accuracies are percentages. A probe's result repor
 With ``ProbeSettings.val_fraction > 0`` it also holds out a class-balanced validation part of the
 labelled set, measures it after every epoch too, and reports the test accuracy at the epoch of best
 validation accuracy (``top1_val_selected``): an epoch choice that never looks at the test labels.
+The settings that a configuration's ``eval.probe`` section shares with :class:`ProbeSettings` obey that
+section's rules (:func:`e2mc.eval_settings.check_shared`).
 
 * :func:`train_linear_probe` works on cached features (extract once, see
   :func:`e2mc.evaluation.sources.extract_features`), standardised with the training set's mean and
@@ -244,7 +246,9 @@ def check_labels(x: torch.Tensor, y: torch.Tensor, num_classes: int, name: str, 
 
 
 @torch.no_grad()
-def measure_accuracy(layer: nn.Linear, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> tuple[float, float]:
+def measure_accuracy(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (percent) of the classifier ``layer`` on inputs ``x`` (N, ...) with labels
+    ``y`` (N,), ``chunk`` rows at a time."""
     correct = [0, 0]
     for start in range(0, len(x), chunk):
         hits = topk_correct(layer(x[start:start + chunk]), y[start:start + chunk])
