@@ -23,12 +23,12 @@ import yaml
 from e2mc.criteria import TRANSFORMS, criterion_names
 from e2mc.data.registry import dataset_names
 from e2mc.errors import UserError
+# The eval section is declared, and checked, in e2mc.eval_settings; its names are re-exported here.
+from e2mc.eval_settings import (LABEL_FRACTIONS, PROTOCOLS, EvalConfig, FinetuneConfig, ProbeConfig,  # noqa: F401
+                                TransferConfig, check_eval)
 from e2mc.methods import method_names
 from e2mc.provenance import write_atomic
 
-# The label fractions every evaluation reports unless told otherwise (the paper's 1%, 10%, 100%).
-LABEL_FRACTIONS = (0.01, 0.1, 1.0)
-PROTOCOLS = ("linear_probe", "finetune", "transfer")
 MAX_CONFIG_BYTES = 1 << 20  # a configuration is small; a larger one is a mistake (or a YAML alias bomb)
 MAX_YAML_NODES = 100_000    # values in a YAML document once its aliases are expanded (a config has ~100)
 
@@ -99,53 +99,6 @@ class TrainConfig:
 
 
 @dataclass
-class ProbeConfig:
-    """The linear probe. Unset (null) settings take the protocol's defaults (e2mc.evaluation.linear)."""
-
-    on: str | None = None             # features (cached, standardised: the mini default) or images (the
-                                      # authors' ImageNet protocol, the default for ImageNet); null: by dataset
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    weight_decays: list | None = None  # choose the weight decay from this grid on held-out labelled images
-    val_fraction: float | None = None  # held out of the labelled set to choose the epoch (top1_val_selected)
-
-
-@dataclass
-class FinetuneConfig:
-    """Semi-supervised fine-tuning (SwAV's eval_semisup protocol); null settings take its defaults."""
-
-    epochs: int | None = None
-    batch_size: int | None = None
-    backbone_lr: float | None = None
-    head_lr: float | None = None
-    schedule: str | None = None       # step or cosine
-
-
-@dataclass
-class TransferConfig:
-    """Transfer: linear evaluation on other datasets, each read from a local folder."""
-
-    datasets: dict = field(default_factory=dict)  # name -> local root, e.g. {cifar10: /data/cifar}
-    protocol: str | None = None       # reglog (the authors': RegLog head on the last feature map, trained on
-                                      # augmented images) or pooled (a linear layer on pooled features);
-                                      # null: reglog when the probe runs on images, pooled on cached features
-
-
-@dataclass
-class EvalConfig:
-    every_epoch: bool = False         # evaluate after every epoch of training (the data of Fig. 6)
-    label_fractions: list = field(default_factory=lambda: list(LABEL_FRACTIONS))
-    seeds: list = field(default_factory=lambda: [0])
-    results_dir: str | None = None    # where the evaluation JSON files go (default <output_dir>/eval)
-    protocols: list = field(default_factory=lambda: ["linear_probe"])  # any of linear_probe, finetune, transfer
-    probe: ProbeConfig = field(default_factory=lambda: ProbeConfig())
-    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig())
-    transfer: TransferConfig = field(default_factory=lambda: TransferConfig())
-
-
-@dataclass
 class Config:
     method: str = "vicreg"            # a method of the registry (e2mc.methods): vicreg, swav, simsiam, ...
     data: DataConfig = field(default_factory=DataConfig)
@@ -180,7 +133,7 @@ LOCATION_FIELDS = (("train", "output_dir"), ("data", "root"), ("data", "workers"
 # that the hash of every configuration that existed before them (and the result files named by it) stays.
 ADDED_AFTER_FIRST_RESULTS = (("train", "restore_release_optimizer"), ("eval", "protocols"), ("eval", "probe"),
                              ("eval", "finetune"), ("eval", "transfer"), ("optim", "bias_base_lr"),
-                             ("criterion", "eps"))
+                             ("criterion", "eps"), ("eval", "batch_size"))
 
 
 class _CountingLoader(yaml.SafeLoader):
@@ -375,42 +328,10 @@ def validate(cfg: Config) -> None:
     if cfg.criterion.params and cfg.criterion.name in ("none", "e2mc"):
         raise ConfigError(f"criterion.params is for the alternative criteria; with criterion.name="
                           f"{cfg.criterion.name} it would be ignored: remove it")
-    for f in cfg.eval.label_fractions:
-        if not (isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1):
-            raise ConfigError(f"eval.label_fractions must hold numbers in (0, 1], got {f!r}")
-    if not cfg.eval.label_fractions or not cfg.eval.seeds:
-        raise ConfigError("eval.label_fractions and eval.seeds must not be empty, e.g. eval.seeds=[0]")
-    for s in cfg.eval.seeds:
-        if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2 ** 63:
-            raise ConfigError(f"eval.seeds must hold integers in [0, 2**63), got {s!r}")
-    for key, values in (("eval.seeds", cfg.eval.seeds), ("eval.label_fractions", cfg.eval.label_fractions)):
-        repeated = sorted({v for v in values if values.count(v) > 1})
-        if repeated:  # each (fraction, seed) is one result file: a repeat would be computed twice, kept once
-            raise ConfigError(f"{key} repeats {', '.join(map(str, repeated))}; list each once")
-    for p in cfg.eval.protocols:
-        choice(p, PROTOCOLS, "eval.protocols")
-    probe, tune = cfg.eval.probe, cfg.eval.finetune
-    if probe.on is not None:
-        choice(probe.on, ("features", "images"), "eval.probe.on")
-    for key in ("epochs", "batch_size"):
-        number(getattr(probe, key), f"eval.probe.{key}", 1)
-        number(getattr(tune, key), f"eval.finetune.{key}", 1)
-    for key in ("lr", "weight_decay"):
-        number(getattr(probe, key), f"eval.probe.{key}", 0, strict=key == "lr")
-    for key in ("backbone_lr", "head_lr"):
-        number(getattr(tune, key), f"eval.finetune.{key}", 0)
-    if probe.val_fraction is not None and not 0 <= probe.val_fraction < 1:
-        raise ConfigError(f"eval.probe.val_fraction must lie in [0, 1), got {probe.val_fraction!r}")
-    if tune.schedule is not None:
-        choice(tune.schedule, ("step", "cosine"), "eval.finetune.schedule")
-    for name, root in cfg.eval.transfer.datasets.items():
-        if not isinstance(root, str) or not root:
-            raise ConfigError(f"eval.transfer.datasets.{name} must be the dataset's local folder, got {root!r}")
-    if cfg.eval.transfer.protocol is not None:
-        choice(cfg.eval.transfer.protocol, ("reglog", "pooled"), "eval.transfer.protocol")
-    if "transfer" in cfg.eval.protocols and not cfg.eval.transfer.datasets:
-        raise ConfigError("eval.protocols has transfer but eval.transfer.datasets is empty; e.g. "
-                          "eval.transfer.datasets={cifar10: /data/cifar}")
+    try:
+        check_eval(cfg.eval)
+    except UserError as e:  # the same one line, as a configuration's error
+        raise ConfigError(str(e)) from None
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -17,7 +17,6 @@ transfer probe; see docs/converged.md. An entry whose results already exist (the
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import subprocess
@@ -30,6 +29,7 @@ from e2mc import checkpoints, reports
 from e2mc.config import LABEL_FRACTIONS, Config, config_from_dict
 from e2mc.criteria import criterion_record
 from e2mc.errors import UserError, check_writable_folder
+from e2mc.eval_settings import label_fraction_option
 from e2mc.evaluation.cli import positive_int
 from e2mc.evaluation.runner import (EvaluationPlan, diagnose_checkpoint, evaluate_checkpoint,
                                     make_epoch_probe_hook, plan_from_config, sweep)
@@ -364,11 +364,7 @@ def _export_command(args) -> int:
 
 def _label_fraction(text: str) -> float:
     """A command-line label fraction: one of :data:`LABEL_FRACTIONS`, the fractions the grid reports."""
-    fraction = float(text)
-    if fraction not in LABEL_FRACTIONS:
-        raise argparse.ArgumentTypeError(f"{text} is not one of the grid's label fractions "
-                                         f"{' '.join(f'{f:g}' for f in LABEL_FRACTIONS)}")
-    return fraction
+    return label_fraction_option(text, among=LABEL_FRACTIONS)
 
 
 def add_commands(sub) -> None:

@@ -47,7 +47,7 @@ def reaches(start: str, target: str) -> list[str] | None:
 
 # Below the training loop: what a run is built from. Evaluation sits beside training, above these.
 BELOW_TRAINING = ["e2mc.checks", "e2mc.heads", "e2mc.criterion", "e2mc.distributed", "e2mc.objectives", "e2mc.models", "e2mc.methods",
-                  "e2mc.criteria", "e2mc.config", "e2mc.optim", "e2mc.batches", "e2mc.diagnostics",
+                  "e2mc.criteria", "e2mc.config", "e2mc.eval_settings", "e2mc.optim", "e2mc.batches", "e2mc.diagnostics",
                   "e2mc.checkpoints", "e2mc.build", "e2mc.naming", "e2mc.results", "e2mc.data", "e2mc.provenance",
                   "e2mc.frames", "e2mc.plots", "e2mc.tables", "e2mc.claims", "e2mc.figure_style",
                   "e2mc.notebook_io", "e2mc.converged_plots", "e2mc.converged_tables", "e2mc.registry"]

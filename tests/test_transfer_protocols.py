@@ -10,8 +10,8 @@ from torch import nn
 from e2mc import results
 from e2mc.config import ConfigError, load_config
 from e2mc.evaluation import EvaluationPlan, ProbeSettings, TensorImages, evaluate_network, plan_from_config
-from e2mc.evaluation.linear import (AUTHORS_TRANSFER_PROBE, RegLog, cosine_lr, epoch_lr, feature_map,
-                                    spatial_trunk, train_linear_on_images)
+from e2mc.evaluation.image_probe import RegLog, feature_map, spatial_trunk, train_linear_on_images
+from e2mc.evaluation.linear import AUTHORS_TRANSFER_PROBE, cosine_lr, epoch_lr
 from e2mc.evaluation.runner import ResultContext
 from e2mc.methods import build_model
 from e2mc.models import build_backbone
@@ -190,7 +190,7 @@ def test_transfer_protocol_is_chosen_by_plan_and_config():
                           probe_overrides={"epochs": 3})
     assert plan.transfer_protocol_name() == "reglog"
     assert plan.transfer_settings() == ProbeSettings(**{**AUTHORS_TRANSFER_PROBE.__dict__, "epochs": 3})
-    with pytest.raises(ValueError, match="transfer_protocol must be one of reglog, pooled"):
+    with pytest.raises(ValueError, match="eval.transfer.protocol must be one of reglog, pooled"):
         EvaluationPlan(("transfer",), transfer=transfer, transfer_protocol="swav")
     config = ROOT / "configs/mini/vicreg.yaml"
     cfg = load_config(config, ["eval.transfer.protocol=reglog"])

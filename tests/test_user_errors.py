@@ -45,12 +45,12 @@ def one_line_error(capsys, argv) -> str:
 # --- one exception type for user errors (issue 22 item 8) ----------------------------------------
 
 def test_a_bug_keeps_its_traceback_while_bad_input_is_one_line(capsys, monkeypatch, tmp_path):
-    from e2mc.evaluation import runner
+    from e2mc.evaluation import cli
 
     def bug(*args, **kwargs):
         raise ValueError("an internal invariant broke")
 
-    monkeypatch.setattr(runner, "evaluate_checkpoint", bug)
+    monkeypatch.setattr(cli, "evaluate_checkpoint", bug)
     argv = ["evaluate", "--checkpoint", tmp_path / "x.pt", "--results-dir", tmp_path / "out"]
     with pytest.raises(ValueError, match="an internal invariant broke"):
         main([str(a) for a in argv])
@@ -58,7 +58,7 @@ def test_a_bug_keeps_its_traceback_while_bad_input_is_one_line(capsys, monkeypat
     def bad_input(*args, **kwargs):
         raise UserError("x.pt is not a checkpoint; give another")
 
-    monkeypatch.setattr(runner, "evaluate_checkpoint", bad_input)
+    monkeypatch.setattr(cli, "evaluate_checkpoint", bad_input)
     assert one_line_error(capsys, argv).strip() == "error: x.pt is not a checkpoint; give another"
 
 
@@ -176,6 +176,13 @@ def test_a_repeated_grid_axis_is_refused(capsys):
     ("optim.momentum=5", "optim.momentum must be < 1"),
     ("eval.seeds=[0, 0]", "eval.seeds repeats 0"),
     ("eval.label_fractions=[0.1, 0.1]", "eval.label_fractions repeats 0.1"),
+    ("eval.seeds=[-1]", "eval.seeds must hold integers in [0, 2**63), got -1"),
+    ("eval.protocols=[]", "eval.protocols must not be empty, e.g. eval.protocols=['linear_probe']"),
+    ("eval.probe.val_fraction=1", "eval.probe.val_fraction must lie in [0, 1), got 1.0"),
+    ("eval.probe.weight_decays=[0.1, -1]", "eval.probe.weight_decays must hold numbers >= 0, got -1"),
+    ("eval.finetune.schedule=linear", "eval.finetune.schedule must be one of step, cosine, got 'linear'"),
+    ("eval.batch_size=0", "eval.batch_size must be >= 1, got 0"),
+    ("eval.transfer.datasets={cifar10: ''}", "eval.transfer.datasets.cifar10 must be the dataset's local folder"),
     ("train.epochs=1", "optim.warmup_epochs=2 is longer than the training (train.epochs=1)"),
 ])
 def test_out_of_range_values_are_refused_by_the_configuration(override, message):

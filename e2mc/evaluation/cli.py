@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
-from e2mc.config import LABEL_FRACTIONS, PROTOCOLS, ConfigError, read_yaml
+from e2mc.config import ConfigError, apply_overrides, config_from_dict, read_yaml
 from e2mc.data.registry import dataset_names
-from e2mc.evaluation.runner import EvaluationPlan
+from e2mc.eval_settings import FIELDS, EvalConfig, default_value, setting_fields
+from e2mc.evaluation.plan import EvaluationPlan, plan_from_config
+from e2mc.evaluation.runner import default_results_dir, diagnose_checkpoint, evaluate_checkpoint, sweep
 from e2mc.methods import method_names
 from e2mc.provenance import require_clean_tree
 from e2mc.evaluation.transfer import TRANSFER_DATASETS
@@ -32,7 +33,7 @@ def _transfer_pair(text: str) -> tuple[str, str]:
     return name, root
 
 
-def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+def _add_data_arguments(p: argparse.ArgumentParser, subsets: bool = True) -> None:
     p.add_argument("--dataset", choices=DATASET_CHOICES,
                    help="evaluation dataset (default: the checkpoint's training dataset; imagenet for releases)")
     p.add_argument("--data-root", help="dataset folder (Fashion-MNIST files; ImageNet: the folder holding train/ "
@@ -40,6 +41,9 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--workers", type=non_negative_int, default=8,
                    help="DataLoader workers (ImageNet, transfer datasets)")
+    if subsets:  # the label subsets of the probes (diagnostics use none)
+        p.add_argument("--subset-dir", help="ImageNet: folder with SimCLR's 1percent.txt / 10percent.txt "
+                                            "(default: --data-root; fetched if absent)")
 
 
 def positive_int(text: str) -> int:
@@ -56,69 +60,64 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def _add_plan_arguments(p: argparse.ArgumentParser, seeds: list[int]) -> None:
+def option(path: str) -> str:
+    """The command-line option of the setting ``eval.<path>``: ``probe.epochs`` is ``--probe-epochs``."""
+    return FIELDS[path].metadata["flag"] or "--" + path.replace(".", "-").replace("_", "-")
+
+
+def _default_text(value) -> str:
+    return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, list) \
+        else str(value)
+
+
+def add_setting_arguments(p: argparse.ArgumentParser, **defaults) -> None:
+    """The options of the evaluation settings, one per field of :class:`e2mc.eval_settings.EvalConfig`
+    (name, type, help and choices from its declaration). An option left out leaves the setting to the
+    configuration: ``defaults`` (by option dest, e.g. ``seeds=[0, 1, 2]``) are this command's own."""
     p.add_argument("overrides", nargs="*", metavar="eval.key=value",
                    help="evaluation settings of the configuration's eval section, e.g. eval.probe.on=images "
                         "eval.probe.epochs=5 eval.finetune.head_lr=0.2 (the options below are shortcuts for these)")
-    p.add_argument("--protocols", nargs="+", choices=PROTOCOLS,
-                   help="linear_probe (frozen backbone), finetune (whole network, SwAV protocol), transfer")
-    p.add_argument("--label-fractions", nargs="+", type=float, metavar="F",
-                   help=f"default {' '.join(f'{f:g}' for f in LABEL_FRACTIONS)}")
-    p.add_argument("--seeds", nargs="+", type=int, default=seeds, metavar="S")
-    p.add_argument("--subset-dir", help="ImageNet: folder with SimCLR's 1percent.txt / 10percent.txt "
-                                        "(default: --data-root; fetched if absent)")
-    p.add_argument("--transfer", action="append", type=_transfer_pair, default=[], metavar="NAME=ROOT",
-                   help=f"transfer dataset and its local folder; NAME in {', '.join(TRANSFER_DATASETS)} (repeatable)")
-    p.add_argument("--transfer-protocol", choices=("reglog", "pooled"),
-                   help="reglog: the authors' iNat18 head on the last feature map (84 epochs, steps 24/48/72; the "
-                        "default on images); pooled: the linear probe on pooled features")
-    p.add_argument("--probe-on", choices=("features", "images"),
-                   help="features: fast probe on cached standardised features (the mini default); images: the "
-                        "authors' protocol, augmented images through the frozen backbone (the ImageNet default)")
-    p.add_argument("--probe-epochs", type=positive_int)
-    p.add_argument("--probe-lr", type=float)
-    p.add_argument("--probe-weight-decay", type=float)
-    p.add_argument("--probe-weight-decays", nargs="+", type=float, metavar="WD",
-                   help="choose the probe's weight decay from this grid on a held-out part of the labelled set")
-    p.add_argument("--probe-batch-size", type=positive_int)
-    p.add_argument("--probe-val-fraction", type=float,
-                   help="hold out this fraction of the labelled set to choose the probe's epoch (top1_val_selected)")
-    p.add_argument("--finetune-epochs", type=positive_int)
-    p.add_argument("--finetune-backbone-lr", type=float)
-    p.add_argument("--finetune-head-lr", type=float)
-    p.add_argument("--finetune-schedule", choices=("step", "cosine"))
-    p.add_argument("--batch-size", type=positive_int, default=512, help="images per forward pass when encoding")
+    for path, f, kind in setting_fields():
+        if not f.metadata["cli"]:
+            continue
+        rule, flag = f.metadata["rule"], option(path)
+        dest = flag[2:].replace("-", "_")
+        default = defaults.get(dest, default_value(f))
+        text = f.metadata["help"] + (f"; NAME in {', '.join(TRANSFER_DATASETS)}" if kind is dict else "")
+        if default not in (None, [], {}):
+            text += f"; default {_default_text(default)}"
+        kwargs = {"metavar": "{" + ",".join(rule.choices) + "}"} if rule.choices else {}
+        if kind is dict:  # NAME=ROOT pairs, repeatable
+            kwargs.update(action="append", type=_transfer_pair, metavar="NAME=ROOT")
+        elif kind is list:
+            kwargs.update(nargs="+", type=f.metadata["item"])
+        else:
+            kwargs.update(type=kind)
+        p.add_argument(flag, dest=dest, default=defaults.get(dest), help=text, **kwargs)
 
 
-def plan_from_args(args: argparse.Namespace) -> EvaluationPlan:
-    """The plan of the command line: its shortcut options become ``eval.*`` overrides, then the
-    explicit overrides apply, and the eval section of that configuration is the plan."""
-    from e2mc.config import load_config
-    from e2mc.evaluation.runner import plan_from_config
-
-    def listing(values) -> str:
-        return "[" + ", ".join(str(v) for v in values) + "]"
-
-    shortcuts = {
-        "eval.protocols": args.protocols and listing(args.protocols),
-        "eval.label_fractions": args.label_fractions and listing(args.label_fractions),
-        "eval.seeds": listing(args.seeds),
-        "eval.transfer.protocol": args.transfer_protocol,
-        "eval.probe.on": args.probe_on, "eval.probe.epochs": args.probe_epochs, "eval.probe.lr": args.probe_lr,
-        "eval.probe.weight_decay": args.probe_weight_decay,
-        "eval.probe.weight_decays": args.probe_weight_decays and listing(args.probe_weight_decays),
-        "eval.probe.batch_size": args.probe_batch_size, "eval.probe.val_fraction": args.probe_val_fraction,
-        "eval.finetune.epochs": args.finetune_epochs, "eval.finetune.backbone_lr": args.finetune_backbone_lr,
-        "eval.finetune.head_lr": args.finetune_head_lr, "eval.finetune.schedule": args.finetune_schedule,
-    }
-    overrides = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
-    overrides += [f"eval.transfer.datasets.{name}={root}" for name, root in args.transfer]
+def settings_from_args(args: argparse.Namespace) -> EvalConfig:
+    """The evaluation settings of a command line: the configuration's defaults, the options given, then
+    the explicit ``eval.*`` overrides, read and checked as a configuration's eval section is."""
+    section: dict = {}
+    for path, f, kind in setting_fields():
+        value = getattr(args, option(path)[2:].replace("-", "_"), None) if f.metadata["cli"] else None
+        if value is not None:
+            *sections, name = path.split(".")
+            node = section
+            for key in sections:
+                node = node.setdefault(key, {})
+            node[name] = dict(value) if kind is dict else value
     for item in args.overrides:
         if not item.startswith("eval."):
             raise ConfigError(f"{item!r}: evaluation takes only eval.* settings (e.g. eval.probe.epochs=5); the "
                               "model's own configuration comes from its checkpoint")
-    cfg = load_config(None, overrides + list(args.overrides))
-    return dataclasses.replace(plan_from_config(cfg.eval, None), extraction_batch_size=args.batch_size)
+    return config_from_dict(apply_overrides({"eval": section}, list(args.overrides))).eval
+
+
+def plan_from_args(args: argparse.Namespace) -> EvaluationPlan:
+    """The plan of the command line's evaluation settings (:func:`settings_from_args`)."""
+    return plan_from_config(settings_from_args(args), None)
 
 
 def _run(command):
@@ -129,8 +128,6 @@ def _run(command):
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from e2mc.evaluation.runner import evaluate_checkpoint
-
     require_clean_tree(args.results_dir)
     paths = evaluate_checkpoint(args.checkpoint, args.results_dir, plan_from_args(args), method=args.method,
                                 arm=args.arm, epoch=args.epoch, dataset=args.dataset, data_root=args.data_root,
@@ -139,8 +136,6 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from e2mc.evaluation.runner import default_results_dir, sweep
-
     saved = Path(args.run_dir) / "config.yaml"  # the run's configuration names its default results folder
     config = read_yaml(saved.read_text(), str(saved)) if saved.is_file() else None
     require_clean_tree(args.results_dir or default_results_dir(config, args.run_dir))
@@ -151,8 +146,6 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _diagnose(args: argparse.Namespace) -> None:
-    from e2mc.evaluation.runner import diagnose_checkpoint
-
     require_clean_tree(args.results_dir)
     diagnose_checkpoint(args.checkpoint, args.results_dir, method=args.method, arm=args.arm, epoch=args.epoch,
                         dataset=args.dataset, data_root=args.data_root, n_images=args.n_images,
@@ -173,7 +166,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help=text, description=text)
     _add_identity_arguments(p)
     _add_data_arguments(p)
-    _add_plan_arguments(p, seeds=[0, 1, 2])
+    add_setting_arguments(p, seeds=[0, 1, 2])
     p.add_argument("--results-dir", required=True, help="where the result JSON files go")
     p.set_defaults(run=_run(_evaluate))
 
@@ -183,8 +176,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", dest="run_dir", required=True,
                    help="the run's output_dir (trained with train.keep_epoch_checkpoints=true)")
     _add_data_arguments(p)
-    _add_plan_arguments(p, seeds=[0])
-    p.set_defaults(seeds=[0])
+    add_setting_arguments(p, seeds=[0])
     p.add_argument("--results-dir", help="default: the run's eval.results_dir, else <run>/eval")
     p.add_argument("--overwrite", action="store_true", help="re-run evaluations whose result file exists")
     p.set_defaults(run=_run(_sweep))
@@ -193,7 +185,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             "RankMe, and 2-D samples of fixed images and dimension pairs (Fig. 2c/d)")
     p = sub.add_parser("diagnose", help=text, description=text)
     _add_identity_arguments(p)
-    _add_data_arguments(p)
+    _add_data_arguments(p, subsets=False)
     p.add_argument("--results-dir", required=True)
     p.add_argument("--n-images", type=int, default=2048, help="test images measured (a fixed seeded choice)")
     p.add_argument("--n-pairs", type=positive_int, default=8, help="dimension pairs whose 2-D samples are stored")

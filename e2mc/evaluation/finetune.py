@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from e2mc.errors import UserError
+from e2mc.eval_settings import check_shared
 from e2mc.evaluation.linear import ProbeResult, cosine_lr, topk_correct
 from e2mc.evaluation.sources import ImageSource, backbone_of, like_network, network_device
 
@@ -39,10 +39,7 @@ class FinetuneSettings:
     max_steps: int | None = None
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("step", "cosine"):
-            raise UserError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise UserError(f"fine-tuning epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        check_shared("finetune", self)  # epochs, batch_size, the learning rates, schedule: as eval.finetune.*
         self.decay_epochs = tuple(int(e) for e in self.decay_epochs)
 
     def to_dict(self) -> dict:

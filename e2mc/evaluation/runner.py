@@ -1,7 +1,6 @@
 """Evaluating checkpoints: which network, which data, which protocols, and one result file per evaluation.
 
-* :func:`load_checkpoint` opens one of our training checkpoints (method, configuration and epoch come
-  from the file) or an official release (``method`` given).
+* :func:`e2mc.evaluation.loading.load_checkpoint` opens the network (see there).
 * :func:`evaluate_network` runs the protocols of an :class:`EvaluationPlan` (linear probe, fine-tuning,
   transfer) for every label fraction and seed and writes one JSON per evaluation (e2mc.results schema).
 * :func:`evaluate_checkpoint`, :func:`sweep` (every ``checkpoint-epochNNN.pt`` of a run) and
@@ -11,10 +10,9 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Collection
 
@@ -22,249 +20,25 @@ import torch
 from torch import nn
 
 from e2mc import checkpoints, data
-from e2mc.build import build_network, check_finite_weights, load_initial_weights, load_model_weights, resolve_device
-from e2mc.config import LABEL_FRACTIONS, PROTOCOLS, Config, ConfigError, EvalConfig, config_from_dict, load_config
-from e2mc.criteria import criterion_record
-from e2mc.data.registry import RELEASE_DATASET, EvaluationData, fashion_mnist_data, get_dataset, imagenet_data  # noqa: F401
+from e2mc.build import load_initial_weights
+from e2mc.config import Config, load_config
+from e2mc.data.registry import EvaluationData
 from e2mc.diagnostics import dimension_pairs, pair_coordinates, rankme, transformed_statistics
 from e2mc.errors import UserError, check_writable_folder
-from e2mc.methods import build_model, get_method, method_names
+from e2mc.methods import get_method
 from e2mc.naming import infer_arm
-from e2mc.evaluation.finetune import FinetuneSettings, finetune, swav_finetune_settings
-from e2mc.evaluation.linear import (AUTHORS_TRANSFER_PROBE, PAPER_IMAGE_PROBE, ProbeSettings,
-                                    train_linear_on_images, train_linear_probe)
-from e2mc.evaluation.sources import ImageSource, extract_features, input_channels, network_device
+from e2mc.evaluation.finetune import finetune
+from e2mc.evaluation.image_probe import train_linear_on_images
+from e2mc.evaluation.linear import ProbeSettings, train_linear_probe
+from e2mc.evaluation.loading import (ResultContext, evaluation_data, evaluation_root, load_checkpoint,
+                                     open_evaluation_data)
+from e2mc.evaluation.plan import EvaluationPlan, plan_from_config
+from e2mc.evaluation.sources import ImageSource, extract_features, network_device
 from e2mc.evaluation.transfer import num_classes_of, transfer_sources
 from e2mc.provenance import utc_now
-from e2mc.results import config_hash, existing_result, result_filename, write_result
+from e2mc.results import existing_result, result_filename, write_result
 
 EPOCH_CHECKPOINT = re.compile(r"checkpoint-epoch(\d+)\.pt")
-TRANSFER_PROTOCOLS = ("reglog", "pooled")  # see EvaluationPlan.transfer_protocol
-
-
-# ----------------------------------------------------------------------------- what is evaluated
-
-@dataclass
-class ResultContext:
-    """The fields every result of one network shares (see e2mc.results)."""
-
-    method: str
-    arm: str
-    epoch: int
-    config: dict | None = None
-    checkpoint: str | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def criterion(self) -> dict:
-        return criterion_record(self.config)
-
-    @property
-    def config_hash(self) -> str | None:
-        return config_hash(self.config)
-
-    @property
-    def trained_on(self) -> str:
-        """The dataset the network was (pre-)trained on: its configuration's, ImageNet for a release."""
-        return ((self.config or {}).get("data") or {}).get("dataset") or RELEASE_DATASET
-
-
-@dataclass
-class LoadedCheckpoint:
-    """A network ready for evaluation (eval mode, on its device) and what its results record."""
-
-    network: nn.Module
-    context: ResultContext
-    dataset: str                     # the dataset it was trained on (a name in e2mc.data.registry)
-    data_root: str | None            # where its training data was (the evaluation default)
-
-
-def evaluation_root(cfg: Config) -> str | None:
-    """Where a run's evaluation data are: its ``data.root``, except that ImageNet training reads
-    ``<root>/train`` while evaluation needs ``<root>`` (train/ and val/)."""
-    return get_dataset(cfg.data.dataset).evaluation_root(cfg.data.root)
-
-
-def load_checkpoint(path: str | Path, method: str | None = None, device: str | torch.device = "auto",
-                    arm: str | None = None, epoch: int | None = None, run_config: dict | None = None
-                    ) -> LoadedCheckpoint:
-    """Open a checkpoint for evaluation.
-
-    Our training checkpoints (``"format": "e2mc-train-v1"``) carry method, configuration and epoch;
-    ``method``, if given, must agree. Anything else is read as an official release of ``method``
-    (required then) on a ResNet-50 (``e2mc.checkpoints.load_official``), evaluated on ImageNet.
-    ``arm`` and ``epoch`` override what is inferred: the arm from the configuration
-    (:func:`infer_arm`), the epoch from the file, except that a run from scratch is the base model
-    of continued training, epoch 0 (its own epoch count goes to ``extra["pretrain_epochs"]``).
-    The network is in eval mode, on ``device``, in the memory layout its run trained in
-    (``train.channels_last``; channels_last for releases), so evaluating a saved epoch gives what the
-    per-epoch hook measured in training. With ``run_config`` (the configuration of the run folder the
-    file lies in) the file must be that run's checkpoint of ``epoch``: same method and arm, and that
-    epoch recorded in it; a file another run wrote is refused rather than labelled as this run's.
-    """
-    path = Path(path)
-    if epoch is not None and epoch < 0:  # refused now, not after the evaluation when its result is written
-        raise UserError(f"epoch must be >= 0 (epochs of continued pre-training), got {epoch}")
-    device = resolve_device(device) if isinstance(device, str) else device
-    state = checkpoints.load(path)
-    extra: dict[str, Any] = {}
-    if run_config is not None:
-        _check_of_run(path, state, run_config, epoch)
-    if checkpoints.training_state(state, path) is not None:
-        if method is not None and method != state["method"]:
-            raise UserError(f"{path} holds a {state['method']} network, not {method}; drop --method for our "
-                             "checkpoints (they say what they hold)")
-        config = state["config"]
-        try:
-            cfg = config_from_dict(config)
-        except ConfigError as e:
-            raise checkpoints.CheckpointError(f"{path} holds a configuration this version cannot read: {e}") from None
-        network = build_network(cfg)
-        load_model_weights(network, state, path)
-        file_epoch = int(state["epoch"])
-        if not cfg.train.init:
-            extra["pretrain_epochs"] = file_epoch
-            file_epoch = 0
-        context = ResultContext(cfg.method, arm or infer_arm(config), file_epoch if epoch is None else epoch,
-                                config, str(path), extra)
-        loaded = LoadedCheckpoint(network, context, cfg.data.dataset, evaluation_root(cfg))
-        channels_last = cfg.train.channels_last  # evaluate in the layout the run trained in
-    else:
-        if method is None:
-            raise UserError(f"{path} is not one of our training checkpoints; give --method (one of "
-                             f"{', '.join(method_names())}) to read it as an official release")
-        network = build_model(method, "resnet50")
-        report = checkpoints.load_official(state, method, network, source=str(path))
-        if report.epoch is not None:
-            extra["release_epochs"] = report.epoch
-        context = ResultContext(method, arm or "base", 0 if epoch is None else epoch, None, str(path), extra)
-        loaded = LoadedCheckpoint(network, context, RELEASE_DATASET, None)
-        channels_last = True
-    check_finite_weights(loaded.network, str(path))
-    loaded.network.to(device).eval()
-    if channels_last:
-        loaded.network.to(memory_format=torch.channels_last)
-    return loaded
-
-
-# ----------------------------------------------------------------------------- data
-
-def evaluation_data(dataset: str, root: str | Path | None, subset_dir: str | Path | None = None,
-                    workers: int = 8) -> EvaluationData:
-    return get_dataset(dataset).evaluation_data(root, subset_dir, workers)
-
-
-def open_evaluation_data(loaded: LoadedCheckpoint, dataset: str | None = None, root: str | Path | None = None,
-                         subset_dir: str | Path | None = None, workers: int = 8) -> EvaluationData:
-    """The evaluation data for a checkpoint: ``dataset`` and ``root`` default to those it was trained on.
-    Raises ValueError when the network's input channels do not fit the dataset's images."""
-    dataset = dataset or loaded.dataset
-    expected = get_dataset(dataset).channels
-    channels = input_channels(loaded.network)
-    if channels != expected:
-        raise UserError(f"the network takes {channels}-channel images but {dataset} has {expected}; evaluate it "
-                         f"on the dataset it was trained on ({loaded.dataset}), or on others through --transfer")
-    return evaluation_data(dataset, root if root is not None else loaded.data_root, subset_dir, workers)
-
-
-# ----------------------------------------------------------------------------- the protocols
-
-@dataclass
-class EvaluationPlan:
-    """What to run. protocols: any of linear_probe, finetune, transfer. probe_on: "features" (the
-    fast path on cached, standardised features) or "images" (the paper's ImageNet protocol:
-    augmented images through the frozen backbone every epoch, :data:`PAPER_IMAGE_PROBE` unless
-    ``probe`` is given); probe_overrides: fields replaced in those settings. finetune: settings for
-    every fraction, or None for SwAV's per-fraction ones (:func:`swav_finetune_settings`);
-    finetune_overrides: fields replaced in those. transfer: (name, root) pairs (see
-    e2mc.evaluation.transfer). transfer_protocol: how the transfer datasets are probed: "reglog" (the
-    authors' protocol: :class:`e2mc.evaluation.linear.RegLog` on the backbone's last feature map,
-    trained on augmented images with :data:`AUTHORS_TRANSFER_PROBE`), "pooled" (the probe of
-    ``probe_on`` on the pooled features, as the linear probe), or None: "reglog" when the probe runs
-    on images (``probe_on="images"``), "pooled" when on cached features (``probe_on`` "features" or
-    None, the transfer datasets' default); ``probe_overrides`` apply to either.
-    extraction_batch_size: images per forward pass when encoding."""
-
-    protocols: tuple[str, ...] = ("linear_probe",)
-    label_fractions: tuple[float, ...] = LABEL_FRACTIONS
-    seeds: tuple[int, ...] = (0, 1, 2)
-    probe: ProbeSettings | None = None
-    probe_on: str | None = None
-    probe_overrides: dict = field(default_factory=dict)
-    finetune: FinetuneSettings | None = None
-    finetune_overrides: dict = field(default_factory=dict)
-    transfer: tuple[tuple[str, str], ...] = ()
-    transfer_protocol: str | None = None
-    extraction_batch_size: int = 512
-
-    def __post_init__(self) -> None:
-        self.protocols, self.seeds = tuple(self.protocols), tuple(int(s) for s in self.seeds)
-        self.label_fractions = tuple(float(f) for f in self.label_fractions)
-        unknown = [p for p in self.protocols if p not in PROTOCOLS]
-        if unknown or not self.protocols:
-            raise UserError(f"protocols must be among {', '.join(PROTOCOLS)}, got {list(self.protocols)}")
-        bad = [f for f in self.label_fractions if not 0 < f <= 1]
-        if bad or not self.label_fractions or not self.seeds:
-            raise UserError(f"label fractions must lie in (0, 1] (e.g. 0.01 0.1 1.0) and seeds be given; "
-                             f"got {list(self.label_fractions)} and {list(self.seeds)}")
-        if self.probe_on not in (None, "features", "images"):
-            raise UserError(f"probe_on must be 'features' or 'images' (or None: by dataset), got {self.probe_on!r}")
-        if "transfer" in self.protocols and not self.transfer:
-            raise UserError("the transfer protocol needs at least one dataset: --transfer NAME=ROOT, e.g. cifar10=/data")
-        if self.transfer_protocol not in (None,) + TRANSFER_PROTOCOLS:
-            raise UserError(f"transfer_protocol must be one of {', '.join(TRANSFER_PROTOCOLS)} (or None: reglog "
-                             f"when probing on images, pooled on cached features), got {self.transfer_protocol!r}")
-
-    @property
-    def uses_own_data(self) -> bool:
-        """Whether the plan evaluates on the pre-training dataset (linear probe or fine-tuning), not only transfer."""
-        return "linear_probe" in self.protocols or "finetune" in self.protocols
-
-    def for_dataset(self, dataset: str) -> "EvaluationPlan":
-        """The plan with ``probe_on`` decided where it was left open, by the dataset the network was trained
-        on: the authors' protocols on images for ImageNet models (the linear probe, and reglog for transfer),
-        the fast cached-features probe for the mini models."""
-        if self.probe_on is not None:
-            return self
-        return replace(self, probe_on=get_dataset(dataset).probe_on)
-
-    def probe_settings(self) -> ProbeSettings:
-        base = self.probe if self.probe is not None else (PAPER_IMAGE_PROBE if self.probe_on == "images"
-                                                          else ProbeSettings())
-        return replace(base, **self.probe_overrides)
-
-    def transfer_protocol_name(self) -> str:
-        """The transfer protocol this plan runs (``transfer_protocol``, or its default by ``probe_on``)."""
-        if self.transfer_protocol is not None:
-            return self.transfer_protocol
-        return "reglog" if self.probe_on == "images" else "pooled"
-
-    def transfer_settings(self) -> ProbeSettings:
-        """Settings of the transfer probe: :data:`AUTHORS_TRANSFER_PROBE` for reglog, those of
-        :meth:`probe_settings` for pooled; ``probe_overrides`` replaced in both."""
-        if self.transfer_protocol_name() == "reglog":
-            return replace(AUTHORS_TRANSFER_PROBE, **self.probe_overrides)
-        return self.probe_settings()
-
-    def finetune_settings(self, fraction: float) -> FinetuneSettings:
-        base = self.finetune if self.finetune is not None else swav_finetune_settings(fraction)
-        return replace(base, **self.finetune_overrides)
-
-
-def plan_from_config(section: EvalConfig, dataset: str | None) -> EvaluationPlan:
-    """The evaluation a configuration's ``eval`` section describes, for a model trained on ``dataset``.
-
-    Unset probe and fine-tuning settings keep their protocols' defaults. ``eval.probe.on`` unset means
-    the authors' protocol on images for ImageNet and the fast cached-features probe for Fashion-MNIST
-    (decided when the evaluation data are known if ``dataset`` is None). ``eval.transfer.protocol``
-    unset means reglog when the probe runs on images, pooled otherwise (see :class:`EvaluationPlan`)."""
-    probe_on = section.probe.on or (None if dataset is None else get_dataset(dataset).probe_on)
-    probe = {k: v for k, v in dataclasses.asdict(section.probe).items() if k != "on" and v is not None}
-    tune = {k: v for k, v in dataclasses.asdict(section.finetune).items() if v is not None}
-    return EvaluationPlan(tuple(section.protocols), tuple(section.label_fractions), tuple(section.seeds),
-                          probe_on=probe_on, probe_overrides=probe, finetune_overrides=tune,
-                          transfer=tuple(section.transfer.datasets.items()),
-                          transfer_protocol=section.transfer.protocol)
 
 
 def _probe_on_features(network: nn.Module, evaluation: EvaluationData, jobs: list[tuple[float, int]],
@@ -386,18 +160,6 @@ def evaluate_checkpoint(checkpoint: str | Path, results_dir: str | Path, plan: E
     loaded = load_checkpoint(checkpoint, method, device, arm, epoch)
     evaluation = open_evaluation_data(loaded, dataset, data_root, subset_dir, workers) if plan.uses_own_data else None
     return evaluate_network(loaded.network, loaded.context, evaluation, plan, results_dir, skip_existing, workers)
-
-
-def _check_of_run(path: Path, state: Any, run_config: dict, epoch: int | None) -> None:
-    """Refuse ``path`` unless it is the checkpoint of ``epoch`` of the run configured by ``run_config``."""
-    expected = f"{run_config['method']} {infer_arm(run_config)} at epoch {epoch}"
-    if not checkpoints.is_training_checkpoint(state):
-        raise ValueError(f"{path} is not a checkpoint written by the run in {path.parent} (that run is "
-                         f"{run_config['method']} {infer_arm(run_config)}); move the file out of the run folder")
-    found = f"{state['method']} {infer_arm(state['config'])} at epoch {state['epoch']}"
-    if found != expected:
-        raise ValueError(f"{path} holds {found}, but the run in {path.parent} would have written {expected} there: "
-                         "another run's file was copied in; move it out of the run folder")
 
 
 def epoch_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
