@@ -45,7 +45,7 @@ from e2mc.cluster import ClusterError, arm_overrides, check_time_limit
 from e2mc.config import ConfigError, load_config, read_yaml
 from e2mc.methods import method_names
 from e2mc.naming import ARMS
-from e2mc.runs import run_folder
+from e2mc.runfolder import run_folder
 
 SPECIAL_AXES = ("method", "arm")
 
