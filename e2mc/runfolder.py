@@ -1,7 +1,7 @@
 """The run folder: where a training run lives, who may write in it, and what it records.
 
 Everything a run writes lives in one folder, ``train.output_dir``, or when that is not set the one
-:func:`default_output_dir` names (the launchers' convention, :func:`run_folder`):
+:func:`output_dir_of` names (by default the launchers' convention, :func:`run_folder`):
 
 * ``checkpoint.pt`` (written and read by :mod:`e2mc.checkpoints`); a run resumes from it only under
   the configuration that trained it (:func:`check_resumable`);
@@ -23,7 +23,7 @@ from typing import Any
 
 from e2mc.config import LOCATION_FIELDS, Config, ConfigError, config_from_dict
 from e2mc.data.registry import get_dataset
-from e2mc.errors import UserError, write_error
+from e2mc.errors import UserError, check_folder_path, write_error
 from e2mc.naming import infer_arm
 from e2mc.provenance import write_json_atomic
 
@@ -44,11 +44,19 @@ def run_folder(root: str | Path, method: str, label: str, seed: int) -> Path:
     return Path(root) / method / label / f"seed{seed}"
 
 
-def default_output_dir(cfg: Config) -> Path:
-    """The run folder when ``train.output_dir`` is not set: :func:`run_folder` under ``runs/<scale>``,
-    labelled by the configuration's arm."""
-    arm = infer_arm(cfg.to_dict())
-    return run_folder(Path("runs") / get_dataset(cfg.data.dataset).scale, cfg.method, arm, cfg.train.seed)
+def output_dir_of(cfg: Config) -> Path:
+    """The run folder of ``cfg``: ``train.output_dir``, else :func:`run_folder` under ``runs/<scale>``
+    labelled by the configuration's arm. A file in the way of it, or of ``eval.results_dir``, is named
+    now, before any data are read."""
+    if cfg.train.output_dir:
+        output_dir = Path(cfg.train.output_dir)
+    else:
+        arm = infer_arm(cfg.to_dict())
+        output_dir = run_folder(Path("runs") / get_dataset(cfg.data.dataset).scale, cfg.method, arm, cfg.train.seed)
+    check_folder_path(output_dir, "train.output_dir")
+    if cfg.eval.results_dir:
+        check_folder_path(cfg.eval.results_dir, "eval.results_dir")
+    return output_dir
 
 
 class RunLock:
@@ -57,7 +65,8 @@ class RunLock:
     The lock is an ``flock`` on the folder itself, which no one deletes by hand while a run is in it
     (a lock file could be deleted, and a second trainer would then run beside the first); the kernel
     releases it when its process dies, so a killed run leaves nothing locked. While held, ``run.lock``
-    says who holds it (pid, host, start time); the file goes when the lock is released. On a
+    says who holds it (pid, host, start time); the file goes when the lock is released. Taking the
+    lock clears what a killed holder's atomic writes left (:func:`remove_partial_writes`). On a
     filesystem that cannot lock a folder (some NFS setups), ``metrics.jsonl`` is locked instead."""
 
     def __init__(self, output_dir: Path) -> None:
@@ -82,6 +91,7 @@ class RunLock:
         self._fd = fd
         self.path.write_text(f"pid {os.getpid()} on {socket.gethostname()} since "
                              f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        remove_partial_writes(self.folder)
         return self
 
     def _busy(self) -> None:
@@ -102,7 +112,7 @@ class RunLock:
 
 def remove_partial_writes(output_dir: Path) -> list[Path]:
     """Delete the temporary files of atomic writes that a killed process left (``.<name>.*.tmp``);
-    only call it while holding the folder's :class:`RunLock`."""
+    only while holding the folder's :class:`RunLock`, which calls it."""
     removed = [p for p in Path(output_dir).glob(".*.tmp") if p.is_file()]
     for path in removed:
         path.unlink(missing_ok=True)

@@ -4,7 +4,7 @@ Every launcher goes through :func:`run_training`: the command line (``python -m 
 ``pretrain``, which the sbatch scripts in ``slurm/`` call), ``python -m e2mc submit`` (submitit, every
 cluster kind) and the mini reproduction. So whichever way a run starts, it sizes its threads and
 data-loading workers from its allocation, evaluates after every epoch when ``eval.every_epoch`` is set,
-and lives in the folder :func:`run_folder` names.
+and lives in the folder :func:`e2mc.runfolder.output_dir_of` names.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from e2mc.config import Config
-from e2mc.errors import check_folder_path
 from e2mc.evaluation import make_epoch_probe_hook  # evaluation sits above training; only here do they meet
 from e2mc.train import train
 
@@ -72,8 +71,6 @@ def run_training(cfg: Config, extra_hooks: list | None = None) -> dict[str, Any]
     """Train ``cfg`` in its run folder (resuming if it holds a checkpoint), with the hooks its
     configuration asks for; returns the run summary (see :func:`e2mc.train.train`)."""
     cfg = sized_workers(cfg)
-    for folder, what in ((cfg.train.output_dir, "train.output_dir"), (cfg.eval.results_dir, "eval.results_dir")):
-        if folder:  # a file in the way is named now, not after the data are loaded
-            check_folder_path(folder, what)
+    hooks = [*epoch_hooks(cfg), *(extra_hooks or [])]
     with pinned_threads():
-        return train(cfg, epoch_end_hooks=[*epoch_hooks(cfg), *(extra_hooks or [])])
+        return train(cfg, epoch_end_hooks=hooks)

@@ -1,10 +1,10 @@
 """The training loop: continued pre-training (and pre-training from scratch) of any registered method.
 
 :func:`train` runs one configuration to the end or until it is interrupted, in four steps:
-:func:`setup` (device, process group, network, objective, criterion, optimizer, data), :func:`start`
-(resume from the run folder, or load ``train.init``), :func:`train_one_epoch` (repeated), and
-:func:`finish` (the summary). Everything a run writes lives in its run folder (:mod:`e2mc.runfolder`), which one process at a time
-holds:
+:func:`setup` (run folder, device, network, losses, process group, data, optimizer), :func:`start`
+(resume from the run folder, or load ``train.init``), :func:`train_one_epoch` (repeated; its numbers
+are kept by an :class:`e2mc.meter.EpochMeter`), and :func:`finish` (the summary). Everything a run
+writes lives in its run folder (:mod:`e2mc.runfolder`), which one process at a time holds:
 
 * ``checkpoint.pt``: model, optimiser, every rank's loss state (SwAV queue), RNG, position and the
   part-done epoch's meter (:mod:`e2mc.meter`); one file, written atomically at the end of every epoch
@@ -50,8 +50,8 @@ from e2mc.meter import EpochMeter
 from e2mc.methods import Method, get_method
 from e2mc.optim import build_optimizer, learning_rate, set_learning_rate
 from e2mc.provenance import provenance, repo_relative, write_json_atomic
-from e2mc.runfolder import (MetricsLog, RunFolderError, RunLock, check_resumable, default_output_dir, hooks_done,
-                            record_hooks_done, remove_partial_writes)
+from e2mc.runfolder import (MetricsLog, RunFolderError, RunLock, check_resumable, hooks_done,
+                            output_dir_of, record_hooks_done)
 
 EpochHook = Callable[[int, nn.Module, Path], None]
 
@@ -132,38 +132,40 @@ class Run:
 
 
 def setup(cfg: Config) -> Run:
-    """Build the run: its folder, device and process group, the method's network, objective, added
-    criterion, optimizer and data stream. Loads no weights (see :func:`start`)."""
-    output_dir = Path(cfg.train.output_dir) if cfg.train.output_dir else default_output_dir(cfg)
-    if cfg.train.init and not (output_dir / "checkpoint.pt").exists():
-        checkpoints.require_file(cfg.train.init)  # the files the configuration names before the data
-    device = resolve_device(cfg.train.device)
-    owns_group = init_distributed(device)
+    """Build the run from its configuration, each part once and from the top of the layers down: the
+    run folder (a file in its way is named at once); the device, network and losses (:mod:`e2mc.build`);
+    the file ``train.init`` names, checked before any data are read; the process group; the forward
+    pass, data stream and optimizer. Loads no weights (see :func:`start`)."""
+    output_dir = output_dir_of(cfg)
+    metrics = MetricsLog(output_dir / "metrics.jsonl", rank() == 0)
     if cfg.train.output_dir is None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(output_dir)))
-    method, criterion = get_method(cfg.method), get_criterion(cfg.criterion.name)
+    device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     network = build_network(cfg)
     objective, added = build_objective(cfg), build_added_criterion(cfg)
+    criterion, method = get_criterion(cfg.criterion.name), get_method(cfg.method)
+    if cfg.train.init and not (output_dir / "checkpoint.pt").exists():
+        checkpoints.require_file(cfg.train.init)
+    owns_group = init_distributed(device)
     network.to(device)
     objective.to(device)
     if cfg.train.channels_last:
         network.to(memory_format=torch.channels_last)
     if is_distributed() and device.type == "cuda":
         network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
+    forward: nn.Module = MultiViewNetwork(network, method)
+    if is_distributed():
+        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
     stream = build_stream(cfg, device)
     lr_scaling = cfg.data.batch_size / 256 if cfg.optim.scale_lr else 1.0
     base_lr = cfg.optim.base_lr * lr_scaling
     bias_lr = None if cfg.optim.bias_base_lr is None else cfg.optim.bias_base_lr * lr_scaling
     optimizer = build_optimizer(cfg.optim.name, network, base_lr, cfg.optim.momentum, cfg.optim.weight_decay,
                                 cfg.optim.eta, bias_lr)
-    forward: nn.Module = MultiViewNetwork(network, method)
-    if is_distributed():
-        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
     section = cfg.to_dict()["criterion"]
     return Run(cfg, device, owns_group, output_dir, method, network, forward, objective, added, criterion.inputs, optimizer,
-               stream, MetricsLog(output_dir / "metrics.jsonl", rank() == 0), base_lr,
-               criterion.measured_transform(section, cfg.method))
+               stream, metrics, base_lr, criterion.measured_transform(section, cfg.method))
 
 
 FRESH, RESUME, ORPHANED = 0, 1, 2  # what start() finds in the run folder
@@ -355,8 +357,6 @@ def train(cfg: Config, epoch_end_hooks: list[EpochHook] | None = None) -> dict[s
     status = "finished"
     try:
         with lock, StopRequest() as stop:
-            if run.main_process:
-                remove_partial_writes(run.output_dir)
             start(run)
             if run.step == 0 and run.epoch > 0 and hooks_done(run.output_dir) != run.epoch:
                 _run_hooks(run, hooks)  # the last completed epoch's evaluation was lost with its process
