@@ -39,8 +39,8 @@ from e2mc.methods import get_method, method_names
 from e2mc.naming import ARMS, MAIN_ARMS, infer_arm
 from e2mc.provenance import REPO_ROOT, provenance, require_clean_tree, utc_now, write_json_atomic
 from e2mc.results import ConflictingResultError, existing_result, result_filename, write_result
-from e2mc.runs import run_folder, run_training
-from e2mc.train import read_metrics
+from e2mc.runfolder import read_metrics, run_folder
+from e2mc.runs import run_training
 
 SEEDS = (0, 1, 2)
 EPOCHS = 10
