@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from e2mc import checkpoints
+from e2mc import checkpoints, releases
 from e2mc.config import Config
 from e2mc.criteria import get_criterion
 from e2mc.errors import UserError
@@ -92,7 +92,7 @@ def load_initial_weights(path: str | Path, method: str, network: nn.Module,
         load_model_weights(network, state, path)
         check_finite_weights(network, str(path))
         return f"started from {repo_relative(path)} (epoch {state['epoch']})", None
-    report = checkpoints.load_official(state, method, network, source=repo_relative(path))
+    report = releases.load_official(state, method, network, source=repo_relative(path))
     check_finite_weights(network, str(path))
     if restore_optimizer is None:
         restore_optimizer = get_method(method).restore_release_optimizer

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from e2mc import naming
 from e2mc.errors import UserError
 from e2mc.methods import method_names
-from e2mc.runs import run_folder
+from e2mc.runfolder import run_folder
 
 # Signals that ask a run to stop and come back: SLURM's --signal warning before the time limit
 # (USR2 by default: NCCL may install its own USR1 handler, which is why submitit moved to USR2).

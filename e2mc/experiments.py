@@ -20,7 +20,7 @@ from e2mc.methods import get_method, method_names
 from e2mc.naming import ARMS, MAIN_ARMS, infer_arm, method_arm
 from e2mc.provenance import REPO_ROOT
 from e2mc.results import ConflictingResultError, existing_result, find_results
-from e2mc.runs import run_folder
+from e2mc.runfolder import run_folder
 
 EXPERIMENTS = REPO_ROOT / "configs" / "experiments"
 DATASET = "fashion_mnist"  # the mini reproduction's dataset (configs/mini/)

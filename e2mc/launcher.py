@@ -45,7 +45,8 @@ from e2mc.methods import method_names
 from e2mc.naming import ARMS
 from e2mc.resources import (DEFAULT_CPUS_PER_TASK, SLURM_GPUS_PER_NODE, Resources, check_fits, job_python,
                             node_resources, resources)
-from e2mc.runs import run_folder, run_training
+from e2mc.runfolder import run_folder
+from e2mc.runs import run_training
 
 SPECIAL_AXES = ("method", "arm")
 

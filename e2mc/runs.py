@@ -4,7 +4,7 @@ Every launcher goes through :func:`run_training`: the command line (``python -m 
 ``pretrain``, which the sbatch scripts in ``slurm/`` call), ``python -m e2mc submit`` (submitit, every
 cluster kind) and the mini reproduction. So whichever way a run starts, it sizes its threads and
 data-loading workers from its allocation, evaluates after every epoch when ``eval.every_epoch`` is set,
-and lives in the folder :func:`run_folder` names.
+and lives in the folder :func:`e2mc.runfolder.output_dir_of` names.
 """
 from __future__ import annotations
 
@@ -12,19 +12,13 @@ import contextlib
 import dataclasses
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from e2mc.config import Config
-from e2mc.errors import check_folder_path
-
-
-def run_folder(root: str | Path, method: str, label: str, seed: int) -> Path:
-    """``<root>/<method>/<label>/seed<seed>``: where every launcher puts a run (``label`` is the arm,
-    plus the values of any other grid axes)."""
-    return Path(root) / method / label / f"seed{seed}"
+from e2mc.evaluation import make_epoch_probe_hook  # evaluation sits above training; only here do they meet
+from e2mc.train import train
 
 
 def allocated_cpus() -> int:
@@ -70,21 +64,13 @@ def sized_workers(cfg: Config) -> Config:
 
 def epoch_hooks(cfg: Config) -> list:
     """The hooks a run's configuration asks for: evaluation after every epoch (``eval.every_epoch``)."""
-    if not cfg.eval.every_epoch:
-        return []
-    from e2mc.evaluation import make_epoch_probe_hook  # evaluation sits above training; only here do they meet
-
-    return [make_epoch_probe_hook(cfg)]
+    return [make_epoch_probe_hook(cfg)] if cfg.eval.every_epoch else []
 
 
 def run_training(cfg: Config, extra_hooks: list | None = None) -> dict[str, Any]:
     """Train ``cfg`` in its run folder (resuming if it holds a checkpoint), with the hooks its
     configuration asks for; returns the run summary (see :func:`e2mc.train.train`)."""
-    from e2mc.train import train
-
     cfg = sized_workers(cfg)
-    for folder, what in ((cfg.train.output_dir, "train.output_dir"), (cfg.eval.results_dir, "eval.results_dir")):
-        if folder:  # a file in the way is named now, not after the data are loaded
-            check_folder_path(folder, what)
+    hooks = [*epoch_hooks(cfg), *(extra_hooks or [])]
     with pinned_threads():
-        return train(cfg, epoch_end_hooks=[*epoch_hooks(cfg), *(extra_hooks or [])])
+        return train(cfg, epoch_end_hooks=hooks)

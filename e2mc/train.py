@@ -1,22 +1,21 @@
 """The training loop: continued pre-training (and pre-training from scratch) of any registered method.
 
 :func:`train` runs one configuration to the end or until it is interrupted, in four steps:
-:func:`setup` (device, process group, network, objective, criterion, optimizer, data), :func:`start`
-(resume from the run folder, or load ``train.init``), :func:`train_one_epoch` (repeated), and
-:func:`finish` (the summary). Everything a run writes lives in its run folder ``cfg.train.output_dir``:
+:func:`setup` (run folder, device, network, losses, process group, data, optimizer), :func:`start`
+(resume from the run folder, or load ``train.init``), :func:`train_one_epoch` (repeated; its numbers
+are kept by an :class:`e2mc.meter.EpochMeter`), and :func:`finish` (the summary). Everything a run
+writes lives in its run folder (:mod:`e2mc.runfolder`), which one process at a time holds:
 
-* ``checkpoint.pt``: model, optimiser, every rank's loss state (SwAV queue), RNG, position; one file,
-  written atomically at the end of every epoch and when SIGUSR1 / SIGUSR2 / SIGTERM / SIGINT (Ctrl-C)
-  asks the run to stop. A restarted run resumes from it on its own, at the exact step, and only under
-  the same training configuration; first it redoes the epoch-end hooks (per-epoch evaluation) that the
-  last completed epoch still owed (``epoch-hooks.json`` records the last epoch whose hooks finished).
+* ``checkpoint.pt``: model, optimiser, every rank's loss state (SwAV queue), RNG, position and the
+  part-done epoch's meter (:mod:`e2mc.meter`); one file, written atomically at the end of every epoch
+  and when SIGUSR1 / SIGUSR2 / SIGTERM / SIGINT (Ctrl-C) asks the run to stop. A restarted run resumes
+  from it on its own, at the exact step, and only under the same training configuration; first it
+  redoes the epoch-end hooks (per-epoch evaluation) that the last completed epoch still owed.
 * ``metrics.jsonl``: one JSON line per ``log_every`` steps (``"kind": "step"``) and per epoch
   (``"kind": "epoch"``): every loss term, embedding diagnostics, learning rate, images/s. Each start
   or resume first writes a ``"kind": "segment"`` line (where it started, from what, and its
   provenance), so a run trained in several pieces says which code and machine trained each.
-* ``config.yaml`` and ``summary.json`` (with provenance). The process training in the folder holds a
-  lock on the folder itself, so that a second one cannot write into it at the same time; while it
-  trains, ``run.lock`` says who it is (removed when the run ends).
+* ``config.yaml`` and ``summary.json`` (with provenance).
 
 The loop knows no method and no criterion by name: it asks the method (:mod:`e2mc.methods`) how views
 reach the loss, and the criterion (:mod:`e2mc.criteria`) what it consumes. Evaluation after each
@@ -26,17 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
-import gc
-import json
 import math
-import os
 import signal
-import socket
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,22 +36,23 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
-from e2mc import checkpoints
+from e2mc import checkpoints, releases
 from e2mc.build import build_added_criterion, build_network, build_objective, load_initial_weights, resolve_device
-from e2mc.config import LOCATION_FIELDS, Config, ConfigError, save_config
+from e2mc.config import Config, save_config
 from e2mc.criteria import get_criterion
 from e2mc.data.registry import get_dataset
 from e2mc.diagnostics import embedding_stats
-from e2mc.distributed import is_distributed, rank, world_size
-from e2mc.errors import UserError, write_error
+from e2mc.distributed import (StopRequest, end_distributed, gather_objects, init_distributed, is_distributed, rank,
+                              world_size)
+from e2mc.meter import EpochMeter
 from e2mc.methods import Method, get_method
-from e2mc.naming import infer_arm
 from e2mc.optim import build_optimizer, learning_rate, set_learning_rate
 from e2mc.provenance import provenance, repo_relative, write_json_atomic
+from e2mc.runfolder import (MetricsLog, RunFolderError, RunLock, check_resumable, hooks_done,
+                            output_dir_of, record_hooks_done)
 
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
-HOOKS_DONE = "epoch-hooks.json"  # {"epoch": the last epoch whose epoch-end hooks all returned}
 EpochHook = Callable[[int, nn.Module, Path], None]
 
 
@@ -67,138 +60,7 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the run stopped without touching its last checkpoint."""
 
 
-class RunFolderError(UserError, RuntimeError):
-    """The run folder holds something a run cannot resume from or start over (one line names the fix)."""
-
-
-class RunFolderBusyError(RunFolderError):
-    """Another process is training in this run folder."""
-
-
-# --- the run folder ----------------------------------------------------------------------------
-
-class RunLock:
-    """An exclusive lock on a run folder, held while a process trains in it.
-
-    The lock is an ``flock`` on the folder itself, which no one deletes by hand while a run is in it
-    (a lock file could be deleted, and a second trainer would then run beside the first); the kernel
-    releases it when its process dies, so a killed run leaves nothing locked. While held, ``run.lock``
-    says who holds it (pid, host, start time); the file goes when the lock is released. On a
-    filesystem that cannot lock a folder (some NFS setups), ``metrics.jsonl`` is locked instead."""
-
-    def __init__(self, output_dir: Path) -> None:
-        self.folder = Path(output_dir)
-        self.path = self.folder / "run.lock"
-        self._fd: int | None = None
-
-    def __enter__(self) -> "RunLock":
-        fd = os.open(self.folder, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            os.close(fd)
-            if error.errno not in (errno.EBADF, errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP):
-                self._busy()
-            fd = os.open(self.folder / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                self._busy()
-        self._fd = fd
-        self.path.write_text(f"pid {os.getpid()} on {socket.gethostname()} since "
-                             f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        return self
-
-    def _busy(self) -> None:
-        try:
-            holder = self.path.read_text().strip() or "another process"
-        except OSError:
-            holder = "another process"
-        raise RunFolderBusyError(f"{self.folder} is in use by {holder}; wait for that run to end, or "
-                                 "choose another train.output_dir") from None
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            self.path.unlink(missing_ok=True)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
-def remove_partial_writes(output_dir: Path) -> list[Path]:
-    """Delete the temporary files of atomic writes that a killed process left (``.<name>.*.tmp``);
-    only call it while holding the folder's :class:`RunLock`."""
-    removed = [p for p in Path(output_dir).glob(".*.tmp") if p.is_file()]
-    for path in removed:
-        path.unlink(missing_ok=True)
-    return removed
-
-
-# Configuration keys a resumed run may change: where things are, and what does not alter training.
-RESUMABLE_CHANGES = {f"{section}.{key}" for section, key in LOCATION_FIELDS} | {
-    "train.epochs", "train.device", "train.keep_epoch_checkpoints", "train.log_every"}
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and key not in ("heads", "params", "datasets"):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def check_resumable(saved_config: dict, cfg: Config, done_epochs: int, path: Path) -> None:
-    """A run resumes only under the configuration that trained it: every key that alters training
-    must be equal (evaluation settings, locations and the device may change), and ``train.epochs``
-    may only grow (and only with a constant learning rate, whose schedule does not depend on it)."""
-    from e2mc.config import config_from_dict
-
-    saved = _flatten(config_from_dict(json.loads(json.dumps(saved_config))).to_dict())
-    ours = _flatten(cfg.to_dict())
-    differing = sorted(k for k in set(saved) | set(ours)
-                       if saved.get(k) != ours.get(k) and k not in RESUMABLE_CHANGES and not k.startswith("eval."))
-    if saved["train.epochs"] != ours["train.epochs"]:
-        if ours["train.epochs"] < done_epochs:
-            differing.append("train.epochs (below the epochs already trained)")
-        elif cfg.optim.schedule != "constant":
-            differing.append("train.epochs (the cosine schedule is laid out over it)")
-    if differing:
-        listing = ", ".join(f"{k}: {saved.get(k.split(' ')[0])!r} -> {ours.get(k.split(' ')[0])!r}"
-                            for k in differing[:6])
-        raise ConfigError(f"{path} was trained with another configuration ({listing}); resume with the same "
-                          f"settings, or start over in a new train.output_dir (or delete {path.parent})")
-
-
-def default_output_dir(cfg: Config) -> Path:
-    """The run folder when ``train.output_dir`` is not set: ``runs/<scale>/<method>/<arm>/seed<seed>``,
-    the convention of every launcher (see :func:`e2mc.runs.run_folder`)."""
-    return Path("runs") / get_dataset(cfg.data.dataset).scale / cfg.method / infer_arm(cfg.to_dict()) / f"seed{cfg.train.seed}"
-
-
 # --- setup -------------------------------------------------------------------------------------
-
-def init_distributed(device: torch.device) -> bool:
-    """Join the process group described by the environment (torchrun, or SLURM through e2mc.cluster);
-    True when this call created it."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return True
-    return False
-
-
-def end_distributed() -> None:
-    """Leave the process group cleanly: every rank past its last collective, DDP's buffers freed, then
-    the group destroyed, so that interpreter shutdown never races the backend's threads (gloo's last
-    all-reduce needing the GIL during finalisation aborted processes)."""
-    dist.barrier()
-    gc.collect()
-    dist.destroy_process_group()
-
 
 class MultiViewNetwork(nn.Module):
     """Runs the network on every view in one ``forward`` (one DDP call per step), the method's way."""
@@ -250,14 +112,14 @@ class Run:
     consumes: Callable
     optimizer: torch.optim.Optimizer
     stream: Any
-    metrics: "MetricsLog"
+    metrics: MetricsLog
     base_lr: float
     transform: str                      # under which the diagnostics are measured
     started: float = dataclasses.field(default_factory=time.time)
     epoch: int = 0
     step: int = 0
     global_step: int = 0
-    carried: dict = dataclasses.field(default_factory=dict)   # sums of a part-done epoch, from the checkpoint
+    carried: dict = dataclasses.field(default_factory=dict)   # EpochMeter.state() of a part-done epoch
     earlier_seconds: float = 0.0        # training time of earlier segments of this run
     origin: str = ""
 
@@ -270,38 +132,40 @@ class Run:
 
 
 def setup(cfg: Config) -> Run:
-    """Build the run: device and process group, the method's network, objective, added criterion,
-    optimizer and data stream. Loads no weights (see :func:`start`)."""
-    output_dir = Path(cfg.train.output_dir) if cfg.train.output_dir else default_output_dir(cfg)
-    if cfg.train.init and not (output_dir / "checkpoint.pt").exists():
-        checkpoints.require_file(cfg.train.init)  # the files the configuration names before the data
-    device = resolve_device(cfg.train.device)
-    owns_group = init_distributed(device)
+    """Build the run from its configuration, each part once and from the top of the layers down: the
+    run folder (a file in its way is named at once); the device, network and losses (:mod:`e2mc.build`);
+    the file ``train.init`` names, checked before any data are read; the process group; the forward
+    pass, data stream and optimizer. Loads no weights (see :func:`start`)."""
+    output_dir = output_dir_of(cfg)
+    metrics = MetricsLog(output_dir / "metrics.jsonl", rank() == 0)
     if cfg.train.output_dir is None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(output_dir)))
-    method, criterion = get_method(cfg.method), get_criterion(cfg.criterion.name)
+    device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     network = build_network(cfg)
     objective, added = build_objective(cfg), build_added_criterion(cfg)
+    criterion, method = get_criterion(cfg.criterion.name), get_method(cfg.method)
+    if cfg.train.init and not (output_dir / "checkpoint.pt").exists():
+        checkpoints.require_file(cfg.train.init)
+    owns_group = init_distributed(device)
     network.to(device)
     objective.to(device)
     if cfg.train.channels_last:
         network.to(memory_format=torch.channels_last)
     if is_distributed() and device.type == "cuda":
         network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
+    forward: nn.Module = MultiViewNetwork(network, method)
+    if is_distributed():
+        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
     stream = build_stream(cfg, device)
     lr_scaling = cfg.data.batch_size / 256 if cfg.optim.scale_lr else 1.0
     base_lr = cfg.optim.base_lr * lr_scaling
     bias_lr = None if cfg.optim.bias_base_lr is None else cfg.optim.bias_base_lr * lr_scaling
     optimizer = build_optimizer(cfg.optim.name, network, base_lr, cfg.optim.momentum, cfg.optim.weight_decay,
                                 cfg.optim.eta, bias_lr)
-    forward: nn.Module = MultiViewNetwork(network, method)
-    if is_distributed():
-        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
     section = cfg.to_dict()["criterion"]
     return Run(cfg, device, owns_group, output_dir, method, network, forward, objective, added, criterion.inputs, optimizer,
-               stream, MetricsLog(output_dir / "metrics.jsonl", rank() == 0), base_lr,
-               criterion.measured_transform(section, cfg.method))
+               stream, metrics, base_lr, criterion.measured_transform(section, cfg.method))
 
 
 FRESH, RESUME, ORPHANED = 0, 1, 2  # what start() finds in the run folder
@@ -338,7 +202,7 @@ def start(run: Run) -> None:
         run.origin, released = load_initial_weights(cfg.train.init, cfg.method, run.network,
                                                     cfg.train.restore_release_optimizer)
         if released:  # continue with the release's momentum, as the authors' code does
-            checkpoints.apply_optimizer_state(run.optimizer, run.network, released)
+            releases.apply_optimizer_state(run.optimizer, run.network, released)
     else:
         run.origin = "random initialisation"
     if not resuming:  # before any record: a folder with records always has a checkpoint
@@ -351,121 +215,6 @@ def start(run: Run) -> None:
                        "origin": run.origin, "provenance": provenance(run.device)})
 
 
-# --- interruption ------------------------------------------------------------------------------
-
-class StopRequest:
-    """Turns SIGUSR1, SIGUSR2, SIGTERM and SIGINT (Ctrl-C) into a flag the loop checks after every
-    step; a second Ctrl-C aborts at once, without saving."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopRequest":
-        for s in (*STOP_SIGNALS, signal.SIGINT):
-            try:
-                self._previous[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread: leave handlers alone
-                pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum, frame) -> None:
-        if signum == signal.SIGINT:
-            if self.signal == signal.SIGINT:
-                raise KeyboardInterrupt
-            print("\n[e2mc] Ctrl-C: saving after this step (press it again to abort without saving)",
-                  file=sys.stderr, flush=True)
-        self.signal = signum
-
-    def requested(self, device: torch.device) -> bool:
-        """True on every rank as soon as any rank received a stop signal."""
-        flag = torch.tensor([0 if self.signal is None else int(self.signal)], device=device)
-        if is_distributed():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and self.signal is None:
-            self.signal = int(flag.item())
-        return bool(flag.item())
-
-
-# --- checkpoints and metrics -------------------------------------------------------------------
-
-class MetricsLog:
-    """Appends JSON lines on rank 0; on resume, cuts the file back to what the checkpoint had seen."""
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
-
-    def size(self) -> int:
-        return self.path.stat().st_size if self.path.exists() else 0
-
-    def truncate(self, size: int, checkpoint: Path) -> None:
-        """Cut the file back to the ``size`` bytes that ``checkpoint`` recorded. A shorter file was cut
-        or replaced after the checkpoint was written: refused, never padded to ``size``."""
-        if self.size() < size:
-            raise RunFolderError(f"{self.path} holds {self.size()} bytes but {checkpoint} recorded {size}: the "
-                                 "metrics were cut or replaced after the checkpoint was written; restore the "
-                                 "file, or start over in a new train.output_dir")
-        if self.enabled and self.path.exists():
-            with open(self.path, "r+b") as f:
-                f.truncate(size)
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            size = self.size()
-            try:
-                with open(self.path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            except OSError as e:  # full disk, ...: no half line, and no empty file, left behind
-                with contextlib.suppress(OSError):
-                    if size:
-                        os.truncate(self.path, size)
-                    else:
-                        self.path.unlink()
-                raise write_error(self.path, e) from e
-
-
-def read_metrics(output_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
-    """The records of a run's ``metrics.jsonl``, in order; only those of ``kind`` ("step", "epoch",
-    "segment") when given."""
-    path = Path(output_dir) / "metrics.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: {output_dir} is not the output_dir of a training run")
-    records = []
-    for number, line in enumerate(path.read_bytes().decode(errors="replace").splitlines(), start=1):
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} line {number} is not a JSON record ({error.msg}): the file is damaged; "
-                                 "restore it, or train the run again in a new folder") from None
-            if not (isinstance(record, dict) and "kind" in record):
-                raise ValueError(f"{path} line {number} is not a metrics record (no \"kind\"): the file is damaged")
-            records.append(record)
-    return [r for r in records if kind is None or r["kind"] == kind]
-
-
-def _legacy_objective_state_path(output_dir: Path, r: int) -> Path:
-    """Where run folders written before the loss state moved into checkpoint.pt keep rank r's."""
-    return output_dir / f"loss-state-rank{r}.pt"
-
-
-def _objective_states(run: Run) -> list[dict] | None:
-    """Every rank's loss state (the SwAV queue differs between ranks), by rank, on CPU; None for an
-    objective without state. A collective: every rank calls it."""
-    own = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in run.objective.state_dict().items()}
-    if not own:
-        return None
-    if not is_distributed():
-        return [own]
-    states: list[Any] = [None] * world_size()
-    dist.all_gather_object(states, own)
-    return states
-
-
 def _restore_objective_state(run: Run, state: dict, path: Path) -> None:
     """Load this rank's loss state from the checkpoint (or, for an older run folder, from its
     ``loss-state-rank<r>.pt``); refuse to resume without it, which would not be exact."""
@@ -473,7 +222,7 @@ def _restore_objective_state(run: Run, state: dict, path: Path) -> None:
         return
     states = state.get("objective_states")
     if states is None:
-        legacy = _legacy_objective_state_path(run.output_dir, rank())
+        legacy = run.output_dir / f"loss-state-rank{rank()}.pt"  # before the loss state moved into checkpoint.pt
         if not legacy.exists():
             raise RunFolderError(f"{path} holds no loss state ({run.cfg.method}'s queue) and {legacy} is missing: "
                                  "resuming would restart with an empty queue, not exactly; restore the file, or "
@@ -487,19 +236,21 @@ def _restore_objective_state(run: Run, state: dict, path: Path) -> None:
     run.objective.load_state_dict(own)
 
 
-def save_checkpoint(run: Run, epoch_sums: dict[str, Any] | None = None) -> None:
+def save_checkpoint(run: Run, meter: EpochMeter | None = None) -> None:
     """Write the state to resume at (``run.epoch``, ``run.step``) into one file on rank 0: the model,
     optimizer, RNG and every rank's loss state together, so a kill leaves all of it old or all new.
-    ``epoch_sums`` carries the running sums of a part-done epoch, so that its summary line after a
-    resume is the one an uninterrupted run writes."""
-    objective_states = _objective_states(run)
+    ``meter`` is the part-done epoch's (saved as ``epoch_sums``), so that its line after a resume is the
+    one an uninterrupted run writes."""
+    # every rank's loss state (the SwAV queue differs between ranks), on CPU: a collective
+    own = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in run.objective.state_dict().items()}
+    objective_states = gather_objects(own) if own else None
     if run.main_process:
         state = {
             "format": checkpoints.FORMAT, "method": run.cfg.method, "config": run.cfg.to_dict(),
             "epoch": run.epoch, "step": run.step, "global_step": run.global_step,
             "model": run.network.state_dict(), "optimizer": run.optimizer.state_dict(),
             "rng": checkpoints.capture_rng_state(), "metrics_bytes": run.metrics.size(),
-            "epoch_sums": epoch_sums or {}, "run_seconds": run.run_seconds(),
+            "epoch_sums": meter.state() if meter else {}, "run_seconds": run.run_seconds(),
         }
         if objective_states is not None:
             state["objective_states"] = objective_states
@@ -522,18 +273,12 @@ def train_one_epoch(run: Run, stop: StopRequest) -> bool:
     step). Raises :class:`NonFiniteLossError` on a NaN or inf loss, without touching the checkpoint."""
     cfg, network = run.cfg, run.network
     network.train()
-    # Running sums for the epoch line, and the epoch's time so far (carried over a resume).
-    carried, run.carried = run.carried, {}
-    sums: dict[str, float] = defaultdict(float, carried.get("sums", {}))
-    diag_sums: dict[str, float] = defaultdict(float, carried.get("diag_sums", {}))
-    counted, diag_counted = carried.get("counted", 0), carried.get("diag_counted", 0)
-    earlier_seconds = carried.get("seconds", 0.0)
-    segment_start = window_start = time.time()
-    first_step, images_per_step = run.step, cfg.data.batch_size
-    total_steps = cfg.train.epochs * run.stream.steps_per_epoch
-    warmup_steps = cfg.optim.warmup_epochs * run.stream.steps_per_epoch
+    meter, run.carried = EpochMeter(cfg.data.batch_size, run.step, run.carried), {}
+    steps_per_epoch = run.stream.steps_per_epoch
+    total_steps, warmup_steps = cfg.train.epochs * steps_per_epoch, cfg.optim.warmup_epochs * steps_per_epoch
     lr = None
-    progress = _progress(run.stream.steps_per_epoch, run.step, run.epoch, run.main_process)
+    progress = tqdm(total=steps_per_epoch, initial=run.step, desc=f"epoch {run.epoch + 1}", leave=False,
+                    disable=not (run.main_process and sys.stderr.isatty()))
     for step, views in enumerate(run.stream.epoch(run.epoch, run.step), start=run.step):
         lr = learning_rate(cfg.optim.schedule, run.base_lr, run.global_step, total_steps, warmup_steps)
         set_learning_rate(run.optimizer, lr)
@@ -554,40 +299,24 @@ def train_one_epoch(run: Run, stop: StopRequest) -> bool:
         loss.backward()
         run.optimizer.step()
         values = {k: v.item() for k, v in terms.items()}
-        for k, v in values.items():
-            sums[k] += v
-        counted += 1
+        meter.update(values)
         run.global_step += 1
-        if run.global_step % cfg.train.log_every == 0 or step == run.stream.steps_per_epoch - 1:
+        if run.global_step % cfg.train.log_every == 0 or step == steps_per_epoch - 1:
             stats = embedding_stats(z1, run.transform)
-            for k, v in stats.items():
-                diag_sums[k] += v
-            diag_counted += 1
-            now = time.time()
-            window = min(cfg.train.log_every, step + 1 - first_step)  # steps since the last line or the resume
+            meter.update_diagnostics(stats)
             run.metrics.write({"kind": "step", "epoch": run.epoch, "step": step, "global_step": run.global_step,
-                               "lr": lr, **values, **stats,
-                               "images_per_s": images_per_step * window / max(now - window_start, 1e-9)})
-            window_start = now
+                               "lr": lr, **values, **stats, "images_per_s": meter.window_rate(step, cfg.train.log_every)})
         progress.update(1)
         progress.set_postfix(loss=f"{values['loss']:.4f}")
         if stop.requested(run.device):
             run.step = step + 1
-            save_checkpoint(run, {"sums": dict(sums), "diag_sums": dict(diag_sums), "counted": counted,
-                                  "diag_counted": diag_counted, "seconds": earlier_seconds + time.time() - segment_start})
+            save_checkpoint(run, meter)
             progress.close()
             return False
     progress.close()
-    elapsed = time.time() - segment_start
     run.epoch, run.step = run.epoch + 1, 0
     record = {"kind": "epoch", "epoch": run.epoch, "global_step": run.global_step,
-              **{k: v / max(counted, 1) for k, v in sums.items()},
-              **{k: v / max(diag_counted, 1) for k, v in diag_sums.items()},
-              "lr": lr if counted else None,
-              # images trained in this segment over its time: a resumed epoch is not credited with the
-              # steps done before the interruption
-              "images_per_s": images_per_step * (run.stream.steps_per_epoch - first_step) / max(elapsed, 1e-9),
-              "seconds": earlier_seconds + elapsed}
+              **meter.epoch_record(steps_per_epoch), "lr": lr if meter.counted else None}
     run.metrics.write(record)
     save_checkpoint(run)
     if run.main_process:
@@ -628,10 +357,8 @@ def train(cfg: Config, epoch_end_hooks: list[EpochHook] | None = None) -> dict[s
     status = "finished"
     try:
         with lock, StopRequest() as stop:
-            if run.main_process:
-                remove_partial_writes(run.output_dir)
             start(run)
-            if run.step == 0 and run.epoch > 0 and _hooks_done(run.output_dir) != run.epoch:
+            if run.step == 0 and run.epoch > 0 and hooks_done(run.output_dir) != run.epoch:
                 _run_hooks(run, hooks)  # the last completed epoch's evaluation was lost with its process
             while run.epoch < run.cfg.train.epochs:
                 if not train_one_epoch(run, stop):
@@ -653,27 +380,12 @@ def train(cfg: Config, epoch_end_hooks: list[EpochHook] | None = None) -> dict[s
     return summary
 
 
-def _hooks_done(output_dir: Path) -> int | None:
-    """The last epoch whose epoch-end hooks all returned (see :data:`HOOKS_DONE`); None if unknown."""
-    try:
-        return int(json.loads((output_dir / HOOKS_DONE).read_text())["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _run_hooks(run: Run, hooks: list[EpochHook]) -> None:
     """Call the epoch-end hooks for ``run.epoch`` on rank 0, then record that they all returned."""
     if run.main_process and hooks:
         for hook in hooks:
             hook(run.epoch, run.network, run.output_dir)
-        write_json_atomic(run.output_dir / HOOKS_DONE, {"epoch": run.epoch})
-
-
-def _progress(total: int, initial: int, epoch: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}", leave=False,
-                disable=not (enabled and sys.stderr.isatty()))
+        record_hooks_done(run.output_dir, run.epoch)
 
 
 def _non_finite_settings(tree: Any, prefix: str = "") -> list[str]:

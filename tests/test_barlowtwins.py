@@ -13,12 +13,13 @@ from torch import nn
 
 from e2mc import checkpoints
 from e2mc.build import build_network
-from e2mc.checkpoints import convert_official, load_official
+from e2mc.releases import convert_official, load_official
 from e2mc.config import load_config
 from e2mc.methods import build_model, get_method, method_names
 from e2mc.naming import infer_arm
 from e2mc.objectives import BarlowTwinsLoss
-from e2mc.train import read_metrics, train
+from e2mc.runfolder import read_metrics
+from e2mc.train import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_data import write_fake_fashion_mnist  # noqa: E402

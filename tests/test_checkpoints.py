@@ -19,14 +19,12 @@ from e2mc.checkpoints import (
     CheckpointError,
     KeyMismatchError,
     UnsafeCheckpointError,
-    apply_optimizer_state,
     capture_rng_state,
-    convert_official,
     load,
-    load_official,
     restore_rng_state,
     save_atomic,
 )
+from e2mc.releases import apply_optimizer_state, convert_official, load_official
 from e2mc.methods import build_model
 
 

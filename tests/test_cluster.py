@@ -309,7 +309,7 @@ def test_interrupted_job_hands_its_signal_to_the_handler_installed_before(monkey
     received = []
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: received.append(signum))
     try:
-        monkeypatch.setattr("e2mc.train.train", lambda cfg, **kw: {"status": "interrupted", "signal": "SIGUSR2"})
+        monkeypatch.setattr("e2mc.runs.train", lambda cfg, **kw: {"status": "interrupted", "signal": "SIGUSR2"})
         job = launcher.TrainingJob(launcher.expand_grid("configs/mini/vicreg.yaml", {"arm": ["e2mc"]})[0])
         assert job()["status"] == "interrupted"
         assert received == [signal.SIGUSR2]

@@ -5,7 +5,9 @@ import pytest
 
 from e2mc.config import ConfigError, load_config
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Training configurations; configs/experiments/ holds experiment descriptions (tests/test_experiments.py).
+CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if "experiments" not in p.relative_to(CONFIG_DIR).parts)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[2])))

@@ -22,7 +22,9 @@ import e2mc.distributed
 from e2mc.config import load_config
 from e2mc.criterion import E2MC
 from e2mc.methods import build_model, method_names
-from e2mc.train import StopRequest, read_metrics, setup, start, train_one_epoch
+from e2mc.distributed import StopRequest
+from e2mc.runfolder import read_metrics
+from e2mc.train import setup, start, train_one_epoch
 from fake_data import write_fake_fashion_mnist
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,8 @@ import torch
 
 from e2mc import checkpoints
 from e2mc.config import ConfigError, load_config
-from e2mc.train import RunFolderBusyError, read_metrics, train
+from e2mc.runfolder import RunFolderBusyError, read_metrics
+from e2mc.train import train
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_data import write_fake_fashion_mnist  # noqa: E402
 
@@ -306,7 +307,7 @@ def test_a_run_sizes_its_threads_from_the_allocation_and_restores_them(monkeypat
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
     seen = []
-    monkeypatch.setattr("e2mc.train.train", lambda cfg, epoch_end_hooks: seen.append(torch.get_num_threads()) or {})
+    monkeypatch.setattr("e2mc.runs.train", lambda cfg, epoch_end_hooks: seen.append(torch.get_num_threads()) or {})
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from e2mc import checkpoints
+from e2mc import checkpoints, releases
 from e2mc.build import build_network, check_finite_weights, load_model_weights, resolve_device
 from e2mc.config import Config, ConfigError, config_from_dict
 from e2mc.criteria import criterion_record
@@ -73,7 +73,7 @@ def load_checkpoint(path: str | Path, method: str | None = None, device: str | t
 
     Our training checkpoints (``"format": "e2mc-train-v1"``) carry method, configuration and epoch;
     ``method``, if given, must agree. Anything else is read as an official release of ``method``
-    (required then) on a ResNet-50 (``e2mc.checkpoints.load_official``), evaluated on ImageNet.
+    (required then) on a ResNet-50 (``e2mc.releases.load_official``), evaluated on ImageNet.
     ``arm`` and ``epoch`` override what is inferred: the arm from the configuration
     (:func:`infer_arm`), the epoch from the file, except that a run from scratch is the base model
     of continued training, epoch 0 (its own epoch count goes to ``extra["pretrain_epochs"]``).
@@ -115,7 +115,7 @@ def load_checkpoint(path: str | Path, method: str | None = None, device: str | t
             raise UserError(f"{path} is not one of our training checkpoints; give --method (one of "
                              f"{', '.join(method_names())}) to read it as an official release")
         network = build_model(method, "resnet50")
-        report = checkpoints.load_official(state, method, network, source=str(path))
+        report = releases.load_official(state, method, network, source=str(path))
         if report.epoch is not None:
             extra["release_epochs"] = report.epoch
         context = ResultContext(method, arm or "base", 0 if epoch is None else epoch, None, str(path), extra)
