@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from e2mc import notebook_io, tables
+from e2mc.errors import UserError
 from e2mc.experiments import PLATEAU_DIR, VARIANTS_DIR
 from e2mc.provenance import REPO_ROOT
 from e2mc.results import load
@@ -52,14 +53,19 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict) -> None:
                                    cwd=str(REPO_ROOT), progress_bar=False, kernel_manager_class=IPCKernelManager)
 
 
-def run_notebooks(results_dir: Path, executed_dir: Path | None = None, readme: Path | None = None) -> None:
-    """Execute every notebook with papermill on ``results_dir``; figures go where notebook_io.resolve_io_dirs says.
-    With ``readme``, its table blocks are then refreshed from the tables written
-    (:func:`e2mc.tables.sync_readme_tables`)."""
-    executed_dir = executed_dir or Path(tempfile.mkdtemp(prefix="e2mc-notebooks-"))
+def run_notebooks(results_dir: Path, executed_dir: Path | None = None, readme: Path | None = None,
+                  only: tuple[str, ...] = ()) -> None:
+    """Execute every notebook with papermill on ``results_dir`` (with ``only``, just those of them);
+    figures go where notebook_io.resolve_io_dirs says. With ``readme``, its table blocks are then
+    refreshed from the tables written (:func:`e2mc.tables.sync_readme_tables`)."""
     found, _ = notebook_io.resolve_io_dirs(results_dir)
     converged = (found / PLATEAU_DIR).is_dir() or (found / VARIANTS_DIR).is_dir()
-    for name in NOTEBOOKS + (CONVERGED_NOTEBOOKS if converged else ()):
+    names = NOTEBOOKS + (CONVERGED_NOTEBOOKS if converged else ())
+    unknown = [name for name in only if name not in names]
+    if unknown:
+        raise UserError(f"--only {' '.join(unknown)}: the notebooks of {results_dir} are {', '.join(names)}")
+    executed_dir = executed_dir or Path(tempfile.mkdtemp(prefix="e2mc-notebooks-"))
+    for name in (n for n in names if not only or n in only):
         print(f"[notebooks] {name} on {results_dir}", flush=True)
         execute_notebook(REPO_ROOT / "notebooks" / f"{name}.ipynb", executed_dir / f"{name}.ipynb",
                          {"results_dir": str(results_dir)})
@@ -80,5 +86,7 @@ def add_command(sub) -> None:
     p.add_argument("--readme", default=None,
                    help="also refresh the <!-- e2mc:table FOLDER/NAME --> blocks of this Markdown file from "
                         "figures/FOLDER/NAME.md")
-    p.set_defaults(run=lambda args: run_notebooks(Path(args.results),
-                                                  readme=Path(args.readme) if args.readme else None) or 0)
+    p.add_argument("--only", nargs="+", default=(), metavar="NOTEBOOK",
+                   help="execute just these notebooks (e.g. preregistered while its study runs)")
+    p.set_defaults(run=lambda args: run_notebooks(Path(args.results), readme=Path(args.readme) if args.readme else None,
+                                                  only=tuple(args.only)) or 0)

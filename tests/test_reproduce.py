@@ -166,3 +166,21 @@ def test_the_committed_grid_is_found_finished():
     done = [e for e in experiments.entries("full") if e not in todo]
     assert len([e for e in done if get_method(e[0]).in_paper]) == 63
     assert not [e for e in todo if get_method(e[0]).in_paper]
+
+
+def test_notebooks_only_runs_the_named_notebooks_of_the_folder(tmp_path, monkeypatch, capsys):
+    from e2mc.__main__ import main
+
+    results = tmp_path / "results" / "study"
+    (results / "plateau").mkdir(parents=True)  # a converged folder: its notebooks include the two extra
+    ran = []
+    monkeypatch.setattr(reports, "execute_notebook", lambda notebook, output, parameters: ran.append(notebook.stem))
+    assert main(["notebooks", "--results", str(results), "--only", "preregistered", "tables"]) in (0, None)
+    assert ran == ["tables", "preregistered"]  # in the folder's order, nothing else
+    ran.clear()
+    assert main(["notebooks", "--results", str(results)]) in (0, None)
+    assert ran == list(reports.NOTEBOOKS + reports.CONVERGED_NOTEBOOKS)
+    (tmp_path / "results" / "mini").mkdir()  # a folder of the main grid has no pre-registered notebook
+    ran.clear()
+    assert main(["notebooks", "--results", str(tmp_path / "results" / "mini"), "--only", "preregistered"]) == 2
+    assert "the notebooks of" in capsys.readouterr().err and not ran
