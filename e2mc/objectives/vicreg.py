@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from e2mc.checks import check_matrix
 from e2mc.criterion import covariance_penalty
