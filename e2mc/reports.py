@@ -9,7 +9,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from e2mc import notebook_io, tables
 from e2mc.errors import UserError
 from e2mc.experiments import PLATEAU_DIR, VARIANTS_DIR
 from e2mc.provenance import REPO_ROOT
@@ -58,6 +57,10 @@ def run_notebooks(results_dir: Path, executed_dir: Path | None = None, readme: P
     """Execute every notebook with papermill on ``results_dir`` (with ``only``, just those of them);
     figures go where notebook_io.resolve_io_dirs says. With ``readme``, its table blocks are then
     refreshed from the tables written (:func:`e2mc.tables.sync_readme_tables`)."""
+    # pandas, matplotlib and papermill come with the [repro] extra: the core install, which registers this
+    # command, must not need them to start.
+    from e2mc import notebook_io, tables
+
     found, _ = notebook_io.resolve_io_dirs(results_dir)
     converged = (found / PLATEAU_DIR).is_dir() or (found / VARIANTS_DIR).is_dir()
     names = NOTEBOOKS + (CONVERGED_NOTEBOOKS if converged else ())

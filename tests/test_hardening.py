@@ -216,7 +216,7 @@ def test_bad_yaml_names_the_file(tmp_path, text):
 @pytest.mark.parametrize(("args", "message"), [
     (["continue", "--config", "configs/mini/vicreg.yaml", "train.init=/nowhere/base.pt"], "checkpoint not found"),
     (["continue", "--config", "configs/mini/vicreg.yaml", "loss.params={bogus: 1}"], "loss.params does not fit"),
-    (["evaluate", "--checkpoint", "x.pt", "--results-dir", "out", "--batch-size", "0"], "must be a positive"),
+    (["evaluate", "--checkpoint", "x.pt", "--results-dir", "out", "--batch-size", "0"], "eval.batch_size must be >= 1"),
     (["reproduce", "--entry", "vicreg:e2mc"], "--entry takes METHOD:ARM:SEED"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, message):
