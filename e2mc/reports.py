@@ -61,7 +61,7 @@ def run_notebooks(results_dir: Path, executed_dir: Path | None = None, readme: P
     # command, must not need them to start.
     from e2mc import notebook_io, tables
 
-    found, _ = notebook_io.resolve_io_dirs(results_dir)
+    found, figures_dir = notebook_io.resolve_io_dirs(results_dir)
     converged = (found / PLATEAU_DIR).is_dir() or (found / VARIANTS_DIR).is_dir()
     names = NOTEBOOKS + (CONVERGED_NOTEBOOKS if converged else ())
     unknown = [name for name in only if name not in names]
@@ -74,8 +74,7 @@ def run_notebooks(results_dir: Path, executed_dir: Path | None = None, readme: P
                          {"results_dir": str(results_dir)})
     print(f"[notebooks] executed copies in {executed_dir}", flush=True)
     if readme is not None:
-        _, tables_dir = notebook_io.resolve_io_dirs(results_dir)
-        changed = tables.sync_readme_tables(readme, tables_dir.parent)  # every folder's blocks
+        changed = tables.sync_readme_tables(readme, figures_dir.parent)  # every folder's blocks
         print(f"[notebooks] {readme}: " + (f"updated table(s) {', '.join(changed)}" if changed
                                             else "its tables already match"), flush=True)
 
