@@ -48,14 +48,21 @@ def _git(cwd: Path, *args: str) -> bytes | None:
         return None
 
 
+# The result records (``results/**/*.json``) are what the commands write, not what they run: a tree
+# whose only changes are records is the commit's code (re-running a committed entry rewrites its
+# records, and must not mark itself, or the entries after it, dirty). Base checkpoints (.pt) count.
+CODE_PATHSPEC = (".", ":(exclude,glob)results/**/*.json")
+
+
 def git_commit(cwd: Path = REPO_ROOT) -> dict[str, Any]:
-    """The checked-out commit, whether tracked files differ from it, and the sha256 of that difference
-    (``git diff HEAD --binary``: staged and unstaged changes of tracked files; None when clean); ``None``
-    for each outside a checkout."""
+    """The checked-out commit, whether tracked files other than result records (:data:`CODE_PATHSPEC`)
+    differ from it, and the sha256 of that difference (``git diff HEAD --binary`` over the same paths:
+    staged and unstaged changes; None when clean); ``None`` for each outside a checkout. ``cwd`` is the
+    top of the checkout."""
     commit = _git(cwd, "rev-parse", "HEAD")
-    status = _git(cwd, "status", "--porcelain", "--untracked-files=no")
+    status = _git(cwd, "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHSPEC)
     dirty = None if status is None else bool(status.strip())
-    diff = _git(cwd, "diff", "HEAD", "--binary") if dirty else None
+    diff = _git(cwd, "diff", "HEAD", "--binary", "--", *CODE_PATHSPEC) if dirty else None
     return {"commit": None if commit is None else commit.decode().strip(), "dirty": dirty,
             "diff_sha256": None if diff is None else hashlib.sha256(diff).hexdigest()}
 

@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from e2mc import checkpoints, reports
+from e2mc import checkpoints, reports, rerun
 from e2mc.config import LABEL_FRACTIONS, Config, config_from_dict
 from e2mc.criteria import criterion_record
 from e2mc.errors import UserError, check_writable_folder
@@ -282,13 +282,14 @@ def run_logged(command: list[str], log_path: Path, tag: str, env: dict[str, str]
 
 
 def reproduce(part: str | Part, results_dir: Path, runs_dir: Path, jobs: int = 1, data_root: str | None = None,
-              checkpoints: Path | None = None, epoch_fractions: tuple[float, ...] | None = None) -> int:
-    """Run the ``part`` of the grid, ``jobs`` entries at a time (each its own process, with
-    ``cores // jobs`` threads); returns the number of entries that failed. The bases are checked
-    (and, for a part with its own pre-training runs, exported) first."""
+              checkpoints: Path | None = None, epoch_fractions: tuple[float, ...] | None = None,
+              only: list[tuple[str, str, int]] | None = None) -> int:
+    """Run the ``part`` of the grid (``only`` these of its entries, if given), ``jobs`` entries at a time
+    (each its own process, with ``cores // jobs`` threads); returns the number of entries that failed.
+    The bases are checked (and, for a part with its own pre-training runs, exported) first."""
     part = get_part(part, checkpoints, epoch_fractions)
     ensure_bases(part)
-    todo = entries(part)
+    todo = entries(part) if only is None else only
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     print(f"[reproduce] {len(todo)} entries of the {part.name} grid, {jobs} at a time, {threads} thread(s) each",
           flush=True)
@@ -322,6 +323,8 @@ def _reproduce_command(args) -> int:
     part = get_part(args.part, args.checkpoints,
                     tuple(args.epoch_fractions) if args.epoch_fractions else None, tuple(args.methods or ()))
     results, runs = Path(args.results or part.results), Path(args.runs or part.runs)
+    if args.rerun or args.rerun_dirty:
+        return _rerun_command(args, part, results, runs)
     if args.dry_run:
         todo = pending(part, results, runs)
         for method, arm, seed in todo:
@@ -345,6 +348,36 @@ def _reproduce_command(args) -> int:
         print(reports.compare(Path(args.compare_to), results))
     if failed:
         print(f"[reproduce] {failed} entries failed; rerun the same command to retry them", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _rerun_command(args, part: Part, results: Path, runs: Path) -> int:
+    """``reproduce --rerun ENTRY ...`` / ``--rerun-dirty``: set the entries' results and run folders
+    aside (:mod:`e2mc.rerun`), then run them."""
+    if args.entry:
+        raise UserError("--rerun and --rerun-dirty choose the entries themselves; leave out --entry")
+    chosen = [_parse_entry(text) for text in args.rerun or ()]
+    for entry in chosen:
+        if entry not in entries(part):
+            raise UserError(f"{':'.join(map(str, entry))} is not an entry of the {part.name} grid; `reproduce "
+                            f"--part {part.name} --dry-run` lists the entries still to run")
+    if args.rerun_dirty:
+        chosen += [e for e in rerun.dirty_entries(part, results) if e not in chosen]
+    for method, arm, seed in chosen:
+        files = rerun.entry_results(part, (method, arm, seed), results)
+        print(f"{method}:{arm}:{seed} ({len(files)} result files)")
+    if args.dry_run or not chosen:
+        print(f"[reproduce] {len(chosen)} entries of the {part.name} grid to compute again into {results}"
+              + (" (--dry-run: nothing moved or run)" if args.dry_run else ""))
+        return 0
+    require_clean_tree(results)
+    check_writable_folder(results, "results folder")
+    attic, moved = rerun.set_aside(part, chosen, results, runs)
+    print(f"[reproduce] moved {moved} result files and run folders of {len(chosen)} entries to {attic}", flush=True)
+    failed = reproduce(part, results, runs, args.jobs, args.data_root, only=chosen)
+    if failed:
+        print(f"[reproduce] {failed} entries failed; `reproduce --part {part.name}` (without --rerun) resumes them",
+              file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -398,6 +431,12 @@ def add_commands(sub) -> None:
                         "0.01 0.1 1 are probed after the last epoch only")
     p.add_argument("--entry", default=None, help="run one METHOD:ARM:SEED entry in this process")
     p.add_argument("--dry-run", action="store_true", help="list the entries whose results are missing; run nothing")
+    p.add_argument("--rerun", nargs="+", default=None, metavar="METHOD:ARM:SEED",
+                   help="compute these finished entries again: their result files and run folders are moved to "
+                        "<runs>/replaced/<time>/ first (METHOD:base:0 for the base's probes)")
+    p.add_argument("--rerun-dirty", action="store_true",
+                   help="compute again every entry with a result file that records uncommitted changes "
+                        "(git_dirty), as --rerun does; with --dry-run, list them")
     p.set_defaults(run=_reproduce_command)
     text = "copy the model of a finished pre-training run to a base checkpoint with its provenance"
     p = sub.add_parser("export-base", help=text, description=text)

@@ -137,17 +137,28 @@ def test_a_dirty_tree_records_the_hash_of_the_patch_that_recreates_it(checkout, 
     _git(checkout, "add", "code.py")  # staged changes count as well as unstaged ones
     dirty = provenance.git_commit(checkout)
     assert dirty["dirty"] is True and dirty["commit"] == clean["commit"]
-    patch = _git(checkout, "diff", "HEAD", "--binary")
+    patch = _git(checkout, "diff", "HEAD", "--binary", "--", "code.py")  # the code's patch, not the record's
     assert dirty["diff_sha256"] == hashlib.sha256(patch).hexdigest()
-    # the patch it names turns the recorded commit into the tree that ran
+    # the patch it names turns the recorded commit into the code that ran
     copy = tmp_path / "copy"
     _git(tmp_path, "clone", "-q", str(checkout), str(copy))
     (tmp_path / "p.diff").write_bytes(patch)
     _git(copy, "apply", str(tmp_path / "p.diff"))
     assert (copy / "code.py").read_text() == "x = 2\n"
-    assert (copy / "results" / "mini" / "r.json").read_text() == '{"a": 1}\n'
     (checkout / "code.py").write_text("x = 3\n")
     assert provenance.git_commit(checkout)["diff_sha256"] != dirty["diff_sha256"]
+
+
+def test_a_tree_whose_only_changes_are_result_records_is_clean(checkout):
+    """Re-running a committed entry rewrites (or first sets aside) its records; that is not a change of
+    the code, and must not mark the rewritten files, or the entries after them, dirty."""
+    clean = provenance.git_commit(checkout)
+    (checkout / "results" / "mini" / "r.json").write_text('{"a": 1}\n')
+    assert provenance.git_commit(checkout) == clean
+    (checkout / "results" / "mini" / "r.json").unlink()
+    assert provenance.git_commit(checkout) == clean
+    (checkout / "elsewhere" / "tracked.json").write_text('{"b": 2}\n')  # a JSON file outside results/ is code
+    assert provenance.git_commit(checkout)["dirty"] is True
 
 
 def test_results_record_the_diff_hash_field():
