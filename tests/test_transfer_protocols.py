@@ -1,6 +1,7 @@
 """The authors' transfer protocol (RegLog on the last feature map, step schedule) beside the pooled probe."""
 import copy
 import math
+import sys
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from e2mc import results
 from e2mc.config import ConfigError, load_config
+from e2mc.errors import UserError
 from e2mc.evaluation import EvaluationPlan, ProbeSettings, TensorImages, evaluate_network, plan_from_config
 from e2mc.evaluation.image_probe import RegLog, feature_map, spatial_trunk, train_linear_on_images
 from e2mc.evaluation.linear import AUTHORS_TRANSFER_PROBE, cosine_lr, epoch_lr
@@ -259,3 +261,12 @@ def test_digits_is_a_bundled_stratified_transfer_set():
     index = next(i for i in range(1797) if (original.images[i] * (255 / 16)).round().astype("uint8").tobytes()
                  == image.tobytes() and original.target[i] == label)
     assert image.size == (8, 8) and original.target[index] == label
+
+
+def test_digits_without_scikit_learn_names_the_extra_that_brings_it(monkeypatch):
+    from e2mc.evaluation import transfer_dataset
+
+    for name in ("sklearn", "sklearn.datasets", "sklearn.model_selection"):
+        monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules: the import fails, as uninstalled
+    with pytest.raises(UserError, match=r"pip install 'e2mc\[repro\]'"):
+        transfer_dataset("digits", "bundled", "train")

@@ -76,8 +76,12 @@ class Digits(Dataset):
     TEST_FRACTION = 0.3
 
     def __init__(self, split: str = "train", transform: Callable | None = None) -> None:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
+        try:  # scikit-learn is in the [repro] extra only: the core install has no digits
+            from sklearn.datasets import load_digits
+            from sklearn.model_selection import train_test_split
+        except ModuleNotFoundError:
+            raise UserError("the digits transfer set comes with scikit-learn, which this environment lacks: "
+                            "pip install 'e2mc[repro]' (or pip install scikit-learn)") from None
 
         digits = load_digits()
         images = (digits.images * (255 / 16)).round().astype("uint8")  # 0..16 -> 0..255
