@@ -93,6 +93,8 @@ def preregistered_study(frame: pd.DataFrame) -> Table:
                f"(docs/preregistration.md): paired differences after epoch {preregistration.EPOCH}, paired by seed "
                f"(probe seed = training seed), mean [95% t-interval] in points, two-sided paired t-test; only the "
                f"primary endpoint and the positive control decide, the exploratory rows are uncorrected")
+    summary = (preregistration.primary_sentence(outcome.primary) + "\n\n"
+               + preregistration.control_sentence(outcome.control))  # the sentences the pre-registration fixed
     return Table("preregistered_study", caption,
                  ["Endpoint", "Comparison", "Probe number", "Labels", "Difference", "Seeds", "t", "p"],
-                 printed, pd.DataFrame(numbers))
+                 printed, pd.DataFrame(numbers), summary)

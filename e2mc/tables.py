@@ -34,18 +34,22 @@ from e2mc.provenance import write_atomic
 @dataclasses.dataclass
 class Table:
     """A printed table: ``header`` and ``rows`` of strings, plus the long-form ``numbers`` behind the
-    cells (one row per cell: its keys, ``mean``, ``ci`` and ``n``)."""
+    cells (one row per cell: its keys, ``mean``, ``ci`` and ``n``), and an optional ``summary``: the
+    sentences that report it, printed under the Markdown table."""
 
     name: str
     caption: str
     header: list[str]
     rows: list[list[str]]
     numbers: pd.DataFrame
+    summary: str = ""
 
     def to_markdown(self) -> str:
         lines = [f"**{self.caption}**", "", "| " + " | ".join(self.header) + " |",
                  "|" + "|".join("---" if i < self._key_columns() else "---:" for i in range(len(self.header))) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        if self.summary:
+            lines += ["", self.summary]
         return "\n".join(lines) + "\n"
 
     def to_latex(self) -> str:

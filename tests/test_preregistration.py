@@ -147,6 +147,11 @@ def test_the_report_table_holds_the_tests_it_prints():
     assert table.numbers.iloc[1]["role"] == "positive control" and table.numbers.iloc[1]["arm"] == "mmcr"
     assert set(table.numbers.iloc[2:]["role"]) == {"exploratory"} and len(table.numbers) == 2 + len(prereg.EXPLORATORY)
     assert table.rows[0][4].startswith(f"{first['mean']:+.2f} [")
+    # the Markdown (what the README shows) ends with the fixed sentences, the primary's t and p among them
+    markdown = table.to_markdown()
+    assert markdown.index("| primary |") < markdown.index("On the converged mini SwAV base")
+    assert f"t(7) = {reference.statistic:.2f}, p = {reference.pvalue:.3f}" in markdown
+    assert "Positive control, MMCR minus the original loss" in markdown and "\\caption" not in markdown
 
 
 def test_the_report_figure_draws_each_seed(tmp_path):
