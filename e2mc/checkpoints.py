@@ -10,7 +10,9 @@
   as tensors and numbers, so a training checkpoint holding them still loads with weights_only.
 * Our own training checkpoints (``"format": FORMAT``) are recognised, read, slimmed and exported
   here and nowhere else: :func:`is_training_checkpoint`, :func:`load_training`, :func:`slim`,
-  :func:`export_slim`. :mod:`e2mc.train` writes them with :func:`save_atomic`.
+  :func:`export_slim`. :func:`e2mc.epoch.save_checkpoint` writes them with :func:`save_atomic`.
+* :func:`load_model_weights` and :func:`check_finite_weights` put a checkpoint's weights into a network
+  and refuse non-finite ones, for training (:mod:`e2mc.build`) and evaluation alike.
 """
 from __future__ import annotations
 
