@@ -59,13 +59,15 @@ def build_stream(cfg: Config, device: torch.device):
 
 
 def load_initial_weights(path: str | Path, method: str, network: nn.Module,
-                         restore_optimizer: bool | None = None) -> tuple[str, dict | None]:
-    """Load ``path``, one of our checkpoints or an official release of ``method``, into ``network``.
+                         optimizer: torch.optim.Optimizer | None = None,
+                         restore_optimizer: bool | None = None) -> str:
+    """Load ``path``, one of our checkpoints or an official release of ``method``, into ``network``,
+    and return a description of it.
 
-    Returns a description and, when the optimizer state is to be restored, the release's
-    per-parameter optimizer state keyed by our parameter names. ``restore_optimizer`` None follows
-    the E2MC authors (``Method.restore_release_optimizer``: VICReg's LARS state is restored, SimSiam's
-    SGD state is not); True or False forces it.
+    For a release, ``optimizer`` (when given) continues with the release's per-parameter state, as the
+    authors' code does, when ``restore_optimizer`` says so: None follows the E2MC authors
+    (``Method.restore_release_optimizer``: VICReg's LARS state is restored, SimSiam's SGD state is
+    not); True or False forces it.
     """
     state = checkpoints.load(path)
     if checkpoints.training_state(state, path) is not None:
@@ -73,11 +75,13 @@ def load_initial_weights(path: str | Path, method: str, network: nn.Module,
             raise UserError(f"{path} holds a {state['method']} network but method={method}; "
                              "choose the matching config")
         checkpoints.load_model_weights(network, state, path)
-        origin, released = f"started from {repo_relative(path)} (epoch {state['epoch']})", None
+        origin = f"started from {repo_relative(path)} (epoch {state['epoch']})"
     else:
         report = releases.load_official(state, method, network, source=repo_relative(path))
         if restore_optimizer is None:
             restore_optimizer = get_method(method).restore_release_optimizer
-        origin, released = report.summary(), report.optimizer_state_by_name if restore_optimizer else None
+        if optimizer is not None and restore_optimizer and report.optimizer_state_by_name:
+            releases.apply_optimizer_state(optimizer, network, report.optimizer_state_by_name)
+        origin = report.summary()
     checkpoints.check_finite_weights(network, str(path))
-    return origin, released
+    return origin

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from e2mc import checkpoints, releases
+from e2mc import checkpoints
 from e2mc.build import (build_added_criterion, build_network, build_objective, build_stream, load_initial_weights,
                         resolve_device)
 from e2mc.config import Config, save_config
@@ -131,10 +131,8 @@ def start(run: Run) -> None:
         run.earlier_seconds = float(state.get("run_seconds", 0.0))
         run.origin = f"resumed from {repo_relative(resume_path)} at epoch {run.epoch} step {run.step}"
     elif cfg.train.init:
-        run.origin, released = load_initial_weights(cfg.train.init, cfg.method, run.network,
-                                                    cfg.train.restore_release_optimizer)
-        if released:  # continue with the release's momentum, as the authors' code does
-            releases.apply_optimizer_state(run.optimizer, run.network, released)
+        run.origin = load_initial_weights(cfg.train.init, cfg.method, run.network, run.optimizer,
+                                          cfg.train.restore_release_optimizer)
     else:
         run.origin = "random initialisation"
     if not resuming:  # before any record: a folder with records always has a checkpoint
