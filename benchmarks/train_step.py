@@ -31,7 +31,7 @@ from e2mc.provenance import REPO_ROOT, provenance, write_json_atomic  # noqa: E4
 from e2mc.build import build_added_criterion, build_network, build_objective  # noqa: E402
 from e2mc.criteria import get_criterion  # noqa: E402
 from e2mc.methods import get_method, method_names  # noqa: E402
-from e2mc.train import MultiViewNetwork, compute_loss  # noqa: E402
+from e2mc.epoch import MultiViewNetwork, compute_loss  # noqa: E402
 
 # (scale, ImageNet-sized views, config overrides, target: largest acceptable E2MC overhead)
 SCALES = {

@@ -20,7 +20,7 @@ from e2mc.errors import UserError, describe_os_error
 from e2mc.evaluation import cli as evaluation_cli
 from e2mc.provenance import code_state, require_clean_tree
 from e2mc.runs import run_training
-from e2mc.train import NonFiniteLossError
+from e2mc.epoch import NonFiniteLossError
 
 
 def _train_command(args) -> int:

@@ -1,5 +1,5 @@
 """From a configuration to the objects a run or an evaluation needs: device, network, objective,
-added criterion, and the weights a run starts from.
+added criterion, training data stream, and the weights a run starts from.
 
 Training (:mod:`e2mc.train`) and evaluation (:mod:`e2mc.evaluation`) both build networks here, so
 neither imports the other.
@@ -15,21 +15,10 @@ from torch import nn
 from e2mc import checkpoints, releases
 from e2mc.config import Config
 from e2mc.criteria import get_criterion
+from e2mc.data.registry import get_dataset
 from e2mc.errors import UserError
 from e2mc.methods import get_method
 from e2mc.provenance import repo_relative
-
-
-
-def load_model_weights(network: nn.Module, state: dict, source: str | Path) -> None:
-    """Load ``state["model"]`` (one of our checkpoints) into ``network``; a KeyMismatchError naming
-    ``source`` when the tensors do not fit (another model size, a hand-edited file)."""
-    try:
-        network.load_state_dict(state["model"])
-    except RuntimeError as e:  # torch lists missing, unexpected and misshapen keys
-        detail = " ".join(str(e).split())
-        raise checkpoints.KeyMismatchError(f"{source} does not fit the network its configuration builds: "
-                                           f"{detail[:300]}") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,36 +53,35 @@ def build_added_criterion(cfg: Config) -> nn.Module | None:
     return get_criterion(cfg.criterion.name).build(cfg.criterion)
 
 
-def check_finite_weights(network: nn.Module, source: str) -> None:
-    """Refuse weights holding NaN or inf: training from them fails at its first step, and evaluating
-    them gives chance accuracy that would enter the tables."""
-    bad = [name for name, tensor in network.state_dict().items()
-           if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
-    if bad:
-        listing = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
-        raise checkpoints.CheckpointError(f"{source} holds non-finite weights ({len(bad)} tensors: {listing}); "
-                                          "it is not a usable model: use an earlier checkpoint")
+def build_stream(cfg: Config, device: torch.device):
+    """The training batch stream for the configured dataset (its record in :mod:`e2mc.data.registry`)."""
+    return get_dataset(cfg.data.dataset).train_stream(cfg.data, get_method(cfg.method), cfg.train.seed, device)
 
 
 def load_initial_weights(path: str | Path, method: str, network: nn.Module,
-                         restore_optimizer: bool | None = None) -> tuple[str, dict | None]:
-    """Load ``path``, one of our checkpoints or an official release of ``method``, into ``network``.
+                         optimizer: torch.optim.Optimizer | None = None,
+                         restore_optimizer: bool | None = None) -> str:
+    """Load ``path``, one of our checkpoints or an official release of ``method``, into ``network``,
+    and return a description of it.
 
-    Returns a description and, when the optimizer state is to be restored, the release's
-    per-parameter optimizer state keyed by our parameter names. ``restore_optimizer`` None follows
-    the E2MC authors (``Method.restore_release_optimizer``: VICReg's LARS state is restored, SimSiam's
-    SGD state is not); True or False forces it.
+    For a release, ``optimizer`` (when given) continues with the release's per-parameter state, as the
+    authors' code does, when ``restore_optimizer`` says so: None follows the E2MC authors
+    (``Method.restore_release_optimizer``: VICReg's LARS state is restored, SimSiam's SGD state is
+    not); True or False forces it.
     """
     state = checkpoints.load(path)
     if checkpoints.training_state(state, path) is not None:
         if state["method"] != method:
             raise UserError(f"{path} holds a {state['method']} network but method={method}; "
                              "choose the matching config")
-        load_model_weights(network, state, path)
-        check_finite_weights(network, str(path))
-        return f"started from {repo_relative(path)} (epoch {state['epoch']})", None
-    report = releases.load_official(state, method, network, source=repo_relative(path))
-    check_finite_weights(network, str(path))
-    if restore_optimizer is None:
-        restore_optimizer = get_method(method).restore_release_optimizer
-    return report.summary(), report.optimizer_state_by_name if restore_optimizer else None
+        checkpoints.load_model_weights(network, state, path)
+        origin = f"started from {repo_relative(path)} (epoch {state['epoch']})"
+    else:
+        report = releases.load_official(state, method, network, source=repo_relative(path))
+        if restore_optimizer is None:
+            restore_optimizer = get_method(method).restore_release_optimizer
+        if optimizer is not None and restore_optimizer and report.optimizer_state_by_name:
+            releases.apply_optimizer_state(optimizer, network, report.optimizer_state_by_name)
+        origin = report.summary()
+    checkpoints.check_finite_weights(network, str(path))
+    return origin

@@ -10,7 +10,9 @@
   as tensors and numbers, so a training checkpoint holding them still loads with weights_only.
 * Our own training checkpoints (``"format": FORMAT``) are recognised, read, slimmed and exported
   here and nowhere else: :func:`is_training_checkpoint`, :func:`load_training`, :func:`slim`,
-  :func:`export_slim`. :mod:`e2mc.train` writes them with :func:`save_atomic`.
+  :func:`export_slim`. :func:`e2mc.epoch.save_checkpoint` writes them with :func:`save_atomic`.
+* :func:`load_model_weights` and :func:`check_finite_weights` put a checkpoint's weights into a network
+  and refuse non-finite ones, for training (:mod:`e2mc.build`) and evaluation alike.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from e2mc.errors import UserError
 from e2mc.provenance import write_atomic
@@ -41,6 +44,28 @@ class UnsafeCheckpointError(CheckpointError):
 
 class KeyMismatchError(CheckpointError):
     """A checkpoint's tensors do not match the model's state dict."""
+
+
+def load_model_weights(network: nn.Module, state: dict, source: str | Path) -> None:
+    """Load ``state["model"]`` (one of our checkpoints) into ``network``; a KeyMismatchError naming
+    ``source`` when the tensors do not fit (another model size, a hand-edited file)."""
+    try:
+        network.load_state_dict(state["model"])
+    except RuntimeError as e:  # torch lists missing, unexpected and misshapen keys
+        detail = " ".join(str(e).split())
+        raise KeyMismatchError(f"{source} does not fit the network its configuration builds: "
+                               f"{detail[:300]}") from None
+
+
+def check_finite_weights(network: nn.Module, source: str) -> None:
+    """Refuse weights holding NaN or inf: training from them fails at its first step, and evaluating
+    them gives chance accuracy that would enter the tables."""
+    bad = [name for name, tensor in network.state_dict().items()
+           if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        listing = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise CheckpointError(f"{source} holds non-finite weights ({len(bad)} tensors: {listing}); "
+                              "it is not a usable model: use an earlier checkpoint")
 
 
 def _official_exclude_bias_and_norm(p: torch.Tensor) -> bool:

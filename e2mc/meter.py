@@ -1,4 +1,6 @@
-"""The numbers of one training epoch as the loop logs them: running means of its terms, and images/s.
+"""The numbers of a training run as the loop logs them: the epoch's running means and images/s
+(:class:`EpochMeter`), and ``metrics.jsonl``, the run folder's file of records they go to
+(:class:`MetricsLog` appends, :func:`read_metrics` reads back).
 
 The loop feeds an :class:`EpochMeter` every step's loss terms and, on the steps it logs, the
 embedding diagnostics; the meter turns them into the epoch's line. An epoch that a stop signal
@@ -8,9 +10,15 @@ uninterrupted run; its images/s counts only the images trained after the resume,
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
+
+from e2mc.errors import write_error
 
 
 class EpochMeter:
@@ -63,3 +71,54 @@ class EpochMeter:
                 **{k: v / max(self.diag_counted, 1) for k, v in self.diag_sums.items()},
                 "images_per_s": self.images_per_step * (steps_per_epoch - self.first_step) / max(elapsed, 1e-9),
                 "seconds": self.earlier_seconds + elapsed}
+
+
+class MetricsLog:
+    """Appends JSON lines on rank 0; on resume, cuts the file back to what the checkpoint had seen."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+
+    def size(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def truncate(self, size: int) -> None:
+        """Cut the file back to the ``size`` bytes a checkpoint recorded (the caller has checked that
+        the file holds at least that many: a shorter one is refused, never padded)."""
+        if self.enabled and self.path.exists():
+            with open(self.path, "r+b") as f:
+                f.truncate(size)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            size = self.size()
+            try:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:  # full disk, ...: no half line, and no empty file, left behind
+                with contextlib.suppress(OSError):
+                    if size:
+                        os.truncate(self.path, size)
+                    else:
+                        self.path.unlink()
+                raise write_error(self.path, e) from e
+
+
+def read_metrics(output_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl``, in order; only those of ``kind`` ("step", "epoch",
+    "segment") when given."""
+    path = Path(output_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: {output_dir} is not the output_dir of a training run")
+    records = []
+    for number, line in enumerate(path.read_bytes().decode(errors="replace").splitlines(), start=1):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} line {number} is not a JSON record ({error.msg}): the file is damaged; "
+                                 "restore it, or train the run again in a new folder") from None
+            if not (isinstance(record, dict) and "kind" in record):
+                raise ValueError(f"{path} line {number} is not a metrics record (no \"kind\"): the file is damaged")
+            records.append(record)
+    return [r for r in records if kind is None or r["kind"] == kind]

@@ -39,7 +39,7 @@ from e2mc.experiments import (DATASET, PLATEAU_DIR, Arm, Part, arm_results_dir, 
 from e2mc.provenance import provenance, require_clean_tree, utc_now, write_json_atomic
 from e2mc.results import existing_result, find_results, result_filename, write_result
 from e2mc.runs import run_training
-from e2mc.runfolder import read_metrics
+from e2mc.meter import read_metrics
 
 DIAGNOSTIC_IMAGES = 2048  # fixed test images whose embeddings Fig. 2c/d plots before and after
 

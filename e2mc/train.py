@@ -1,9 +1,10 @@
 """The training loop: continued pre-training (and pre-training from scratch) of any registered method.
 
 :func:`train` runs one configuration to the end or until it is interrupted, in four steps:
-:func:`setup` (run folder, device, network, losses, process group, data, optimizer), :func:`start`
-(resume from the run folder, or load ``train.init``), :func:`train_one_epoch` (repeated; its numbers
-are kept by an :class:`e2mc.meter.EpochMeter`), and :func:`finish` (the summary). Everything a run
+:func:`setup` (device, network, losses, run folder, process group, data, optimizer), :func:`start`
+(resume from the run folder, or load ``train.init``), the epochs (each trained by
+:func:`e2mc.epoch.train_one_epoch`, whose numbers an :class:`e2mc.meter.EpochMeter` keeps, then saved,
+then followed by the epoch-end hooks), and :func:`finish` (the summary). Everything a run
 writes lives in its run folder (:mod:`e2mc.runfolder`), which one process at a time holds:
 
 * ``checkpoint.pt``: model, optimiser, every rank's loss state (SwAV queue), RNG, position and the
@@ -25,10 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import signal
-import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,117 +34,46 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
-from e2mc import checkpoints, releases
-from e2mc.build import build_added_criterion, build_network, build_objective, load_initial_weights, resolve_device
+from e2mc import checkpoints
+from e2mc.build import (build_added_criterion, build_network, build_objective, build_stream, load_initial_weights,
+                        resolve_device)
 from e2mc.config import Config, save_config
+from e2mc.errors import check_folder_path
 from e2mc.criteria import get_criterion
-from e2mc.data.registry import get_dataset
-from e2mc.diagnostics import embedding_stats
-from e2mc.distributed import (StopRequest, end_distributed, gather_objects, init_distributed, is_distributed, rank,
-                              world_size)
-from e2mc.meter import EpochMeter
-from e2mc.methods import Method, get_method
-from e2mc.optim import build_optimizer, learning_rate, set_learning_rate
+from e2mc.distributed import StopRequest, end_distributed, init_distributed, is_distributed, rank, world_size
+from e2mc.epoch import MultiViewNetwork, Run, restore_objective_state, save_checkpoint, train_one_epoch
+from e2mc.meter import MetricsLog
+from e2mc.methods import get_method
+from e2mc.optim import build_optimizer
 from e2mc.provenance import provenance, repo_relative, write_json_atomic
-from e2mc.runfolder import (MetricsLog, RunFolderError, RunLock, check_resumable, hooks_done,
-                            output_dir_of, record_hooks_done)
+from e2mc.runfolder import check_resumable, hooks_done, output_dir_of, run_epoch_hooks
+from e2mc.runlock import RunFolderError, RunLock
 
 EpochHook = Callable[[int, nn.Module, Path], None]
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or inf; the run stopped without touching its last checkpoint."""
-
-
 # --- setup -------------------------------------------------------------------------------------
-
-class MultiViewNetwork(nn.Module):
-    """Runs the network on every view in one ``forward`` (one DDP call per step), the method's way."""
-
-    def __init__(self, network: nn.Module, method: Method) -> None:
-        super().__init__()
-        self.network, self.method = network, method
-
-    def forward(self, views: list[torch.Tensor]):
-        return self.method.forward(self.network, views)
-
-
-def compute_loss(method: Method, outputs, batch: int, objective: nn.Module, added: nn.Module | None,
-                 network: nn.Module, consumes: Callable | None = None
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """Total loss, its named terms, and the embedding of the first view (for diagnostics).
-
-    Terms are prefixed: ``ssl_*`` from the method's loss, ``add_*`` from the added criterion, which
-    receives ``consumes(views)`` (default: the two views)."""
-    base, views = method.loss(outputs, batch, objective, network)
-    terms = {f"ssl_{k}": v for k, v in base.items()}
-    loss = base["loss"]
-    if added is not None:
-        extra = added(*(consumes(views) if consumes else (views.first, views.second)))
-        terms.update({f"add_{k}": v for k, v in extra.items()})
-        loss = loss + extra["loss"]
-    terms["loss"] = loss
-    return loss, terms, views.first
-
-
-def build_stream(cfg: Config, device: torch.device):
-    """The training batch stream for the configured dataset (its record in :mod:`e2mc.data.registry`)."""
-    return get_dataset(cfg.data.dataset).train_stream(cfg.data, get_method(cfg.method), cfg.train.seed, device)
-
-
-@dataclasses.dataclass
-class Run:
-    """Everything one training run holds between its steps."""
-
-    cfg: Config
-    device: torch.device
-    owns_process_group: bool            # train() created the process group and ends it
-    output_dir: Path
-    method: Method
-    network: nn.Module                  # the bare network (checkpoints, hooks)
-    forward: nn.Module                  # MultiViewNetwork, wrapped in DDP when distributed
-    objective: nn.Module
-    added: nn.Module | None
-    consumes: Callable
-    optimizer: torch.optim.Optimizer
-    stream: Any
-    metrics: MetricsLog
-    base_lr: float
-    transform: str                      # under which the diagnostics are measured
-    started: float = dataclasses.field(default_factory=time.time)
-    epoch: int = 0
-    step: int = 0
-    global_step: int = 0
-    carried: dict = dataclasses.field(default_factory=dict)   # EpochMeter.state() of a part-done epoch
-    earlier_seconds: float = 0.0        # training time of earlier segments of this run
-    origin: str = ""
-
-    @property
-    def main_process(self) -> bool:
-        return rank() == 0
-
-    def run_seconds(self) -> float:
-        return self.earlier_seconds + time.time() - self.started
-
 
 def setup(cfg: Config) -> Run:
     """Build the run from its configuration, each part once and from the top of the layers down: the
-    run folder (a file in its way is named at once); the device, network and losses (:mod:`e2mc.build`);
-    the file ``train.init`` names, checked before any data are read; the process group; the forward
-    pass, data stream and optimizer. Loads no weights (see :func:`start`)."""
-    output_dir = output_dir_of(cfg)
-    metrics = MetricsLog(output_dir / "metrics.jsonl", rank() == 0)
-    if cfg.train.output_dir is None:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(output_dir)))
+    device, network and losses (:mod:`e2mc.build`); the run folder, the file ``train.init`` names and
+    the folders the run writes (a file in the way is named at once), before any data are read; the
+    process group; the forward pass, data stream, optimizer and metrics log. Loads no weights (see :func:`start`)."""
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     network = build_network(cfg)
     objective, added = build_objective(cfg), build_added_criterion(cfg)
     criterion, method = get_criterion(cfg.criterion.name), get_method(cfg.method)
+    output_dir = output_dir_of(cfg)
+    if cfg.train.output_dir is None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(output_dir)))
+    # before any data are read: the file train.init names, and no file in the way of a folder the run writes
     if cfg.train.init and not (output_dir / "checkpoint.pt").exists():
         checkpoints.require_file(cfg.train.init)
+    check_folder_path(output_dir, "train.output_dir")
+    if cfg.eval.results_dir:
+        check_folder_path(cfg.eval.results_dir, "eval.results_dir")
     owns_group = init_distributed(device)
     network.to(device)
     objective.to(device)
@@ -163,6 +90,7 @@ def setup(cfg: Config) -> Run:
     bias_lr = None if cfg.optim.bias_base_lr is None else cfg.optim.bias_base_lr * lr_scaling
     optimizer = build_optimizer(cfg.optim.name, network, base_lr, cfg.optim.momentum, cfg.optim.weight_decay,
                                 cfg.optim.eta, bias_lr)
+    metrics = MetricsLog(output_dir / "metrics.jsonl", rank() == 0)  # rank 0 known once the group is joined
     section = cfg.to_dict()["criterion"]
     return Run(cfg, device, owns_group, output_dir, method, network, forward, objective, added, criterion.inputs, optimizer,
                stream, metrics, base_lr, criterion.measured_transform(section, cfg.method))
@@ -192,17 +120,19 @@ def start(run: Run) -> None:
         run.network.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         checkpoints.restore_rng_state(state["rng"])
-        run.metrics.truncate(state["metrics_bytes"], resume_path)
-        _restore_objective_state(run, state, resume_path)
+        if run.metrics.size() < state["metrics_bytes"]:  # cut or replaced after the checkpoint: never padded
+            raise RunFolderError(f"{run.metrics.path} holds {run.metrics.size()} bytes but {resume_path} recorded "
+                                 f"{state['metrics_bytes']}: the metrics were cut or replaced after the checkpoint "
+                                 "was written; restore the file, or start over in a new train.output_dir")
+        run.metrics.truncate(state["metrics_bytes"])
+        restore_objective_state(run, state, resume_path)
         run.epoch, run.step, run.global_step = state["epoch"], state["step"], state["global_step"]
         run.carried = state["epoch_sums"]
         run.earlier_seconds = float(state.get("run_seconds", 0.0))
         run.origin = f"resumed from {repo_relative(resume_path)} at epoch {run.epoch} step {run.step}"
     elif cfg.train.init:
-        run.origin, released = load_initial_weights(cfg.train.init, cfg.method, run.network,
-                                                    cfg.train.restore_release_optimizer)
-        if released:  # continue with the release's momentum, as the authors' code does
-            releases.apply_optimizer_state(run.optimizer, run.network, released)
+        run.origin = load_initial_weights(cfg.train.init, cfg.method, run.network, run.optimizer,
+                                          cfg.train.restore_release_optimizer)
     else:
         run.origin = "random initialisation"
     if not resuming:  # before any record: a folder with records always has a checkpoint
@@ -213,116 +143,6 @@ def start(run: Run) -> None:
               f"{run.origin}", flush=True)
     run.metrics.write({"kind": "segment", "epoch": run.epoch, "step": run.step, "global_step": run.global_step,
                        "origin": run.origin, "provenance": provenance(run.device)})
-
-
-def _restore_objective_state(run: Run, state: dict, path: Path) -> None:
-    """Load this rank's loss state from the checkpoint (or, for an older run folder, from its
-    ``loss-state-rank<r>.pt``); refuse to resume without it, which would not be exact."""
-    if not run.objective.state_dict():
-        return
-    states = state.get("objective_states")
-    if states is None:
-        legacy = run.output_dir / f"loss-state-rank{rank()}.pt"  # before the loss state moved into checkpoint.pt
-        if not legacy.exists():
-            raise RunFolderError(f"{path} holds no loss state ({run.cfg.method}'s queue) and {legacy} is missing: "
-                                 "resuming would restart with an empty queue, not exactly; restore the file, or "
-                                 "start over in a new train.output_dir")
-        own = checkpoints.load(legacy, map_location=run.device)
-    elif len(states) != world_size():
-        raise RunFolderError(f"{path} holds the loss state of {len(states)} processes but this run has "
-                             f"{world_size()}; resume with {len(states)}")
-    else:
-        own = states[rank()]
-    run.objective.load_state_dict(own)
-
-
-def save_checkpoint(run: Run, meter: EpochMeter | None = None) -> None:
-    """Write the state to resume at (``run.epoch``, ``run.step``) into one file on rank 0: the model,
-    optimizer, RNG and every rank's loss state together, so a kill leaves all of it old or all new.
-    ``meter`` is the part-done epoch's (saved as ``epoch_sums``), so that its line after a resume is the
-    one an uninterrupted run writes."""
-    # every rank's loss state (the SwAV queue differs between ranks), on CPU: a collective
-    own = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in run.objective.state_dict().items()}
-    objective_states = gather_objects(own) if own else None
-    if run.main_process:
-        state = {
-            "format": checkpoints.FORMAT, "method": run.cfg.method, "config": run.cfg.to_dict(),
-            "epoch": run.epoch, "step": run.step, "global_step": run.global_step,
-            "model": run.network.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "rng": checkpoints.capture_rng_state(), "metrics_bytes": run.metrics.size(),
-            "epoch_sums": meter.state() if meter else {}, "run_seconds": run.run_seconds(),
-        }
-        if objective_states is not None:
-            state["objective_states"] = objective_states
-        if run.cfg.train.keep_epoch_checkpoints and run.step == 0:
-            # before checkpoint.pt: a kill in between resumes the epoch, which writes this file again
-            checkpoints.export_slim(state, run.output_dir / f"checkpoint-epoch{run.epoch:03d}.pt")
-        checkpoints.save_atomic(state, run.output_dir / "checkpoint.pt")
-        for legacy in run.output_dir.glob("loss-state-rank*.pt"):  # superseded by objective_states
-            legacy.unlink(missing_ok=True)
-    if is_distributed():
-        dist.barrier()
-
-
-# --- the loop ---------------------------------------------------------------------------------
-
-def train_one_epoch(run: Run, stop: StopRequest) -> bool:
-    """Train from (``run.epoch``, ``run.step``) to the end of the epoch, log it and save the checkpoint.
-
-    Returns False when a stop signal interrupted the epoch (its state is saved to resume at the next
-    step). Raises :class:`NonFiniteLossError` on a NaN or inf loss, without touching the checkpoint."""
-    cfg, network = run.cfg, run.network
-    network.train()
-    meter, run.carried = EpochMeter(cfg.data.batch_size, run.step, run.carried), {}
-    steps_per_epoch = run.stream.steps_per_epoch
-    total_steps, warmup_steps = cfg.train.epochs * steps_per_epoch, cfg.optim.warmup_epochs * steps_per_epoch
-    lr = None
-    progress = tqdm(total=steps_per_epoch, initial=run.step, desc=f"epoch {run.epoch + 1}", leave=False,
-                    disable=not (run.main_process and sys.stderr.isatty()))
-    for step, views in enumerate(run.stream.epoch(run.epoch, run.step), start=run.step):
-        lr = learning_rate(cfg.optim.schedule, run.base_lr, run.global_step, total_steps, warmup_steps)
-        set_learning_rate(run.optimizer, lr)
-        if cfg.train.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        run.method.before_step(network)
-        try:
-            with torch.autocast(run.device.type, dtype=torch.bfloat16,
-                                enabled=run.device.type == "cuda" and cfg.train.amp):
-                outputs = run.forward(views)
-                loss, terms, z1 = compute_loss(run.method, outputs, views[0].shape[0], run.objective, run.added,
-                                               network, run.consumes)
-        except FloatingPointError as e:  # a criterion refused non-finite embeddings
-            raise NonFiniteLossError(_non_finite_report({}, run, step, lr, str(e))) from e
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(_non_finite_report(terms, run, step, lr))
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
-        values = {k: v.item() for k, v in terms.items()}
-        meter.update(values)
-        run.global_step += 1
-        if run.global_step % cfg.train.log_every == 0 or step == steps_per_epoch - 1:
-            stats = embedding_stats(z1, run.transform)
-            meter.update_diagnostics(stats)
-            run.metrics.write({"kind": "step", "epoch": run.epoch, "step": step, "global_step": run.global_step,
-                               "lr": lr, **values, **stats, "images_per_s": meter.window_rate(step, cfg.train.log_every)})
-        progress.update(1)
-        progress.set_postfix(loss=f"{values['loss']:.4f}")
-        if stop.requested(run.device):
-            run.step = step + 1
-            save_checkpoint(run, meter)
-            progress.close()
-            return False
-    progress.close()
-    run.epoch, run.step = run.epoch + 1, 0
-    record = {"kind": "epoch", "epoch": run.epoch, "global_step": run.global_step,
-              **meter.epoch_record(steps_per_epoch), "lr": lr if meter.counted else None}
-    run.metrics.write(record)
-    save_checkpoint(run)
-    if run.main_process:
-        print(f"[e2mc] epoch {run.epoch}/{cfg.train.epochs}: loss {record.get('loss', float('nan')):.4f}, "
-              f"{record['images_per_s']:.0f} images/s", flush=True)
-    return True
 
 
 def finish(run: Run, status: str, stop: StopRequest) -> dict[str, Any]:
@@ -358,13 +178,17 @@ def train(cfg: Config, epoch_end_hooks: list[EpochHook] | None = None) -> dict[s
     try:
         with lock, StopRequest() as stop:
             start(run)
-            if run.step == 0 and run.epoch > 0 and hooks_done(run.output_dir) != run.epoch:
-                _run_hooks(run, hooks)  # the last completed epoch's evaluation was lost with its process
+            owed = run.step == 0 and run.epoch > 0 and hooks_done(run.output_dir) != run.epoch
+            if run.main_process and hooks and owed:  # the last completed epoch's hooks were lost with its process
+                run_epoch_hooks(hooks, run.epoch, run.network, run.output_dir)
             while run.epoch < run.cfg.train.epochs:
-                if not train_one_epoch(run, stop):
+                finished = train_one_epoch(run, stop)
+                save_checkpoint(run)  # at the end of the epoch, or at the step a stop signal interrupted
+                if not finished:
                     status = "interrupted"
                     break
-                _run_hooks(run, hooks)
+                if run.main_process and hooks:
+                    run_epoch_hooks(hooks, run.epoch, run.network, run.output_dir)
                 if run.epoch < run.cfg.train.epochs and stop.requested(run.device):  # arrived during the hooks
                     status = "interrupted"
                     break
@@ -378,36 +202,3 @@ def train(cfg: Config, epoch_end_hooks: list[EpochHook] | None = None) -> dict[s
         del run
         end_distributed()
     return summary
-
-
-def _run_hooks(run: Run, hooks: list[EpochHook]) -> None:
-    """Call the epoch-end hooks for ``run.epoch`` on rank 0, then record that they all returned."""
-    if run.main_process and hooks:
-        for hook in hooks:
-            hook(run.epoch, run.network, run.output_dir)
-        record_hooks_done(run.output_dir, run.epoch)
-
-
-def _non_finite_settings(tree: Any, prefix: str = "") -> list[str]:
-    """The dotted keys of ``tree`` (a configuration dict) whose numbers are NaN or inf."""
-    if isinstance(tree, dict):
-        return [k for key, value in tree.items() for k in _non_finite_settings(value, f"{prefix}{key}.")]
-    if isinstance(tree, (list, tuple)):
-        return [k for i, value in enumerate(tree) for k in _non_finite_settings(value, f"{prefix}{i}.")]
-    return [prefix.rstrip(".")] if isinstance(tree, float) and not math.isfinite(tree) else []
-
-
-def _non_finite_report(terms: dict[str, torch.Tensor], run: Run, step: int, lr: float, cause: str = "") -> str:
-    """What went wrong and what to do that works: a run resumes only under its own settings, so a
-    rerun hits the same NaN; a new run can start from the last good weights with a lower LR."""
-    values = cause or ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-    last_good = run.output_dir / "checkpoint.pt"
-    report = (f"non-finite loss at epoch {run.epoch} step {step} (lr {lr:.4g}): {values}. The run stopped; "
-              f"{last_good} still holds the last good state. ")
-    infinite = _non_finite_settings(run.cfg.to_dict())
-    if infinite:
-        return report + f"The configuration sets {', '.join(infinite)} to a non-finite number: give a finite value."
-    return report + ("Rerunning the same command resumes into the same loss. To go on from the last good "
-                     f"weights, start a new run from them with a lower learning rate: `python -m e2mc continue` "
-                     f"with train.init={last_good}, a lower optim.base_lr and a new train.output_dir; or check "
-                     "the inputs and the initial checkpoint.")

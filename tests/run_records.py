@@ -1,7 +1,7 @@
 """A training run's metrics.jsonl as the interruption and resume tests compare it."""
 from __future__ import annotations
 
-from e2mc.runfolder import read_metrics
+from e2mc.meter import read_metrics
 
 TIMING_KEYS = {"images_per_s", "seconds"}
 

@@ -18,7 +18,7 @@ from e2mc.config import load_config
 from e2mc.methods import build_model, get_method, method_names
 from e2mc.naming import infer_arm
 from e2mc.objectives import BarlowTwinsLoss
-from e2mc.runfolder import read_metrics
+from e2mc.meter import read_metrics
 from e2mc.train import train
 
 sys.path.insert(0, str(Path(__file__).parent))

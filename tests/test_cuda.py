@@ -23,8 +23,9 @@ from e2mc.config import load_config
 from e2mc.criterion import E2MC
 from e2mc.methods import build_model, method_names
 from e2mc.distributed import StopRequest
-from e2mc.runfolder import read_metrics
-from e2mc.train import setup, start, train_one_epoch
+from e2mc.epoch import train_one_epoch
+from e2mc.meter import read_metrics
+from e2mc.train import setup, start
 from fake_data import write_fake_fashion_mnist
 
 ROOT = Path(__file__).resolve().parent.parent

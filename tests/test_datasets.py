@@ -9,7 +9,7 @@ from e2mc.config import Config, ConfigError, validate
 from e2mc.data.registry import DATASETS, dataset_names, get_dataset
 from e2mc.evaluation.runner import EvaluationPlan, evaluation_root, plan_from_config
 from e2mc.methods import get_method
-from e2mc.train import build_stream
+from e2mc.build import build_stream
 from fake_data import write_fake_fashion_mnist
 
 

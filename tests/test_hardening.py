@@ -16,7 +16,8 @@ import torch
 
 from e2mc import checkpoints
 from e2mc.config import ConfigError, load_config
-from e2mc.runfolder import RunFolderBusyError, read_metrics
+from e2mc.meter import read_metrics
+from e2mc.runlock import RunFolderBusyError
 from e2mc.train import train
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_data import write_fake_fashion_mnist  # noqa: E402

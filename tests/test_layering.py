@@ -50,7 +50,8 @@ BELOW_TRAINING = ["e2mc.checks", "e2mc.heads", "e2mc.criterion", "e2mc.distribut
                   "e2mc.criteria", "e2mc.config", "e2mc.eval_settings", "e2mc.optim", "e2mc.batches", "e2mc.diagnostics",
                   "e2mc.checkpoints", "e2mc.build", "e2mc.naming", "e2mc.results", "e2mc.data", "e2mc.provenance",
                   "e2mc.frames", "e2mc.plots", "e2mc.tables", "e2mc.claims", "e2mc.figure_style",
-                  "e2mc.notebook_io", "e2mc.converged_plots", "e2mc.converged_tables", "e2mc.registry"]
+                  "e2mc.notebook_io", "e2mc.converged_plots", "e2mc.converged_tables", "e2mc.registry",
+                  "e2mc.meter", "e2mc.runlock"]
 EVALUATION = sorted(m for m in GRAPH if m.startswith("e2mc.evaluation"))
 
 
@@ -71,8 +72,14 @@ def test_the_bottom_layers_do_not_import_evaluation_or_launchers(module):
         assert reaches(module, upper) is None, f"{module} reaches {upper}: {reaches(module, upper)}"
 
 
-def test_the_training_loop_does_not_import_evaluation():
-    assert reaches("e2mc.train", "e2mc.evaluation") is None
+@pytest.mark.parametrize("loop", ["e2mc.train", "e2mc.epoch"])
+def test_the_training_loop_does_not_import_evaluation(loop):
+    assert reaches(loop, "e2mc.evaluation") is None
+
+
+def test_one_epoch_sits_below_the_run_it_belongs_to():
+    """The steps of an epoch know nothing of setting a run up or of its run folder's place."""
+    assert reaches("e2mc.epoch", "e2mc.train") is None and reaches("e2mc.epoch", "e2mc.runfolder") is None
 
 
 @pytest.mark.parametrize("figures", ["e2mc.plots", "e2mc.converged_plots", "e2mc.figure_style"])

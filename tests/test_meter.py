@@ -11,7 +11,7 @@ from e2mc import checkpoints, meter
 from e2mc.config import load_config
 from e2mc.distributed import StopRequest
 from e2mc.meter import EpochMeter
-from e2mc.runfolder import read_metrics
+from e2mc.meter import read_metrics
 from e2mc.train import train
 from test_train import data_root, tiny_overrides  # noqa: F401  (data_root is a fixture)
 

@@ -21,8 +21,10 @@ import torch
 from e2mc import checkpoints, reproduce
 from e2mc.config import load_config
 from e2mc.evaluation import sweep
-from e2mc.runfolder import RunFolderBusyError, RunFolderError, read_metrics
-from e2mc.train import NonFiniteLossError, _non_finite_report, train
+from e2mc.epoch import NonFiniteLossError, _non_finite_report
+from e2mc.meter import read_metrics
+from e2mc.runlock import RunFolderBusyError, RunFolderError
+from e2mc.train import train
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_data import write_fake_fashion_mnist  # noqa: E402
 from run_records import comparable_records  # noqa: E402

@@ -12,9 +12,10 @@ import torch
 
 from e2mc import checkpoints
 from e2mc.config import load_config
+from e2mc.epoch import NonFiniteLossError
 from e2mc.methods import build_model
-from e2mc.runfolder import read_metrics
-from e2mc.train import NonFiniteLossError, train
+from e2mc.meter import read_metrics
+from e2mc.train import train
 from fake_data import write_fake_fashion_mnist
 from run_records import comparable_records, segment_starts
 

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import e2mc
-from e2mc import checkpoints, notebook_io, provenance, reproduce, runfolder
+from e2mc import checkpoints, meter, notebook_io, provenance, reproduce
 from e2mc.__main__ import main
 from e2mc.config import ConfigError, load_config
 from e2mc.errors import UserError
-from e2mc.runfolder import MetricsLog
+from e2mc.meter import MetricsLog
 from e2mc.train import train
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -279,14 +279,14 @@ def test_a_full_disk_leaves_no_empty_or_half_metrics_file(tmp_path, monkeypatch)
     def full_open(path, mode="r", *args, **kwargs):
         return io.TextIOWrapper(FullDisk(open(path, mode.replace("a", "ab").replace("bb", "b")), 10))
 
-    monkeypatch.setattr(runfolder, "open", full_open, raising=False)
+    monkeypatch.setattr(meter, "open", full_open, raising=False)
     with pytest.raises(UserError, match="no space left on the device"):
         log.write({"kind": "step", "step": 1, "loss": 1.0})
     assert not log.path.exists()  # not an empty file
     monkeypatch.undo()
     log.write({"kind": "step", "step": 1})
     first = log.path.read_text()
-    monkeypatch.setattr(runfolder, "open", full_open, raising=False)
+    monkeypatch.setattr(meter, "open", full_open, raising=False)
     with pytest.raises(UserError):
         log.write({"kind": "step", "step": 2, "loss": 123456789.0})
     monkeypatch.undo()

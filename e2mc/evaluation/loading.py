@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from e2mc import checkpoints, releases
-from e2mc.build import build_network, check_finite_weights, load_model_weights, resolve_device
+from e2mc.build import build_network, resolve_device
 from e2mc.config import Config, ConfigError, config_from_dict
 from e2mc.criteria import criterion_record
 from e2mc.data.registry import RELEASE_DATASET, EvaluationData, get_dataset
@@ -101,7 +101,7 @@ def load_checkpoint(path: str | Path, method: str | None = None, device: str | t
         except ConfigError as e:
             raise checkpoints.CheckpointError(f"{path} holds a configuration this version cannot read: {e}") from None
         network = build_network(cfg)
-        load_model_weights(network, state, path)
+        checkpoints.load_model_weights(network, state, path)
         file_epoch = int(state["epoch"])
         if not cfg.train.init:
             extra["pretrain_epochs"] = file_epoch
@@ -121,7 +121,7 @@ def load_checkpoint(path: str | Path, method: str | None = None, device: str | t
         context = ResultContext(method, arm or "base", 0 if epoch is None else epoch, None, str(path), extra)
         loaded = LoadedCheckpoint(network, context, RELEASE_DATASET, None)
         channels_last = True
-    check_finite_weights(loaded.network, str(path))
+    checkpoints.check_finite_weights(loaded.network, str(path))
     loaded.network.to(device).eval()
     if channels_last:
         loaded.network.to(memory_format=torch.channels_last)
