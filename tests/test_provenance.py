@@ -292,9 +292,6 @@ KEPT_DIRTY = {
     "results/mini/checkpoints/vicreg.json": "base",
     "results/mini/checkpoints/simsiam.json": "base",
     "results/mini-converged/checkpoints/vicreg.json": "base",
-    # timings of this machine, re-measured only on an idle one
-    "results/benchmarks/criterion-cpu.json": "benchmark",
-    "results/benchmarks/train_step-cpu.json": "benchmark",
     # clean runs whose per-epoch timings `migrate timing` corrected from a dirty checkout
     # (extra.timing_migration); their numbers and the code that trained them are clean
     **{f"results/mini/training/training_{name}.json": "timing migration" for name in (
