@@ -72,11 +72,12 @@ def _draw_preregistered(ax, outcome, detectable: float) -> None:
                     va="center", ha="left")
     ax.axhline(0.0, color="0.3", linestyle=":", linewidth=1.0)
     ax.axhline(detectable, color="0.5", linestyle="--", linewidth=0.9)
-    ax.text(1.75, detectable, f"detectable with 80% power: {detectable:.2f}", fontsize=7, va="bottom", ha="right",
+    # at the right edge, in two short lines: clear of the seeds' dots and of both error bars
+    ax.text(1.97, detectable, f"detectable with\n80% power: {detectable:.2f}", fontsize=7, va="bottom", ha="right",
             color="0.35")
     ax.set_xticks([0, 1], [f"{arm_label(r.endpoint.arm)} − {arm_label(r.endpoint.baseline)}\n({label}, n = {r.n})"
                            for r, label in ((outcome.primary, "primary"), (outcome.control, "positive control"))])
-    ax.set_xlim(-0.5, 1.8)
+    ax.set_xlim(-0.5, 2.0)
     ax.set_ylabel("paired difference in test top-1 (points)\nlast probe epoch, 1% labels, epoch 20")
     ax.set_title(f"Pre-registered test, converged {method_label(preregistration.METHOD)} base\n"
                  "dots: one seed each; bar: mean and 95% t-interval over seeds", fontsize=9)
