@@ -332,10 +332,7 @@ def _reproduce_command(args) -> int:
         print(f"[reproduce] {len(todo)} of {len(entries(part))} entries of the {part.name} grid to run "
               f"into {results} (--dry-run: nothing run)")
         return 0
-    entry = _parse_entry(args.entry) if args.entry else None  # bad input first, then the tree's state
-    if entry and entry not in entries(part):
-        raise UserError(f"{args.entry} is not an entry of the {part.name} grid; `reproduce --part {part.name} "
-                        "--dry-run` lists the entries still to run")
+    entry = _grid_entry(part, args.entry) if args.entry else None  # bad input first, then the tree's state
     require_clean_tree(results)
     check_writable_folder(results, "results folder")  # before hours of training, not after
     if entry:
@@ -356,11 +353,7 @@ def _rerun_command(args, part: Part, results: Path, runs: Path) -> int:
     aside (:mod:`e2mc.rerun`), then run them."""
     if args.entry:
         raise UserError("--rerun and --rerun-dirty choose the entries themselves; leave out --entry")
-    chosen = [_parse_entry(text) for text in args.rerun or ()]
-    for entry in chosen:
-        if entry not in entries(part):
-            raise UserError(f"{':'.join(map(str, entry))} is not an entry of the {part.name} grid; `reproduce "
-                            f"--part {part.name} --dry-run` lists the entries still to run")
+    chosen = [_grid_entry(part, text) for text in args.rerun or ()]
     if args.rerun_dirty:
         chosen += [e for e in rerun.dirty_entries(part, results) if e not in chosen]
     for method, arm, seed in chosen:
@@ -386,6 +379,15 @@ def _parse_entry(text: str) -> tuple[str, str, int]:
     if len(parts) != 3 or not parts[2].isdigit():
         raise UserError(f"--entry takes METHOD:ARM:SEED, e.g. vicreg:e2mc:0, got {text!r}")
     return parts[0], parts[1], int(parts[2])
+
+
+def _grid_entry(part: Part, text: str) -> tuple[str, str, int]:
+    """The entry METHOD:ARM:SEED of ``part``'s grid that ``text`` names (``--entry``, ``--rerun``)."""
+    entry = _parse_entry(text)
+    if entry not in entries(part):
+        raise UserError(f"{text} is not an entry of the {part.name} grid; `reproduce --part {part.name} "
+                        "--dry-run` lists the entries still to run")
+    return entry
 
 
 def _export_command(args) -> int:

@@ -301,23 +301,17 @@ KEPT_DIRTY = {
 }
 
 
-def _dirty_places(value, where=""):
+def _dirty_places(record):
     """The places in a record that say its code had uncommitted changes (any ``git_dirty`` true)."""
-    if isinstance(value, dict):
-        if value.get("git_dirty") is True:
-            yield where or "."
-        for key, item in value.items():
-            yield from _dirty_places(item, f"{where}.{key}")
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            yield from _dirty_places(item, f"{where}[{i}]")
+    return [where[:-len(".git_dirty")] for where, value in _leaves(record)
+            if where.endswith(".git_dirty") and value is True]
 
 
 def test_committed_results_name_code_that_can_be_checked_out():
     tracked = subprocess.run(["git", "ls-files", "-z", "results"], cwd=ROOT, capture_output=True, check=True).stdout
     paths = sorted(p for p in tracked.decode().split("\0") if p.endswith(".json"))
     assert len(paths) > 1000  # the committed results, not an empty listing
-    dirty = {p: list(_dirty_places(json.loads((ROOT / p).read_text()))) for p in paths}
+    dirty = {p: _dirty_places(json.loads((ROOT / p).read_text())) for p in paths}
     dirty = {p: places for p, places in dirty.items() if places}
     assert sorted(set(dirty) - set(KEPT_DIRTY)) == [], "re-run them: python -m e2mc reproduce --rerun-dirty"
     assert sorted(set(KEPT_DIRTY) - set(dirty)) == []  # a file fixed since: drop it from the list
