@@ -1,5 +1,6 @@
 """From a configuration to the objects a run or an evaluation needs: device, network, objective,
-added criterion, training data stream, and the weights a run starts from.
+added criterion and training data stream (the weights a run starts from are
+:func:`e2mc.checkpoints.load_initial_weights`').
 
 Training (:mod:`e2mc.train`) and evaluation (:mod:`e2mc.evaluation`) both build networks here, so
 neither imports the other.
@@ -7,18 +8,15 @@ neither imports the other.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from e2mc import checkpoints, releases
 from e2mc.config import Config
 from e2mc.criteria import get_criterion
 from e2mc.data.registry import get_dataset
 from e2mc.errors import UserError
 from e2mc.methods import get_method
-from e2mc.provenance import repo_relative
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,32 +54,3 @@ def build_added_criterion(cfg: Config) -> nn.Module | None:
 def build_stream(cfg: Config, device: torch.device):
     """The training batch stream for the configured dataset (its record in :mod:`e2mc.data.registry`)."""
     return get_dataset(cfg.data.dataset).train_stream(cfg.data, get_method(cfg.method), cfg.train.seed, device)
-
-
-def load_initial_weights(path: str | Path, method: str, network: nn.Module,
-                         optimizer: torch.optim.Optimizer | None = None,
-                         restore_optimizer: bool | None = None) -> str:
-    """Load ``path``, one of our checkpoints or an official release of ``method``, into ``network``,
-    and return a description of it.
-
-    For a release, ``optimizer`` (when given) continues with the release's per-parameter state, as the
-    authors' code does, when ``restore_optimizer`` says so: None follows the E2MC authors
-    (``Method.restore_release_optimizer``: VICReg's LARS state is restored, SimSiam's SGD state is
-    not); True or False forces it.
-    """
-    state = checkpoints.load(path)
-    if checkpoints.training_state(state, path) is not None:
-        if state["method"] != method:
-            raise UserError(f"{path} holds a {state['method']} network but method={method}; "
-                             "choose the matching config")
-        checkpoints.load_model_weights(network, state, path)
-        origin = f"started from {repo_relative(path)} (epoch {state['epoch']})"
-    else:
-        report = releases.load_official(state, method, network, source=repo_relative(path))
-        if restore_optimizer is None:
-            restore_optimizer = get_method(method).restore_release_optimizer
-        if optimizer is not None and restore_optimizer and report.optimizer_state_by_name:
-            releases.apply_optimizer_state(optimizer, network, report.optimizer_state_by_name)
-        origin = report.summary()
-    checkpoints.check_finite_weights(network, str(path))
-    return origin

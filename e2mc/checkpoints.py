@@ -11,11 +11,12 @@
 * Our own training checkpoints (``"format": FORMAT``) are recognised, read, slimmed and exported
   here and nowhere else: :func:`is_training_checkpoint`, :func:`load_training`, :func:`slim`,
   :func:`export_slim`. :func:`e2mc.epoch.save_checkpoint` writes them with :func:`save_atomic`.
-* :func:`load_model_weights` and :func:`check_finite_weights` put a checkpoint's weights into a network
-  and refuse non-finite ones, for training (:mod:`e2mc.build`) and evaluation alike.
+* :func:`load_model_weights` puts a checkpoint's weights into a network, for training (:mod:`e2mc.build`)
+  and evaluation alike; :func:`e2mc.checks.check_finite_weights` then refuses NaN or inf.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import random
@@ -29,21 +30,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from e2mc.errors import UserError
-from e2mc.provenance import write_atomic
+from e2mc import releases
+from e2mc.checks import check_finite_weights
+from e2mc.errors import CheckpointError, KeyMismatchError, UserError  # noqa: F401 (the checkpoint errors, here too)
+from e2mc.provenance import repo_relative, write_atomic
 
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint could not be read, written or matched to a model."""
 
 
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint holds pickled Python objects other than tensors and plain containers."""
-
-
-class KeyMismatchError(CheckpointError):
-    """A checkpoint's tensors do not match the model's state dict."""
 
 
 def load_model_weights(network: nn.Module, state: dict, source: str | Path) -> None:
@@ -55,17 +50,6 @@ def load_model_weights(network: nn.Module, state: dict, source: str | Path) -> N
         detail = " ".join(str(e).split())
         raise KeyMismatchError(f"{source} does not fit the network its configuration builds: "
                                f"{detail[:300]}") from None
-
-
-def check_finite_weights(network: nn.Module, source: str) -> None:
-    """Refuse weights holding NaN or inf: training from them fails at its first step, and evaluating
-    them gives chance accuracy that would enter the tables."""
-    bad = [name for name, tensor in network.state_dict().items()
-           if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
-    if bad:
-        listing = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
-        raise CheckpointError(f"{source} holds non-finite weights ({len(bad)} tensors: {listing}); "
-                              "it is not a usable model: use an earlier checkpoint")
 
 
 def _official_exclude_bias_and_norm(p: torch.Tensor) -> bool:
@@ -223,6 +207,31 @@ def load_training(path: str | os.PathLike, map_location: Any = "cpu") -> dict[st
         raise CheckpointError(f"{path} is not a training checkpoint of e2mc (no \"format\": {FORMAT!r}); "
                               "name a checkpoint.pt written by e2mc training, or move the file away")
     return state
+
+
+def load_initial_weights(path: str | os.PathLike, method: releases.ReleaseKeys,
+                         network: nn.Module) -> tuple[str, dict[str, dict[str, Any]] | None]:
+    """Load ``path``, one of our checkpoints of ``method`` (a :class:`e2mc.methods.Method`) or an
+    official release of it, into ``network``; refuse non-finite weights.
+
+    Returns a description for the run's records (the path relative to the repository) and, for a
+    release that holds one, its per-parameter optimizer state by our parameter names
+    (:func:`e2mc.releases.apply_optimizer_state` installs it), else None.
+    """
+    state = load(path)
+    ours = training_state(state, path) is not None
+    if ours:
+        if state["method"] != method.name:
+            raise UserError(f"{path} holds a {state['method']} network but method={method.name}; "
+                            "choose the matching config")
+        load_model_weights(network, state, path)
+    else:
+        report = releases.load_official(state, method, network, source=str(path))
+    check_finite_weights(network, str(path))
+    shown = repo_relative(path)
+    if ours:
+        return f"started from {shown} (epoch {state['epoch']})", None
+    return dataclasses.replace(report, source=shown).summary(), report.optimizer_state_by_name
 
 
 def slim(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,12 +1,14 @@
-"""Input checks shared by every loss and network builder, so bad input fails the same way everywhere.
+"""Input checks shared by every loss and network builder, so bad input fails the same way everywhere:
+embeddings (:func:`check_matrix`, :func:`check_two_views`) and loaded weights (:func:`check_finite_weights`).
 
-The bottom layer: it imports nothing from the package.
+The bottom layer: it imports nothing from the package but its errors.
 """
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from e2mc.errors import UserError
+from e2mc.errors import CheckpointError, UserError
 
 
 def check_matrix(x: torch.Tensor, name: str = "x") -> None:
@@ -43,3 +45,14 @@ def check_dims(**dims: int) -> None:
     for name, value in dims.items():
         if not isinstance(value, int) or value < 1:
             raise UserError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_finite_weights(network: nn.Module, source: str) -> None:
+    """Refuse weights holding NaN or inf: training from them fails at its first step, and evaluating
+    them gives chance accuracy that would enter the tables."""
+    bad = [name for name, tensor in network.state_dict().items()
+           if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        listing = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise CheckpointError(f"{source} holds non-finite weights ({len(bad)} tensors: {listing}); "
+                              "it is not a usable model: use an earlier checkpoint")

@@ -27,7 +27,6 @@ from e2mc.errors import UserError
 from e2mc.eval_settings import (LABEL_FRACTIONS, PROTOCOLS, EvalConfig, FinetuneConfig, ProbeConfig,  # noqa: F401
                                 TransferConfig, check_eval)
 from e2mc.methods import method_names
-from e2mc.provenance import write_atomic
 
 MAX_CONFIG_BYTES = 1 << 20  # a configuration is small; a larger one is a mistake (or a YAML alias bomb)
 MAX_YAML_NODES = 100_000    # values in a YAML document once its aliases are expanded (a config has ~100)
@@ -111,6 +110,10 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def to_yaml(self) -> bytes:
+        """The configuration as the YAML of a run folder's ``config.yaml`` (:func:`load_config` reads it back)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False).encode()
 
     def hash(self) -> str:
         """sha256 (first 16 hex digits) of the canonical JSON of the configuration, less the fields
@@ -332,7 +335,3 @@ def validate(cfg: Config) -> None:
         check_eval(cfg.eval)
     except UserError as e:  # the same one line, as a configuration's error
         raise ConfigError(str(e)) from None
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    write_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())

@@ -58,13 +58,13 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def init_distributed(device: torch.device) -> bool:
-    """Join the process group described by the environment (torchrun, or SLURM through e2mc.cluster);
-    True when this call created it."""
+def init_distributed() -> bool:
+    """Join the process group that the launch describes in the environment (torchrun, or SLURM through
+    e2mc.cluster); True when this call created it. The group is the launch's, not the configuration's:
+    torch picks gloo for CPU tensors and NCCL for CUDA ones as they meet their first collective, so
+    joining needs no device (the caller makes this rank's GPU the current one before any collective)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group()
         return True
     return False
 
@@ -106,9 +106,12 @@ class StopRequest:
                   file=sys.stderr, flush=True)
         self.signal = signum
 
-    def requested(self, device: torch.device) -> bool:
-        """True on every rank as soon as any rank received a stop signal."""
-        flag = torch.tensor([0 if self.signal is None else int(self.signal)], device=device)
+    def requested(self) -> bool:
+        """True on every rank as soon as any rank received a stop signal (a collective: every rank asks).
+        The flag is reduced on the CPU (gloo) unless the group has only NCCL: no GPU synchronisation."""
+        on_gpu_only = is_distributed() and dist.get_backend() == dist.Backend.NCCL
+        flag = torch.tensor([0 if self.signal is None else int(self.signal)],
+                            device=torch.device("cuda", torch.cuda.current_device()) if on_gpu_only else "cpu")
         if is_distributed():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() and self.signal is None:

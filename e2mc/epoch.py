@@ -2,8 +2,9 @@
 registered method, and the state a run carries from step to step (:class:`Run`).
 
 :func:`train_one_epoch` runs the steps from where the run stands to the end of the epoch: the method's
-forward pass and loss plus the added criterion (:func:`compute_loss`), the learning rate, the update,
-and a line in ``metrics.jsonl`` every ``log_every`` steps and at the end of the epoch, whose numbers an
+forward pass and loss plus the added criterion (:func:`compute_loss`), the diagnostics of the step's
+embedding, the update at the step's learning rate (laid out before training), and a line in
+``metrics.jsonl`` every ``log_every`` steps and at the end of the epoch, whose numbers an
 :class:`e2mc.meter.EpochMeter` keeps. :func:`save_checkpoint` writes the state to resume at. Setting a
 run up, resuming it and running its epochs is :mod:`e2mc.train`'s.
 """
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -27,7 +29,8 @@ from e2mc.diagnostics import embedding_stats
 from e2mc.distributed import StopRequest, gather_objects, is_distributed, rank, world_size
 from e2mc.meter import EpochMeter, MetricsLog
 from e2mc.methods import Method
-from e2mc.optim import learning_rate, set_learning_rate
+from e2mc.optim import set_learning_rate
+from e2mc.provenance import write_atomic
 from e2mc.runlock import RunFolderError
 
 
@@ -81,7 +84,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     stream: Any
     metrics: MetricsLog
-    base_lr: float
+    learning_rates: np.ndarray          # (total steps,) the rate of every step (optim.learning_rate_schedule)
     transform: str                      # under which the diagnostics are measured
     started: float = dataclasses.field(default_factory=time.time)
     epoch: int = 0
@@ -89,7 +92,8 @@ class Run:
     global_step: int = 0
     carried: dict = dataclasses.field(default_factory=dict)   # EpochMeter.state() of a part-done epoch
     earlier_seconds: float = 0.0        # training time of earlier segments of this run
-    origin: str = ""
+    origin: str = ""                    # where this segment's weights came from
+    saved_at: tuple[int, int] | None = None  # (epoch, step) of the checkpoint in the run folder
 
     @property
     def main_process(self) -> bool:
@@ -100,14 +104,16 @@ class Run:
 
 
 def save_checkpoint(run: Run) -> None:
-    """Write the state to resume at (``run.epoch``, ``run.step``) into one file on rank 0: the model,
-    optimizer, RNG and every rank's loss state together, so a kill leaves all of it old or all new.
+    """Write the state to resume at (``run.epoch``, ``run.step``) on rank 0: one file holding the model,
+    optimizer, RNG and every rank's loss state together, so a kill leaves all of it old or all new;
+    with ``train.keep_epoch_checkpoints`` the epoch's slim copy before it; and ``config.yaml``.
     ``run.carried``, the part-done epoch's meter, is saved as ``epoch_sums``, so that its line after a
     resume is the one an uninterrupted run writes."""
     # every rank's loss state (the SwAV queue differs between ranks), on CPU: a collective
     own = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in run.objective.state_dict().items()}
     objective_states = gather_objects(own) if own else None
     if run.main_process:
+        config = run.cfg.to_yaml()
         state = {
             "format": checkpoints.FORMAT, "method": run.cfg.method, "config": run.cfg.to_dict(),
             "epoch": run.epoch, "step": run.step, "global_step": run.global_step,
@@ -117,14 +123,18 @@ def save_checkpoint(run: Run) -> None:
         }
         if objective_states is not None:
             state["objective_states"] = objective_states
+        files = {run.output_dir / "checkpoint.pt": state}
         if run.cfg.train.keep_epoch_checkpoints and run.step == 0:
-            # before checkpoint.pt: a kill in between resumes the epoch, which writes this file again
-            checkpoints.export_slim(state, run.output_dir / f"checkpoint-epoch{run.epoch:03d}.pt")
-        checkpoints.save_atomic(state, run.output_dir / "checkpoint.pt")
+            # the epoch's copy first: a kill in between resumes the epoch, which writes it again
+            files = {run.output_dir / f"checkpoint-epoch{run.epoch:03d}.pt": checkpoints.slim(state), **files}
+        for path, content in files.items():
+            checkpoints.save_atomic(content, path)
+        write_atomic(run.output_dir / "config.yaml", config)
         for legacy in run.output_dir.glob("loss-state-rank*.pt"):  # superseded by objective_states
             legacy.unlink(missing_ok=True)
     if is_distributed():
         dist.barrier()
+    run.saved_at = (run.epoch, run.step)
 
 
 def restore_objective_state(run: Run, state: dict, path: Path) -> None:
@@ -148,24 +158,23 @@ def restore_objective_state(run: Run, state: dict, path: Path) -> None:
     run.objective.load_state_dict(own)
 
 
-def train_one_epoch(run: Run, stop: StopRequest) -> bool:
+def train_one_epoch(run: Run, meter: EpochMeter, stop: StopRequest) -> bool:
     """Train from (``run.epoch``, ``run.step``) to the end of the epoch and log it; the caller saves
-    the checkpoint (:func:`save_checkpoint`).
+    the checkpoint (:func:`save_checkpoint`). ``meter``: the epoch's numbers, new or (resuming a
+    part-done epoch) made from the checkpoint's.
 
     Returns False when a stop signal interrupted the epoch: ``run.step`` is then the next step and
     ``run.carried`` the part-done epoch's meter, which the checkpoint saves. Raises
     :class:`NonFiniteLossError` on a NaN or inf loss, before the checkpoint is touched."""
     cfg, network = run.cfg, run.network
     network.train()
-    meter, run.carried = EpochMeter(cfg.data.batch_size, run.step, run.carried), {}
+    run.carried = {}
     steps_per_epoch = run.stream.steps_per_epoch
-    total_steps, warmup_steps = cfg.train.epochs * steps_per_epoch, cfg.optim.warmup_epochs * steps_per_epoch
     lr = None
     progress = tqdm(total=steps_per_epoch, initial=run.step, desc=f"epoch {run.epoch + 1}", leave=False,
                     disable=not (run.main_process and sys.stderr.isatty()))
     for step, views in enumerate(run.stream.epoch(run.epoch, run.step), start=run.step):
-        lr = learning_rate(cfg.optim.schedule, run.base_lr, run.global_step, total_steps, warmup_steps)
-        set_learning_rate(run.optimizer, lr)
+        lr = float(run.learning_rates[run.global_step])
         if cfg.train.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         run.method.before_step(network)
@@ -179,20 +188,22 @@ def train_one_epoch(run: Run, stop: StopRequest) -> bool:
             raise NonFiniteLossError(_non_finite_report({}, run, step, lr, str(e))) from e
         if not torch.isfinite(loss):
             raise NonFiniteLossError(_non_finite_report(terms, run, step, lr))
+        logged = (run.global_step + 1) % cfg.train.log_every == 0 or step == steps_per_epoch - 1
+        stats = embedding_stats(z1, run.transform) if logged else {}  # of the embedding the step trained on
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        set_learning_rate(run.optimizer, lr)
         run.optimizer.step()
         values = {k: v.item() for k, v in terms.items()}
         meter.update(values)
         run.global_step += 1
-        if run.global_step % cfg.train.log_every == 0 or step == steps_per_epoch - 1:
-            stats = embedding_stats(z1, run.transform)
+        if logged:
             meter.update_diagnostics(stats)
             run.metrics.write({"kind": "step", "epoch": run.epoch, "step": step, "global_step": run.global_step,
                                "lr": lr, **values, **stats, "images_per_s": meter.window_rate(step, cfg.train.log_every)})
         progress.update(1)
         progress.set_postfix(loss=f"{values['loss']:.4f}")
-        if stop.requested(run.device):
+        if stop.requested():
             run.step, run.carried = step + 1, meter.state()
             progress.close()
             return False

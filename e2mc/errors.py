@@ -27,6 +27,14 @@ class UserError(ValueError):
     """Bad input the user can fix; the message names the file or setting and how to fix it."""
 
 
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint could not be read, written or matched to a model."""
+
+
+class KeyMismatchError(CheckpointError):
+    """A checkpoint's tensors do not match the model's state dict."""
+
+
 def describe_os_error(error: OSError, path: str | os.PathLike | None = None) -> str | None:
     """One line for an OSError the user can act on (a full disk, a read-only, missing or misplaced
     path), naming the error's file or else ``path``; None for any other (a bug, shown with its traceback)."""

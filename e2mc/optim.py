@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -123,6 +124,13 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every group's learning rate to ``lr`` times its ``lr_scale`` (1 when it has none)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def learning_rate_schedule(schedule: str, base_lr: float, total_steps: int, warmup_steps: int = 0) -> np.ndarray:
+    """The learning rate of every step of a run, ``(total_steps,)`` float64: :func:`learning_rate` at
+    each step, laid out once before training (as dino's ``cosine_scheduler``)."""
+    return np.array([learning_rate(schedule, base_lr, step, total_steps, warmup_steps) for step in range(total_steps)],
+                    dtype=np.float64)
 
 
 def learning_rate(schedule: str, base_lr: float, step: int, total_steps: int, warmup_steps: int = 0,

@@ -3,29 +3,33 @@
 :func:`convert_official` / :func:`load_official` map the released checkpoints of facebookresearch/vicreg
 (``resnet50_fullckpt.pth``, ``resnet50.pth``), facebookresearch/swav (``swav_800ep_pretrain.pth.tar``),
 facebookresearch/simsiam (``checkpoint_0099.pth.tar``) and facebookresearch/barlowtwins onto the networks
-of :mod:`e2mc.models`; :func:`apply_optimizer_state` installs a release's optimizer state. Files are
-read through :func:`e2mc.checkpoints.load`, the one safe reader.
+of :mod:`e2mc.models`, by the method's own key map (:meth:`e2mc.methods.Method.official_key`);
+:func:`apply_optimizer_state` installs a release's optimizer state. The caller reads the file through
+:func:`e2mc.checkpoints.load`, the one safe reader::
+
+    report = load_official(checkpoints.load(path), get_method("vicreg"), model)
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from e2mc.checkpoints import CheckpointError, KeyMismatchError, load
-from e2mc.errors import UserError
-from e2mc.methods import Method, get_method
+from e2mc.errors import CheckpointError, KeyMismatchError, UserError
 
 
-def _check_method(method: str) -> Method:
-    return get_method(method)
+class ReleaseKeys(Protocol):
+    """What mapping a release needs of its method (every :class:`e2mc.methods.Method` has it)."""
+
+    name: str
+
+    def official_key(self, key: str) -> str: ...
 
 
-def convert_official(state_dict: Mapping[str, torch.Tensor], method: str) -> dict[str, torch.Tensor]:
+def convert_official(state_dict: Mapping[str, torch.Tensor], method: ReleaseKeys) -> dict[str, torch.Tensor]:
     """Rename an official release's model state dict into the keys of :func:`e2mc.models.build_model`.
 
     ``state_dict`` is the flat mapping of tensor names to tensors (for the full VICReg/SimSiam
@@ -37,7 +41,6 @@ def convert_official(state_dict: Mapping[str, torch.Tensor], method: str) -> dic
     Tensors are not copied. Keys that fit no rule are returned unchanged (and then reported as
     unexpected by :func:`load_official`).
     """
-    spec = _check_method(method)
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
     for wrapper in ("model", "state_dict"):
@@ -51,7 +54,7 @@ def convert_official(state_dict: Mapping[str, torch.Tensor], method: str) -> dic
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"entry {key!r} is a {type(value).__name__}, not a tensor; pass a model state dict")
-        ours = spec.official_key(key[len("module."):] if key.startswith("module.") else key)
+        ours = method.official_key(key[len("module."):] if key.startswith("module.") else key)
         if ours in converted:
             raise UserError(f"official keys {sources[ours]!r} and {key!r} both map to {ours!r}")
         converted[ours] = value
@@ -129,26 +132,21 @@ def _optimizer_state_by_name(optimizer_state: Any, parameter_keys: list[str]) ->
     return {name: dict(states[index]) for name, index in zip(parameter_keys, indices) if index in states}
 
 
-def load_official(
-    path_or_state: str | os.PathLike | Mapping[str, Any], method: str, model: nn.Module, source: str | None = None
-) -> OfficialLoadReport:
-    """Load an official release into ``model`` (built by :func:`e2mc.methods.build_model` with the
-    release's sizes, e.g. ``build_model("vicreg", "resnet50")``) and report what landed.
+def load_official(checkpoint: Any, method: ReleaseKeys, model: nn.Module,
+                  source: str = "<in-memory checkpoint>") -> OfficialLoadReport:
+    """Load an official release of ``method`` (e.g. ``get_method("vicreg")``) into ``model`` (built by
+    :func:`e2mc.methods.build_model` with the release's sizes, e.g. ``build_model("vicreg", "resnet50")``)
+    and report what landed; ``source`` names the file in messages.
 
-    ``path_or_state`` is a file (read through :func:`load`) or an already loaded checkpoint: a
-    full one (``{"model": ..., "optimizer": ..., "epoch": ...}``, ``{"state_dict": ...}``) or a flat
+    ``checkpoint`` is the loaded file (:func:`e2mc.checkpoints.load`): a full checkpoint
+    (``{"model": ..., "optimizer": ..., "epoch": ...}``, ``{"state_dict": ...}``) or a flat
     state dict. Every tensor of the model must come from the release and every tensor of the
     release must fit the model, except that a backbone-only release leaves the heads as they are
     (and a missing BatchNorm ``num_batches_tracked`` counter is tolerated); otherwise
     :class:`KeyMismatchError` names the missing, unexpected and mis-shaped keys.
     """
-    _check_method(method)
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
-    if isinstance(path_or_state, (str, os.PathLike)):
-        source, checkpoint = str(path_or_state), load(path_or_state)
-    else:
-        source, checkpoint = source or "<in-memory checkpoint>", path_or_state
     official_state, extras = _split_checkpoint(checkpoint, source)
     converted = convert_official(official_state, method)
     renamed = {official: ours for official, ours in zip(official_state.keys(), converted.keys())}
@@ -179,14 +177,14 @@ def load_official(
         if misshaped:
             problems.append(f"shape mismatch: {_listing(misshaped, 3)}")
         raise KeyMismatchError(
-            f"{source} does not match the {method} model; " + "; ".join(problems)
-            + f". Build the model with the release's architecture and head sizes (build_model({method!r}, "
+            f"{source} does not match the {method.name} model; " + "; ".join(problems)
+            + f". Build the model with the release's architecture and head sizes (build_model({method.name!r}, "
             "'resnet50') uses the official ones) and check that the file is a "
-            f"{method} release."
+            f"{method.name} release."
         )
     model.load_state_dict(converted, strict=not left_at_init)
 
-    report = OfficialLoadReport(method, source, loaded=list(converted), renamed=renamed, left_at_init=left_at_init)
+    report = OfficialLoadReport(method.name, source, loaded=list(converted), renamed=renamed, left_at_init=left_at_init)
     report.epoch = extras.pop("epoch", None)
     optimizer_state = extras.pop("optimizer", None)
     if optimizer_state is not None:

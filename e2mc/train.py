@@ -1,11 +1,13 @@
 """The training loop: continued pre-training (and pre-training from scratch) of any registered method.
 
-:func:`train` runs one configuration to the end or until it is interrupted, in four steps:
-:func:`setup` (device, network, losses, run folder, process group, data, optimizer), :func:`start`
-(resume from the run folder, or load ``train.init``), the epochs (each trained by
-:func:`e2mc.epoch.train_one_epoch`, whose numbers an :class:`e2mc.meter.EpochMeter` keeps, then saved,
-then followed by the epoch-end hooks), and :func:`finish` (the summary). Everything a run
-writes lives in its run folder (:mod:`e2mc.runfolder`), which one process at a time holds:
+:func:`train` runs one configuration to the end or until it is interrupted, in four steps, each
+going down the layers once: :func:`setup` (process group, device, network, losses, run folder, data,
+the weights of ``train.init``, optimizer), :func:`start` (resume from the run folder's checkpoint),
+the epochs, and :func:`finish` (the summary). Each pass of the epochs first brings the run folder up
+to date with the run (the checkpoint, this start's record, the epoch-end hooks), then trains the next
+epoch (:func:`e2mc.epoch.train_one_epoch`, whose numbers an :class:`e2mc.meter.EpochMeter` keeps).
+Everything a run writes lives in its run folder (:mod:`e2mc.runfolder`), which one process at a time
+holds:
 
 * ``checkpoint.pt``: model, optimiser, every rank's loss state (SwAV queue), RNG, position and the
   part-done epoch's meter (:mod:`e2mc.meter`); one file, written atomically at the end of every epoch
@@ -16,7 +18,7 @@ writes lives in its run folder (:mod:`e2mc.runfolder`), which one process at a t
   (``"kind": "epoch"``): every loss term, embedding diagnostics, learning rate, images/s. Each start
   or resume first writes a ``"kind": "segment"`` line (where it started, from what, and its
   provenance), so a run trained in several pieces says which code and machine trained each.
-* ``config.yaml`` and ``summary.json`` (with provenance).
+* ``config.yaml``, written with every checkpoint, and ``summary.json`` (with provenance).
 
 The loop knows no method and no criterion by name: it asks the method (:mod:`e2mc.methods`) how views
 reach the loss, and the criterion (:mod:`e2mc.criteria`) what it consumes. Evaluation after each
@@ -36,17 +38,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from e2mc import checkpoints
-from e2mc.build import (build_added_criterion, build_network, build_objective, build_stream, load_initial_weights,
-                        resolve_device)
-from e2mc.config import Config, save_config
+from e2mc.build import build_added_criterion, build_network, build_objective, build_stream, resolve_device
+from e2mc.config import Config
 from e2mc.errors import check_folder_path
 from e2mc.criteria import get_criterion
 from e2mc.distributed import StopRequest, end_distributed, init_distributed, is_distributed, rank, world_size
 from e2mc.epoch import MultiViewNetwork, Run, restore_objective_state, save_checkpoint, train_one_epoch
-from e2mc.meter import MetricsLog
+from e2mc.meter import EpochMeter, MetricsLog
 from e2mc.methods import get_method
-from e2mc.optim import build_optimizer
+from e2mc.optim import build_optimizer, learning_rate_schedule
 from e2mc.provenance import provenance, repo_relative, write_json_atomic
+from e2mc.releases import apply_optimizer_state
 from e2mc.runfolder import check_resumable, hooks_done, output_dir_of, run_epoch_hooks
 from e2mc.runlock import RunFolderError, RunLock
 
@@ -57,24 +59,19 @@ EpochHook = Callable[[int, nn.Module, Path], None]
 
 def setup(cfg: Config) -> Run:
     """Build the run from its configuration, each part once and from the top of the layers down: the
-    device, network and losses (:mod:`e2mc.build`); the run folder, the file ``train.init`` names and
-    the folders the run writes (a file in the way is named at once), before any data are read; the
-    process group; the forward pass, data stream, optimizer and metrics log. Loads no weights (see :func:`start`)."""
+    launch's process group; the device, network, forward pass and losses (:mod:`e2mc.build`); the
+    run folder, the file ``train.init`` names and the folders the run writes (a file in the way is
+    named at once), before any data are read; the data stream; the weights of ``train.init`` unless
+    the folder holds a checkpoint to resume from; the optimizer (with a release's state, when the
+    method continues it), the learning rate of every step and the metrics log. Writes nothing."""
+    owns_group = init_distributed()  # first: the data stream and the forward pass shard by its ranks
     device = resolve_device(cfg.train.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # this rank's GPU, before any collective
     torch.manual_seed(cfg.train.seed)
     network = build_network(cfg)
     objective, added = build_objective(cfg), build_added_criterion(cfg)
     criterion, method = get_criterion(cfg.criterion.name), get_method(cfg.method)
-    output_dir = output_dir_of(cfg)
-    if cfg.train.output_dir is None:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(output_dir)))
-    # before any data are read: the file train.init names, and no file in the way of a folder the run writes
-    if cfg.train.init and not (output_dir / "checkpoint.pt").exists():
-        checkpoints.require_file(cfg.train.init)
-    check_folder_path(output_dir, "train.output_dir")
-    if cfg.eval.results_dir:
-        check_folder_path(cfg.eval.results_dir, "eval.results_dir")
-    owns_group = init_distributed(device)
     network.to(device)
     objective.to(device)
     if cfg.train.channels_last:
@@ -84,28 +81,48 @@ def setup(cfg: Config) -> Run:
     forward: nn.Module = MultiViewNetwork(network, method)
     if is_distributed():
         forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
+    output_dir = output_dir_of(cfg)
+    if cfg.train.output_dir is None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(output_dir)))
+    # before any data are read: the file train.init names, and no file in the way of a folder the run writes
+    fresh = not (output_dir / "checkpoint.pt").exists()
+    if cfg.train.init and fresh:
+        checkpoints.require_file(cfg.train.init)
+    check_folder_path(output_dir, "train.output_dir")
+    if cfg.eval.results_dir:
+        check_folder_path(cfg.eval.results_dir, "eval.results_dir")
     stream = build_stream(cfg, device)
+    origin, release_optimizer = "random initialisation", None
+    if cfg.train.init and fresh:  # a resumed run takes its weights from its checkpoint (start)
+        origin, release_optimizer = checkpoints.load_initial_weights(cfg.train.init, method, network)
     lr_scaling = cfg.data.batch_size / 256 if cfg.optim.scale_lr else 1.0
     base_lr = cfg.optim.base_lr * lr_scaling
     bias_lr = None if cfg.optim.bias_base_lr is None else cfg.optim.bias_base_lr * lr_scaling
     optimizer = build_optimizer(cfg.optim.name, network, base_lr, cfg.optim.momentum, cfg.optim.weight_decay,
                                 cfg.optim.eta, bias_lr)
-    metrics = MetricsLog(output_dir / "metrics.jsonl", rank() == 0)  # rank 0 known once the group is joined
+    restore = cfg.train.restore_release_optimizer
+    if release_optimizer and (method.restore_release_optimizer if restore is None else restore):
+        apply_optimizer_state(optimizer, network, release_optimizer)  # as the E2MC authors continue VICReg's LARS
+    steps = stream.steps_per_epoch
+    learning_rates = learning_rate_schedule(cfg.optim.schedule, base_lr, cfg.train.epochs * steps,
+                                            cfg.optim.warmup_epochs * steps)
+    metrics = MetricsLog(output_dir / "metrics.jsonl", rank() == 0)
     section = cfg.to_dict()["criterion"]
     return Run(cfg, device, owns_group, output_dir, method, network, forward, objective, added, criterion.inputs, optimizer,
-               stream, metrics, base_lr, criterion.measured_transform(section, cfg.method))
+               stream, metrics, learning_rates, criterion.measured_transform(section, cfg.method), origin=origin)
 
 
 FRESH, RESUME, ORPHANED = 0, 1, 2  # what start() finds in the run folder
 
 
-def start(run: Run) -> None:
-    """Resume from the run folder's checkpoint, or start from ``train.init`` (or random weights), and
-    write the segment record; a fresh run saves epoch 0 first (resumable, and the baseline), so that a
-    folder holding records but no checkpoint was tampered with, and is refused."""
+def start(run: Run) -> dict[str, Any]:
+    """Resume from the run folder's checkpoint when it holds one (a fresh run starts from the weights
+    :func:`setup` loaded), and return this segment's record for ``metrics.jsonl``: the caller writes it
+    once a checkpoint covers the folder, so that a folder holding records but no checkpoint was
+    tampered with, and is refused here."""
     cfg, resume_path = run.cfg, run.output_dir / "checkpoint.pt"
     found = RESUME if resume_path.exists() else ORPHANED if run.metrics.size() > 0 else FRESH
-    if is_distributed():  # rank 0 decides: the others must not see the epoch-0 checkpoint it writes below
+    if is_distributed():  # rank 0 decides: the others must not see the epoch-0 checkpoint it writes next
         flag = torch.tensor([found], device=run.device)
         dist.broadcast(flag, 0)
         found = int(flag.item())
@@ -113,36 +130,27 @@ def start(run: Run) -> None:
         raise RunFolderError(f"{run.output_dir} holds metrics.jsonl but no checkpoint.pt: it cannot resume, and "
                              "starting over would append a second run's records to the first's; choose a new "
                              "train.output_dir, or delete the folder to start clean")
-    resuming = found == RESUME
-    if resuming:
+    if found == RESUME:
         state = checkpoints.load_training(resume_path)
         check_resumable(state["config"], cfg, state["epoch"], resume_path)
-        run.network.load_state_dict(state["model"])
-        run.optimizer.load_state_dict(state["optimizer"])
-        checkpoints.restore_rng_state(state["rng"])
         if run.metrics.size() < state["metrics_bytes"]:  # cut or replaced after the checkpoint: never padded
             raise RunFolderError(f"{run.metrics.path} holds {run.metrics.size()} bytes but {resume_path} recorded "
                                  f"{state['metrics_bytes']}: the metrics were cut or replaced after the checkpoint "
                                  "was written; restore the file, or start over in a new train.output_dir")
-        run.metrics.truncate(state["metrics_bytes"])
         restore_objective_state(run, state, resume_path)
+        run.network.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        checkpoints.restore_rng_state(state["rng"])
+        run.metrics.truncate(state["metrics_bytes"])
         run.epoch, run.step, run.global_step = state["epoch"], state["step"], state["global_step"]
-        run.carried = state["epoch_sums"]
+        run.saved_at, run.carried = (run.epoch, run.step), state["epoch_sums"]
         run.earlier_seconds = float(state.get("run_seconds", 0.0))
         run.origin = f"resumed from {repo_relative(resume_path)} at epoch {run.epoch} step {run.step}"
-    elif cfg.train.init:
-        run.origin = load_initial_weights(cfg.train.init, cfg.method, run.network, run.optimizer,
-                                          cfg.train.restore_release_optimizer)
-    else:
-        run.origin = "random initialisation"
-    if not resuming:  # before any record: a folder with records always has a checkpoint
-        save_checkpoint(run)
     if run.main_process:
-        save_config(cfg, run.output_dir / "config.yaml")
         print(f"[e2mc] {cfg.method} + {cfg.criterion.name} on {run.device}, world size {world_size()}; "
               f"{run.origin}", flush=True)
-    run.metrics.write({"kind": "segment", "epoch": run.epoch, "step": run.step, "global_step": run.global_step,
-                       "origin": run.origin, "provenance": provenance(run.device)})
+    return {"kind": "segment", "epoch": run.epoch, "step": run.step, "global_step": run.global_step,
+            "origin": run.origin, "provenance": provenance(run.device)}
 
 
 def finish(run: Run, status: str, stop: StopRequest) -> dict[str, Any]:
@@ -174,25 +182,22 @@ def train(cfg: Config, epoch_end_hooks: list[EpochHook] | None = None) -> dict[s
     run.output_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run.output_dir) if run.main_process else contextlib.nullcontext()
     hooks = epoch_end_hooks or []
-    status = "finished"
     try:
         with lock, StopRequest() as stop:
-            start(run)
-            owed = run.step == 0 and run.epoch > 0 and hooks_done(run.output_dir) != run.epoch
-            if run.main_process and hooks and owed:  # the last completed epoch's hooks were lost with its process
-                run_epoch_hooks(hooks, run.epoch, run.network, run.output_dir)
-            while run.epoch < run.cfg.train.epochs:
-                finished = train_one_epoch(run, stop)
-                save_checkpoint(run)  # at the end of the epoch, or at the step a stop signal interrupted
-                if not finished:
-                    status = "interrupted"
-                    break
-                if run.main_process and hooks:
+            segment = start(run)
+            while True:  # bring the run folder up to date with the run, then train the next epoch
+                if run.saved_at != (run.epoch, run.step):  # a fresh start, an epoch's end, a stop mid-epoch
+                    save_checkpoint(run)
+                if segment is not None:  # only now: a folder holding records always holds a checkpoint
+                    run.metrics.write(segment)
+                    segment = None
+                owed = run.step == 0 and run.epoch > 0 and hooks_done(run.output_dir) != run.epoch
+                if run.main_process and hooks and owed:  # after each epoch, and any a killed process still owed
                     run_epoch_hooks(hooks, run.epoch, run.network, run.output_dir)
-                if run.epoch < run.cfg.train.epochs and stop.requested(run.device):  # arrived during the hooks
-                    status = "interrupted"
+                if run.epoch >= run.cfg.train.epochs or stop.requested():  # a stop may arrive in the hooks
                     break
-            summary = finish(run, status, stop)
+                train_one_epoch(run, EpochMeter(run.cfg.data.batch_size, run.step, run.carried), stop)
+            summary = finish(run, "finished" if run.epoch >= run.cfg.train.epochs else "interrupted", stop)
     except BaseException:
         if created and run.main_process:  # a start that failed before writing anything leaves no folder
             with contextlib.suppress(OSError):

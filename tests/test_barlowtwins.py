@@ -93,7 +93,7 @@ def test_backbone_only_release_loads_strictly(tmp_path):
     assert not any(k.startswith("fc.") for k in state)
     torch.save(state, tmp_path / "resnet50.pth")
     model = build_model("barlowtwins", "resnet50", projector=(64, 64))
-    report = load_official(tmp_path / "resnet50.pth", "barlowtwins", model)
+    report = load_official(checkpoints.load(tmp_path / "resnet50.pth"), get_method("barlowtwins"), model)
     for key, tensor in state.items():
         assert torch.equal(model.backbone.state_dict()[key], tensor), key
     assert set(report.left_at_init) == {f"projector.{k}" for k in model.projector.state_dict()} | \
@@ -108,7 +108,7 @@ def test_full_checkpoint_lands_every_tensor_and_computes_the_same_embedding(tmp_
     optimizer = torch.optim.SGD(wrapped.parameters(), lr=0.1, momentum=0.9)  # any optimizer over all parameters
     torch.save({"epoch": 1000, "model": state, "optimizer": optimizer.state_dict()}, tmp_path / "checkpoint.pth")
     model = build_model("barlowtwins", "resnet50", projector=(64, 64))
-    report = load_official(tmp_path / "checkpoint.pth", "barlowtwins", model)
+    report = load_official(checkpoints.load(tmp_path / "checkpoint.pth"), get_method("barlowtwins"), model)
     assert report.left_at_init == [] and report.epoch == 1000
     for key, tensor in state.items():
         assert torch.equal(model.state_dict()[key.removeprefix("module.")], tensor), key
@@ -122,7 +122,7 @@ def test_full_size_layout_matches_our_default_model():
     with torch.device("meta"):
         official = OfficialBarlowTwins((2048, 8192, 8192, 8192))
         model = build_model("barlowtwins", "resnet50")
-    converted = convert_official(official.state_dict(), "barlowtwins")
+    converted = convert_official(official.state_dict(), get_method("barlowtwins"))
     assert {k: v.shape for k, v in converted.items()} == {k: v.shape for k, v in model.state_dict().items()}
 
 

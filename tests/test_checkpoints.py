@@ -25,7 +25,7 @@ from e2mc.checkpoints import (
     save_atomic,
 )
 from e2mc.releases import apply_optimizer_state, convert_official, load_official
-from e2mc.methods import build_model
+from e2mc.methods import build_model, get_method
 
 
 # ============================================================ official module structures
@@ -321,7 +321,7 @@ def test_vicreg_full_checkpoint_lands_with_its_lars_state(tmp_path, monkeypatch,
         torch.load(path, weights_only=True)
 
     model = build_model("vicreg", "resnet50", expander=(512, 512, 512))
-    report = load_official(path, "vicreg", model)
+    report = load_official(load(path), get_method("vicreg"), model)
     assert_every_tensor_landed(state, model, lambda key: key.removeprefix("module."))
     assert sorted(report.loaded) == sorted(model.state_dict()) and report.left_at_init == []
     assert report.renamed["module.projector.6.weight"] == "projector.6.weight"
@@ -355,7 +355,7 @@ def test_vicreg_backbone_only_release_leaves_the_expander_alone(tmp_path, offici
     torch.save(backbone_state, tmp_path / "resnet50.pth")
     model = build_model("vicreg", "resnet50", expander=(64,))
     expander_before = {k: v.clone() for k, v in model.projector.state_dict().items()}
-    report = load_official(tmp_path / "resnet50.pth", "vicreg", model)
+    report = load_official(load(tmp_path / "resnet50.pth"), get_method("vicreg"), model)
     for key, tensor in backbone_state.items():
         assert torch.equal(model.backbone.state_dict()[key], tensor), key
     assert sorted(report.left_at_init) == sorted(f"projector.{k}" for k in expander_before)
@@ -369,7 +369,7 @@ def test_swav_release_lands_and_computes_the_same_outputs(tmp_path, official_res
     assert {"module.prototypes.weight", "module.projection_head.3.bias", "module.bn1.num_batches_tracked"} <= set(state)
     torch.save(state, tmp_path / "swav_800ep_pretrain.pth.tar")  # released as a flat, DDP-prefixed state dict
     model = build_model("swav", "resnet50")
-    report = load_official(tmp_path / "swav_800ep_pretrain.pth.tar", "swav", model)
+    report = load_official(load(tmp_path / "swav_800ep_pretrain.pth.tar"), get_method("swav"), model)
 
     def expected_key(key):
         key = key.removeprefix("module.")
@@ -379,7 +379,7 @@ def test_swav_release_lands_and_computes_the_same_outputs(tmp_path, official_res
     assert len(report.loaded) == len(state) and report.epoch is None and report.optimizer_state is None
     # Files without BatchNorm step counters still load; the counters are reported as left alone.
     without_counters = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    report = load_official(without_counters, "swav", model)
+    report = load_official(without_counters, get_method("swav"), model)
     assert sorted(report.left_at_init) == sorted(
         expected_key(k) for k in state if k.endswith("num_batches_tracked"))
     model.eval(), official.eval()
@@ -409,7 +409,7 @@ def test_simsiam_checkpoint_lands_and_its_sgd_momentum_continues(tmp_path, offic
     torch.save(checkpoint, tmp_path / "checkpoint_0099.pth.tar")
 
     model = build_model("simsiam", "resnet50")
-    report = load_official(tmp_path / "checkpoint_0099.pth.tar", "simsiam", model)
+    report = load_official(load(tmp_path / "checkpoint_0099.pth.tar"), get_method("simsiam"), model)
 
     def expected_key(key):
         key = key.removeprefix("module.")
@@ -452,7 +452,7 @@ def test_full_size_vicreg_layout_matches_our_default_model():
     with torch.device("meta"):
         official = DataParallelLike(OfficialVICReg("8192-8192-8192"))
         model = build_model("vicreg", "resnet50")
-    converted = convert_official(official.state_dict(), "vicreg")
+    converted = convert_official(official.state_dict(), get_method("vicreg"))
     assert {k: v.shape for k, v in converted.items()} == {k: v.shape for k, v in model.state_dict().items()}
 
 
@@ -463,7 +463,7 @@ def test_key_mismatch_names_missing_and_unexpected_keys(official_resnet_modules)
     with torch.device("meta"):
         model = build_model("swav", "resnet50")
     with pytest.raises(KeyMismatchError) as error:
-        load_official(state, "swav", model)
+        load_official(state, get_method("swav"), model)
     message = str(error.value)
     assert "missing from the release: 1 (backbone.layer4.2.bn3.weight)" in message
     assert "unexpected in the release: 1 (prototypes.prototypes0.weight)" in message
@@ -473,13 +473,13 @@ def test_shape_mismatch_names_the_tensor(official_resnet_modules):
     with torch.device("meta"):
         model = build_model("swav", "resnet50", n_prototypes=100)
     with pytest.raises(KeyMismatchError, match=r"prototypes.weight \(3000, 128\) vs model \(100, 128\)"):
-        load_official(official_resnet_modules["swav"].state_dict(), "swav", model)
+        load_official(official_resnet_modules["swav"].state_dict(), get_method("swav"), model)
 
 
-def test_convert_official_rejects_wrapped_checkpoints_and_unknown_methods():
+def test_wrapped_checkpoints_non_tensors_and_unknown_methods_are_refused():
     with pytest.raises(ValueError, match=r"pass checkpoint\['model'\]"):
-        convert_official({"model": {"w": torch.zeros(1)}, "epoch": 1}, "vicreg")
+        convert_official({"model": {"w": torch.zeros(1)}, "epoch": 1}, get_method("vicreg"))
     with pytest.raises(ValueError, match="vicreg, swav, simsiam"):
-        convert_official({}, "moco")
+        get_method("moco")  # the method, and so its key map, is looked up before any release is read
     with pytest.raises(TypeError, match="not a tensor"):
-        convert_official({"module.conv1.weight": [1, 2]}, "swav")
+        convert_official({"module.conv1.weight": [1, 2]}, get_method("swav"))

@@ -24,7 +24,7 @@ from e2mc.criterion import E2MC
 from e2mc.methods import build_model, method_names
 from e2mc.distributed import StopRequest
 from e2mc.epoch import train_one_epoch
-from e2mc.meter import read_metrics
+from e2mc.meter import EpochMeter, read_metrics
 from e2mc.train import setup, start
 from fake_data import write_fake_fashion_mnist
 
@@ -62,9 +62,10 @@ def test_bf16_autocast_training_step_of_every_method_has_a_finite_loss(tmp_path,
                     input_dtypes=[x.dtype for x in inputs])
 
     run.added.register_forward_hook(record)
+    run.output_dir.mkdir(parents=True)  # train() makes it, and holds it while the run trains
     start(run)
     with StopRequest() as stop:
-        assert train_one_epoch(run, stop)
+        assert train_one_epoch(run, EpochMeter(run.cfg.data.batch_size, run.step, run.carried), stop)
     steps = read_metrics(run.output_dir, "step")
     assert len(steps) == 4  # 512 images / 128
     for rec in steps:

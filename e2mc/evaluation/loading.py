@@ -15,11 +15,12 @@ from torch import nn
 
 from e2mc import checkpoints, releases
 from e2mc.build import build_network, resolve_device
+from e2mc.checks import check_finite_weights
 from e2mc.config import Config, ConfigError, config_from_dict
 from e2mc.criteria import criterion_record
 from e2mc.data.registry import RELEASE_DATASET, EvaluationData, get_dataset
 from e2mc.errors import UserError
-from e2mc.methods import build_model, method_names
+from e2mc.methods import build_model, get_method, method_names
 from e2mc.naming import infer_arm
 from e2mc.evaluation.sources import input_channels
 from e2mc.results import config_hash
@@ -115,13 +116,13 @@ def load_checkpoint(path: str | Path, method: str | None = None, device: str | t
             raise UserError(f"{path} is not one of our training checkpoints; give --method (one of "
                              f"{', '.join(method_names())}) to read it as an official release")
         network = build_model(method, "resnet50")
-        report = releases.load_official(state, method, network, source=str(path))
+        report = releases.load_official(state, get_method(method), network, source=str(path))
         if report.epoch is not None:
             extra["release_epochs"] = report.epoch
         context = ResultContext(method, arm or "base", 0 if epoch is None else epoch, None, str(path), extra)
         loaded = LoadedCheckpoint(network, context, RELEASE_DATASET, None)
         channels_last = True
-    checkpoints.check_finite_weights(loaded.network, str(path))
+    check_finite_weights(loaded.network, str(path))
     loaded.network.to(device).eval()
     if channels_last:
         loaded.network.to(memory_format=torch.channels_last)

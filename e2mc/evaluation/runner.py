@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from e2mc import checkpoints, data
-from e2mc.build import load_initial_weights
 from e2mc.config import Config, load_config
 from e2mc.data.registry import EvaluationData
 from e2mc.diagnostics import dimension_pairs, pair_coordinates, rankme, transformed_statistics
@@ -253,7 +252,7 @@ def make_epoch_probe_hook(cfg: Config, plan: EvaluationPlan | None = None, worke
                     if source == start:
                         initial.load_state_dict(checkpoints.load(start)["model"])
                     else:
-                        load_initial_weights(str(source), cfg.method, initial)
+                        checkpoints.load_initial_weights(source, get_method(cfg.method), initial)
                     evaluate_network(initial, replace(context, epoch=0, checkpoint=str(source)), evaluation, plan,
                                      results_dir, skip_existing=True, workers=workers)
                     del initial
