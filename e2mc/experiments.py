@@ -4,8 +4,7 @@ A file names the methods (or a group of the registry, :data:`METHOD_GROUPS`), th
 overrides, seeds, epochs, probed label fractions and folders (docs/experiments.md). :func:`load_experiment`
 checks one into a :class:`Part`, :func:`entries` expands it into (method, label, seed) entries,
 :func:`entry_config` gives an entry's training configuration and :func:`pending` says, from the result
-files, which entries are not done yet; :mod:`e2mc.reproduce` runs them.
-"""
+files, which entries are not done yet; :mod:`e2mc.reproduce` runs them."""
 from __future__ import annotations
 
 import dataclasses
@@ -84,6 +83,9 @@ class Part:
 
     def probe_overrides(self) -> dict:
         return {} if self.val_fraction is None else {"val_fraction": self.val_fraction}
+
+    def transfer_datasets(self) -> list[str]:  # as its transfer results name them (probes on pooled features)
+        return [f"{name}-pooled" for name, _ in self.transfer]
 
 
 # --- reading an experiment file -------------------------------------------------------------------
@@ -382,7 +384,7 @@ def base_done(part: Part, method: str, results_dir: Path) -> bool:
 
     return (found("diagnostics", DATASET, None, 0)
             and all(found("linear_probe", DATASET, f, s) for f in LABEL_FRACTIONS for s in part.seeds)
-            and all(found("transfer", f"{name}-pooled", 1.0, s) for name, _ in part.transfer for s in part.seeds))
+            and all(found("transfer", name, 1.0, s) for name in part.transfer_datasets() for s in part.seeds))
 
 
 # --- the pre-training plateau -----------------------------------------------------------------------

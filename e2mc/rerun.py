@@ -23,10 +23,6 @@ Entry = tuple[str, str, int]  # (method, arm label or "base", seed), as `reprodu
 REPLACED_DIR = "replaced"
 
 
-def _transfer_datasets(part: Part) -> list[str]:
-    return [f"{name}-pooled" for name, _ in part.transfer]
-
-
 def entry_results(part: Part, entry: Entry, results_dir: Path) -> list[Path]:
     """Every result file of ``entry`` in ``results_dir``, whatever configuration hash it carries: for an
     arm its training record, probes (every epoch and fraction), transfer probes and diagnostics of that
@@ -46,7 +42,7 @@ def entry_results(part: Part, entry: Entry, results_dir: Path) -> list[Path]:
         files += find_results(folder / "training", "training", method, arm, DATASET, "*", None, s)
         for fraction in LABEL_FRACTIONS:
             files += find_results(folder / "linear_probe", "linear_probe", method, arm, DATASET, "*", fraction, s)
-        for dataset in _transfer_datasets(part):
+        for dataset in part.transfer_datasets():
             files += find_results(folder / "transfer", "transfer", method, arm, dataset, "*", 1.0, s)
     return files
 
