@@ -27,7 +27,7 @@ from e2mc.provenance import REPO_ROOT, provenance, write_json_atomic
 def zero_spacing_share(z: torch.Tensor, transform: str) -> float:
     """Share of the m-spacings of the compact embedding that are exactly 0 (ties), in float32."""
     u = torch.sigmoid(z.float()) if transform == "sigmoid" else torch.special.ndtr(z.float())
-    n, m = u.shape[0], default_window(u.shape[0])
+    m = default_window(u.shape[0])
     ordered = torch.sort(u, dim=0).values
     return (ordered[m:] == ordered[:-m]).float().mean().item()
 

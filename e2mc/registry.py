@@ -1,6 +1,6 @@
-"""A registry of named things (the methods, the added criteria): one name each, kept in the order
-they were added (the order of figures and tables), and looked up with a one-line error that names the
-choices."""
+"""A registry of named things (the methods, the added criteria, the datasets): one name each, kept in
+the order they were added (the order of figures and tables), and looked up with a one-line error that
+names the choices."""
 from __future__ import annotations
 
 from typing import Generic, Iterable, TypeVar

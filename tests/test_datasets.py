@@ -2,13 +2,17 @@
 comparing data.dataset with "imagenet" or "fashion_mnist" in the training loop and in evaluation."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from e2mc.config import Config, ConfigError, validate
+from e2mc.data import registry
 from e2mc.data.registry import DATASETS, dataset_names, get_dataset
 from e2mc.evaluation.runner import EvaluationPlan, evaluation_root, plan_from_config
 from e2mc.methods import get_method
+from e2mc.registry import Registry
 from e2mc.build import build_stream
 from fake_data import write_fake_fashion_mnist
 
@@ -28,8 +32,8 @@ def test_the_evaluation_defaults_come_from_the_record(monkeypatch):
     assert plan_from_config(cfg.eval, "fashion_mnist").probe_on == "features"
     assert plan_from_config(cfg.eval, "imagenet").probe_on == "images"
     assert EvaluationPlan(("linear_probe",), (0.01,), (0,)).for_dataset("imagenet").probe_on == "images"
-    monkeypatch.setitem(DATASETS, "fashion_mnist", DATASETS["fashion_mnist"].__class__(
-        **{**DATASETS["fashion_mnist"].__dict__, "probe_on": "images"}))
+    fashion, imagenet = DATASETS.get("fashion_mnist"), DATASETS.get("imagenet")
+    monkeypatch.setattr(registry, "DATASETS", Registry("dataset", (replace(fashion, probe_on="images"), imagenet)))
     assert plan_from_config(cfg.eval, "fashion_mnist").probe_on == "images"
 
 

@@ -8,7 +8,8 @@
 A record says everything that differs between datasets: the run-folder scale of its launchers, the
 image channels a network takes, which of a method's view recipes it augments with, how its training
 stream and its evaluation splits are read, and whether the linear probe runs on images or on cached
-features. To add a dataset, write its two readers and add its record to :data:`DATASETS` below.
+features. To add a dataset, write its two readers and add its record to :data:`DATASETS` below (an
+:class:`e2mc.registry.Registry`, as the methods and criteria are).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from e2mc.data.images import DatasetImages, ImageSource, TensorImages
 from e2mc.data.subsets import balanced_subset, download_imagenet_subset, imagenet_subset_indices
 from e2mc.distributed import rank, world_size
 from e2mc.errors import UserError
+from e2mc.registry import Registry
 
 
 @dataclass
@@ -135,21 +137,19 @@ def _image_folder(folder: Path, transform) -> torchvision.datasets.ImageFolder:
 
 # An official release carries no configuration: it was trained on ImageNet.
 RELEASE_DATASET = "imagenet"
-DATASETS: dict[str, Dataset] = {d.name: d for d in (
+DATASETS: Registry[Dataset] = Registry("dataset", (
     Dataset("fashion_mnist", scale="mini", channels=1, probe_on="features",
             train_stream=_fashion_mnist_stream, evaluation_data=fashion_mnist_data),
     Dataset("imagenet", scale="imagenet", channels=3, probe_on="images",
             train_stream=_imagenet_stream, evaluation_data=imagenet_data, train_subfolder="train"),
-)}
+))
 
 
 def dataset_names() -> tuple[str, ...]:
     """Every dataset a run can train on (the choices of ``data.dataset``)."""
-    return tuple(DATASETS)
+    return DATASETS.names()
 
 
 def get_dataset(name: str) -> Dataset:
-    """The dataset ``name``; a ValueError naming the choices otherwise."""
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return DATASETS[name]
+    """The dataset ``name``; a UserError naming the choices otherwise."""
+    return DATASETS.get(name)
