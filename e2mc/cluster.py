@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from e2mc import naming
+from e2mc.config import ConfigError, load_config
 from e2mc.errors import UserError
 from e2mc.methods import method_names
 from e2mc.runfolder import run_folder
@@ -296,8 +297,6 @@ def continue_arguments(method: str, environ: Mapping[str, str] | None = None,
     config = env.get("E2MC_CONFIG") or f"configs/imagenet/{method}.yaml"
     overrides = [*arm_overrides(arm), f"train.seed={seed}", f"train.output_dir={output}",
                  *shlex.split(env.get("E2MC_OVERRIDES", "")), *extra_overrides]
-    from e2mc.config import ConfigError, load_config
-
     try:  # a pre-submit check that the job would start: the configuration loads and passes the schema
         load_config(config, overrides)
     except ConfigError as e:

@@ -174,7 +174,8 @@ def train_one_epoch(run: Run, meter: EpochMeter, stop: StopRequest) -> bool:
     progress = tqdm(total=steps_per_epoch, initial=run.step, desc=f"epoch {run.epoch + 1}", leave=False,
                     disable=not (run.main_process and sys.stderr.isatty()))
     for step, views in enumerate(run.stream.epoch(run.epoch, run.step), start=run.step):
-        lr = float(run.learning_rates[run.global_step])
+        # (past the end only when a resume with another number of processes shortened the epochs)
+        lr = float(run.learning_rates[min(run.global_step, len(run.learning_rates) - 1)])
         if cfg.train.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         run.method.before_step(network)

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from e2mc.config import Config, config_from_dict
 from e2mc.errors import UserError
 from e2mc.methods import method_names
 from e2mc.provenance import provenance, repo_relative, utc_now, write_json_atomic
@@ -48,8 +49,6 @@ class ResultFileError(UserError):
 
 def config_hash(config: Any) -> str | None:
     """``Config.hash()`` of a configuration given as a Config or its dict; None for no configuration."""
-    from e2mc.config import Config, config_from_dict
-
     if isinstance(config, Config):
         return config.hash()
     return config_from_dict(json.loads(json.dumps(dict(config)))).hash() if config else None
@@ -69,8 +68,6 @@ def build_result(*, kind: str, method: str, arm: str, criterion: dict, epoch: in
                  started: str | _dt.datetime | None = None, finished: str | _dt.datetime | None = None,
                  device: Any = None, command: list[str] | None = None) -> dict[str, Any]:
     """A complete result record (a dict in the schema), checked; see :func:`write_result`."""
-    from e2mc.config import Config
-
     config_dict = config.to_dict() if isinstance(config, Config) else dict(config or {})
     finished = _timestamp(finished) or utc_now()
     record = {
