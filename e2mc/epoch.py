@@ -200,8 +200,9 @@ def train_one_epoch(run: Run, meter: EpochMeter, stop: StopRequest) -> bool:
         run.global_step += 1
         if logged:
             meter.update_diagnostics(stats)
+            rate = meter.window_rate(step, cfg.train.log_every)
             run.metrics.write({"kind": "step", "epoch": run.epoch, "step": step, "global_step": run.global_step,
-                               "lr": lr, **values, **stats, "images_per_s": meter.window_rate(step, cfg.train.log_every)})
+                               "lr": lr, **values, **stats, "images_per_s": rate})
         progress.update(1)
         progress.set_postfix(loss=f"{values['loss']:.4f}")
         if stop.requested():

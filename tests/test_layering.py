@@ -119,8 +119,8 @@ def test_no_e2mc_import_hides_inside_a_function():
             if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for node in ast.walk(function):
                     if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("e2mc"):
-                        names = [f"{node.module}.{a.name}" if node.module == "e2mc" else node.module for a in node.names]
-                        hidden |= {(module_name(path), name) for name in names}
+                        hidden |= {(module_name(path), f"e2mc.{a.name}" if node.module == "e2mc" else node.module)
+                                   for a in node.names}
                     elif isinstance(node, ast.Import):
                         hidden |= {(module_name(path), a.name) for a in node.names if a.name.startswith("e2mc")}
     assert hidden == OPTIONAL_EXTRA
