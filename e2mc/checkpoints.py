@@ -32,7 +32,7 @@ from torch import nn
 
 from e2mc import releases
 from e2mc.checks import check_finite_weights
-from e2mc.errors import CheckpointError, KeyMismatchError, UserError  # noqa: F401 (the checkpoint errors, here too)
+from e2mc.errors import CheckpointError, KeyMismatchError, UserError
 from e2mc.provenance import repo_relative, write_atomic
 
 
