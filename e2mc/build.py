@@ -1,6 +1,6 @@
 """From a configuration to the objects a run or an evaluation needs: device, network, objective,
-added criterion and training data stream (the weights a run starts from are
-:func:`e2mc.checkpoints.load_initial_weights`').
+added criterion and training data stream. (The weights a run starts from are loaded by
+:func:`e2mc.checkpoints.load_initial_weights`.)
 
 Training (:mod:`e2mc.train`) and evaluation (:mod:`e2mc.evaluation`) both build networks here, so
 neither imports the other.

@@ -11,7 +11,8 @@
 * Our own training checkpoints (``"format": FORMAT``) are recognised, read, slimmed and exported
   here and nowhere else: :func:`is_training_checkpoint`, :func:`load_training`, :func:`slim`,
   :func:`export_slim`. :func:`e2mc.epoch.save_checkpoint` writes them with :func:`save_atomic`.
-* :func:`load_model_weights` puts a checkpoint's weights into a network, for training (:mod:`e2mc.build`)
+* :func:`load_model_weights` puts a checkpoint's weights into a network, and
+  :func:`load_initial_weights` one of ours or an official release (:mod:`e2mc.releases`), for training
   and evaluation alike; :func:`e2mc.checks.check_finite_weights` then refuses NaN or inf.
 """
 from __future__ import annotations

@@ -123,11 +123,11 @@ def save_checkpoint(run: Run) -> None:
         }
         if objective_states is not None:
             state["objective_states"] = objective_states
-        files = {run.output_dir / "checkpoint.pt": state}
+        files = [(run.output_dir / "checkpoint.pt", state)]
         if run.cfg.train.keep_epoch_checkpoints and run.step == 0:
             # the epoch's copy first: a kill in between resumes the epoch, which writes it again
-            files = {run.output_dir / f"checkpoint-epoch{run.epoch:03d}.pt": checkpoints.slim(state), **files}
-        for path, content in files.items():
+            files.insert(0, (run.output_dir / f"checkpoint-epoch{run.epoch:03d}.pt", checkpoints.slim(state)))
+        for path, content in files:
             checkpoints.save_atomic(content, path)
         write_atomic(run.output_dir / "config.yaml", config)
         for legacy in run.output_dir.glob("loss-state-rank*.pt"):  # superseded by objective_states

@@ -191,9 +191,9 @@ def train(cfg: Config, epoch_end_hooks: list[EpochHook] | None = None) -> dict[s
                 if segment is not None:  # only now: a folder holding records always holds a checkpoint
                     run.metrics.write(segment)
                     segment = None
-                owed = run.step == 0 and run.epoch > 0 and hooks_done(run.output_dir) != run.epoch
-                if run.main_process and hooks and owed:  # after each epoch, and any a killed process still owed
-                    run_epoch_hooks(hooks, run.epoch, run.network, run.output_dir)
+                at_epoch_end = run.step == 0 and run.epoch > 0
+                if run.main_process and hooks and at_epoch_end and hooks_done(run.output_dir) != run.epoch:
+                    run_epoch_hooks(hooks, run.epoch, run.network, run.output_dir)  # new, or owed by a killed process
                 if run.epoch >= run.cfg.train.epochs or stop.requested():  # a stop may arrive in the hooks
                     break
                 train_one_epoch(run, EpochMeter(run.cfg.data.batch_size, run.step, run.carried), stop)

@@ -3,6 +3,7 @@ process joins the group from its environment, rank 0 alone writes the run folder
 reaches one rank stops both at the same step, and the pair resumes from there."""
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def _rank(rank: int, port: int, output_dir: str, data_root: str, stop_at_ask: in
         def signal_on_this_rank(self):
             asked.append(1)
             if len(asked) == stop_at_ask:
-                self.signal = 10  # SIGUSR1, as SLURM sends it before the time limit
+                self.signal = signal.SIGUSR1  # as SLURM sends it before the time limit
             return requested(self)
 
         StopRequest.requested = signal_on_this_rank
